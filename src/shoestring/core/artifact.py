@@ -1,0 +1,182 @@
+"""Artifacts: a folder of payload files plus ``manifest.json``, written atomically.
+
+A stage writes its payload into a temporary folder; :func:`commit_artifact` writes the
+manifest last and renames the folder into place, so a crash at any point leaves either a
+complete artifact or nothing (a stale temporary folder that the next run removes).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import shutil
+import sys
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from shoestring.core.errors import ShoestringError
+
+__all__ = [
+    "MANIFEST",
+    "Artifact",
+    "atomic_write_bytes",
+    "atomic_write_json",
+    "atomic_write_text",
+    "canonical_json",
+    "commit_artifact",
+    "fsync_dir",
+    "hash_path",
+    "library_versions",
+]
+
+MANIFEST = "manifest.json"
+TRACKED_LIBRARIES = (
+    "shoestring",
+    "torch",
+    "transformers",
+    "peft",
+    "accelerate",
+    "safetensors",
+    "pyarrow",
+    "numpy",
+    "pydantic",
+)
+
+
+def canonical_json(obj: Any) -> str:
+    """Stable JSON (sorted keys, no spaces) used for hashing."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str, ensure_ascii=False)
+
+
+def fsync_dir(path: Path) -> None:
+    """Flush a directory entry so a rename survives power loss (no-op where unsupported)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` via a temporary file + fsync + rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str, ensure_ascii=False) + "\n")
+
+
+def hash_path(path: Path) -> str:
+    """SHA-256 over a file's bytes, or over a folder's relative names and file bytes."""
+    path = Path(path)
+    h = hashlib.sha256()
+    if path.is_file():
+        _hash_file_into(h, path)
+    elif path.is_dir():
+        for f in sorted(p for p in path.rglob("*") if p.is_file()):
+            h.update(f.relative_to(path).as_posix().encode())
+            h.update(b"\0")
+            _hash_file_into(h, f)
+    else:
+        raise ShoestringError(f"cannot hash {path}: no such file or folder")
+    return h.hexdigest()
+
+
+def _hash_file_into(h: Any, path: Path) -> None:
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+
+
+def library_versions() -> dict[str, str]:
+    """Versions of the libraries that shape results, plus Python and the platform."""
+    out = {"python": sys.version.split()[0], "platform": platform.platform()}
+    for name in TRACKED_LIBRARIES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return out
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """A finished artifact on disk. ``manifest`` is the parsed ``manifest.json``."""
+
+    path: Path
+    manifest: dict[str, Any]
+
+    @classmethod
+    def load(cls, path: str | Path) -> Artifact:
+        p = Path(path)
+        mf = p / MANIFEST
+        if not mf.is_file():
+            raise ShoestringError(
+                f"{p} is not an artifact (no {MANIFEST}); pass an artifact folder written by shoestring"
+            )
+        try:
+            manifest = json.loads(mf.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise ShoestringError(f"{mf} is corrupt; delete {p} and re-run the stage") from None
+        return cls(p, manifest)
+
+    @property
+    def kind(self) -> str:
+        return str(self.manifest["kind"])
+
+    @property
+    def hash(self) -> str:
+        return str(self.manifest["hash"])
+
+    @property
+    def stats(self) -> dict[str, Any]:
+        return dict(self.manifest.get("stats", {}))
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return dict(self.manifest.get("config", {}))
+
+    def file(self, name: str) -> Path:
+        """Path of a payload file; a missing one is a one-line error."""
+        p = self.path / name
+        if not p.exists():
+            raise ShoestringError(f"artifact {self.path} has no '{name}'; re-run the stage that made it")
+        return p
+
+
+def commit_artifact(tmp_dir: Path, final_dir: Path, manifest: dict[str, Any]) -> Artifact:
+    """Write the manifest into ``tmp_dir`` and rename it to ``final_dir`` atomically."""
+    atomic_write_json(tmp_dir / MANIFEST, manifest)
+    fsync_dir(tmp_dir)
+    final_dir.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.rename(tmp_dir, final_dir)
+    except OSError:
+        # Another run committed the same hash first: same hash means same content.
+        if (final_dir / MANIFEST).is_file():
+            shutil.rmtree(tmp_dir, ignore_errors=True)
+        else:
+            raise
+    fsync_dir(final_dir.parent)
+    return Artifact.load(final_dir)

@@ -1,0 +1,181 @@
+"""Build a Typer command from a stage config, so flags, YAML keys and ``--help`` agree.
+
+Scalar fields (str, int, float, bool, Path, Literal, Enum, and lists of these) become
+``--kebab-case`` flags whose help is the field's docstring. Nested fields are set in a
+YAML file passed with ``--config``; flags override the file.
+"""
+
+from __future__ import annotations
+
+import enum
+import inspect
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal, get_args, get_origin
+
+import typer
+from pydantic.fields import FieldInfo
+from rich.console import Console
+
+from shoestring.core.config import StageConfig, load_yaml, parse_config
+from shoestring.core.errors import NotBuiltError, ShoestringError
+from shoestring.core.registry import get_stage
+from shoestring.core.workspace import Workspace, input_fields
+
+__all__ = ["add_stage_command", "flag_type", "not_built_command"]
+
+RESERVED = {"config", "workspace", "force"}
+_SCALARS = (str, int, float, bool, Path)
+
+
+def flag_type(annotation: Any) -> tuple[Any, str] | None:
+    """Map a field annotation to a Typer-compatible type (+ a help suffix), or None."""
+    origin = get_origin(annotation)
+    if origin is typing.Annotated:
+        return flag_type(get_args(annotation)[0])
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in get_args(annotation) if a is not type(None)]
+        if len(args) == 1:
+            return flag_type(args[0])
+        if all(a in _SCALARS for a in args):
+            return str, ""
+        return None
+    if origin is Literal:
+        choices = get_args(annotation)
+        return str, f" One of: {', '.join(map(str, choices))}."
+    if origin in (list, tuple) and get_args(annotation):
+        inner = flag_type(get_args(annotation)[0])
+        if inner is None or get_origin(inner[0]) is not None:
+            return None
+        return list[inner[0]], " Repeat the flag for several values."  # type: ignore[valid-type]
+    if isinstance(annotation, type) and issubclass(annotation, enum.Enum):
+        return annotation, ""
+    if annotation in _SCALARS:
+        return annotation, ""
+    return None
+
+
+def _field_help(field: FieldInfo, suffix: str) -> str:
+    text = (field.description or "").strip()
+    default = field.get_default(call_default_factory=True)
+    if not field.is_required() and default not in (None, [], {}):
+        d = default.value if isinstance(default, enum.Enum) else default
+        text += f" [default: {d}]"
+    return (text + suffix).strip()
+
+
+def _signature_for(cfg_cls: type[StageConfig]) -> tuple[inspect.Signature, dict[str, str]]:
+    params = [
+        inspect.Parameter(
+            "config",
+            inspect.Parameter.KEYWORD_ONLY,
+            default=typer.Option(None, "--config", "-c", help="YAML file with this stage's keys; flags override it."),
+            annotation=typing.Optional[Path],  # noqa: UP045 - Typer needs a runtime type
+        ),
+        inspect.Parameter(
+            "workspace",
+            inspect.Parameter.KEYWORD_ONLY,
+            default=typer.Option(Path(".shoestring"), "--workspace", "-w", help="Folder for artifacts."),
+            annotation=Path,
+        ),
+        inspect.Parameter(
+            "force",
+            inspect.Parameter.KEYWORD_ONLY,
+            default=typer.Option(False, "--force", help="Re-run even if a cached artifact exists."),
+            annotation=bool,
+        ),
+    ]
+    flag_names: dict[str, str] = {}
+    for name, field in cfg_cls.model_fields.items():
+        if name in RESERVED:
+            raise TypeError(f"{cfg_cls.__name__}.{name}: '{name}' is reserved for the CLI")
+        mapped = flag_type(field.annotation)
+        if mapped is None:
+            continue
+        ftype, suffix = mapped
+        flag = "--" + name.replace("_", "-")
+        flag_names[name] = flag
+        if ftype is bool:
+            opt = typer.Option(None, f"{flag}/--no-{name.replace('_', '-')}", help=_field_help(field, suffix))
+        else:
+            opt = typer.Option(None, flag, help=_field_help(field, suffix))
+        params.append(
+            inspect.Parameter(
+                name,
+                inspect.Parameter.KEYWORD_ONLY,
+                default=opt,
+                annotation=typing.Optional[ftype],  # noqa: UP045
+            )
+        )
+    return inspect.Signature(params), flag_names
+
+
+def add_stage_command(app: typer.Typer, name: str, console: Console | None = None) -> None:
+    """Register ``shoestring <name>`` built from the stage's config (or a not-built stub)."""
+    try:
+        stage = get_stage(name)
+    except NotBuiltError as err:
+        not_built_command(app, name, str(err))
+        return
+    console = console or Console(stderr=True)
+    sig, flag_names = _signature_for(stage.config)
+
+    def command(**kwargs: Any) -> None:
+        cfg_file = kwargs.pop("config")
+        ws_root = kwargs.pop("workspace")
+        force = kwargs.pop("force")
+        data: dict[str, Any] = {}
+        if cfg_file is not None:
+            loaded = load_yaml(cfg_file)
+            if loaded is not None and not isinstance(loaded, dict):
+                raise ShoestringError(f"{cfg_file} must be a mapping of {name} keys")
+            data.update(loaded or {})
+            data.pop("stage", None)
+        for key, value in kwargs.items():
+            if value is None or (isinstance(value, list) and not value):
+                continue
+            data[key] = (
+                [v.value if isinstance(v, enum.Enum) else v for v in value]
+                if isinstance(value, list)
+                else (value.value if isinstance(value, enum.Enum) else value)
+            )
+        cfg = parse_config(stage.config, data, f"shoestring {name}", as_flags=cfg_file is None)
+        ws = Workspace(ws_root, console=console)
+        inputs = {}
+        for fname, marker in input_fields(stage.config).items():
+            ref = getattr(cfg, fname)
+            if ref is None:
+                continue
+            art = ws.resolve_input(str(ref), marker, {}, f"shoestring {name} {flag_names.get(fname, fname)}")
+            if art is not None:
+                inputs[fname] = art
+        result = ws.run(stage, cfg, inputs, force=force)
+        ws.link(f"last-{name}", result.artifact)
+        summarize = getattr(_stage_module(name), "summarize", None)
+        if summarize is not None:
+            summarize(result.artifact, Console())
+        typer.echo(str(result.artifact.path))
+
+    command.__signature__ = sig  # type: ignore[attr-defined]
+    command.__name__ = name
+    command.__doc__ = stage.summary
+    app.command(name, help=stage.summary)(command)
+
+
+def _stage_module(name: str) -> Any:
+    import importlib
+
+    from shoestring.core.registry import STAGES
+
+    return importlib.import_module(STAGES[name])
+
+
+def not_built_command(app: typer.Typer, name: str, message: str) -> None:
+    """A verb that honestly says it is not built yet, and exits 2."""
+
+    def command() -> None:
+        raise NotBuiltError(message)
+
+    command.__name__ = name
+    app.command(name, help=f"(not built yet) {message}")(command)

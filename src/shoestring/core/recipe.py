@@ -1,0 +1,142 @@
+"""Recipes: YAML files that chain stages. ``shoestring run recipe.yaml``.
+
+A recipe::
+
+    name: quickstart
+    description: raw data to an evaluated LoRA fine-tune
+    workspace: .shoestring/quickstart     # relative to the current directory
+    stages:
+      data:                 # a stage id; the stage type defaults to the id
+        stage: curate
+        sources: [...]
+      train:
+        dataset: data       # an input: an earlier stage id or an artifact folder
+        ...
+
+Every stage config is validated before anything runs, so a typo in the last stage fails
+in a second, not after an hour of training.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from shoestring.core.artifact import Artifact, atomic_write_json
+from shoestring.core.config import StageConfig, load_yaml, parse_config
+from shoestring.core.errors import ShoestringError
+from shoestring.core.registry import Stage, get_stage
+from shoestring.core.workspace import StageResult, Workspace, input_fields
+
+__all__ = ["PlannedStage", "Recipe", "load_recipe", "run_recipe"]
+
+
+class Recipe(BaseModel):
+    """The top level of a recipe file."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+    name: str = "recipe"
+    """Name shown in logs and reports."""
+    description: str = ""
+    """One line shown by `shoestring recipes list`."""
+    workspace: str = ".shoestring"
+    """Folder for artifacts, relative to the current directory."""
+    stages: dict[str, dict[str, Any]] = Field(min_length=1)
+    """Stage id -> stage config (`stage:` names the stage type; defaults to the id)."""
+
+
+@dataclass(frozen=True)
+class PlannedStage:
+    id: str
+    stage: Stage
+    config: StageConfig
+
+
+def load_recipe(path: str | Path) -> tuple[Recipe, list[PlannedStage]]:
+    """Parse and validate a recipe and every stage config in it (nothing runs)."""
+    p = Path(path)
+    raw = load_yaml(p)
+    recipe = parse_config(Recipe, raw, str(p))  # type: ignore[type-var]
+    planned: list[PlannedStage] = []
+    seen: set[str] = set()
+    for sid, body in recipe.stages.items():
+        where = f"{p}: stages.{sid}"
+        if body is None:
+            body = {}
+        if not isinstance(body, dict):
+            raise ShoestringError(f"{where} must be a mapping of config keys, got {type(body).__name__}")
+        body = dict(body)
+        stage_name = str(body.pop("stage", sid))
+        try:
+            stage = get_stage(stage_name)
+        except ShoestringError as err:
+            raise ShoestringError(f"{where}: {err}") from None
+        cfg = parse_config(stage.config, body, where)
+        for fname, marker in input_fields(stage.config).items():
+            ref = getattr(cfg, fname)
+            if isinstance(ref, str) and ref not in seen and not marker.external_ok and not Path(ref).is_dir():
+                known = ", ".join(sorted(seen)) or "none"
+                raise ShoestringError(
+                    f"{where}.{fname}: '{ref}' is neither an earlier stage id (earlier: {known}) "
+                    "nor an artifact folder; fix the reference"
+                )
+        planned.append(PlannedStage(sid, stage, cfg))
+        seen.add(sid)
+    return recipe, planned
+
+
+def run_recipe(
+    path: str | Path,
+    *,
+    workspace: str | Path | None = None,
+    force: set[str] | None = None,
+    only: set[str] | None = None,
+) -> dict[str, StageResult]:
+    """Run every stage of a recipe in order, reusing cached artifacts.
+
+    ``force``: stage ids to re-run even when cached. ``only``: run up to and including
+    these ids (earlier stages they need are still resolved from cache or run).
+    """
+    recipe, planned = load_recipe(path)
+    ws = Workspace(workspace or recipe.workspace)
+    force = force or set()
+    unknown = (force | (only or set())) - {ps.id for ps in planned}
+    if unknown:
+        raise ShoestringError(f"no stage id {sorted(unknown)} in {path}; ids: {', '.join(ps.id for ps in planned)}")
+    results: dict[str, StageResult] = {}
+    arts: dict[str, Artifact] = {}
+    last_needed = max((i for i, ps in enumerate(planned) if only is None or ps.id in only), default=-1)
+    for ps in planned[: last_needed + 1]:
+        inputs: dict[str, Artifact] = {}
+        for fname, marker in input_fields(ps.stage.config).items():
+            ref = getattr(ps.config, fname)
+            if ref is None:
+                continue
+            art = ws.resolve_input(str(ref), marker, arts, f"{path}: stages.{ps.id}.{fname}")
+            if art is not None:
+                inputs[fname] = art
+        res = ws.run(ps.stage, ps.config, inputs, force=ps.id in force, label=ps.id)
+        ws.link(ps.id, res.artifact)
+        results[ps.id] = res
+        arts[ps.id] = res.artifact
+    atomic_write_json(
+        ws.root / "run.json",
+        {
+            "recipe": str(path),
+            "name": recipe.name,
+            "stages": {
+                sid: {
+                    "artifact": str(r.artifact.path),
+                    "kind": r.artifact.kind,
+                    "cached": r.cached,
+                    "seconds": round(r.seconds, 3),
+                }
+                for sid, r in results.items()
+            },
+        },
+    )
+    return results

@@ -1,0 +1,260 @@
+"""The workspace: where artifacts live, how stage hashes are computed, and caching.
+
+Layout of a workspace folder::
+
+    artifacts/<stage>-<hash16>/   finished artifacts (payload + manifest.json)
+    tmp/<stage>-<hash16>.<pid>/   an artifact being written (renamed into artifacts/)
+    work/<stage>-<hash16>/        durable scratch for resume (checkpoints, shards);
+                                  survives a kill, removed once the artifact is committed
+    <id> -> artifacts/...         a symlink per recipe stage id, for humans
+
+Same stage + same config + same inputs (by content) = same hash = the stage is skipped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from shoestring.core.artifact import (
+    MANIFEST,
+    Artifact,
+    canonical_json,
+    commit_artifact,
+    hash_path,
+    library_versions,
+)
+from shoestring.core.config import ArtifactInput, HashedPath, StageConfig, iter_marked_fields
+from shoestring.core.errors import ShoestringError
+from shoestring.core.registry import Stage
+
+__all__ = ["StageContext", "StageResult", "Workspace", "input_fields", "stage_hash"]
+
+
+def input_fields(cfg_cls: type[StageConfig]) -> dict[str, ArtifactInput]:
+    """Top-level fields of a config that reference input artifacts."""
+    out = {}
+    for name, f in cfg_cls.model_fields.items():
+        for m in f.metadata:
+            if isinstance(m, ArtifactInput):
+                out[name] = m
+    return out
+
+
+@dataclass
+class StageContext:
+    """What a stage's ``build`` gets besides its config."""
+
+    workspace: Workspace
+    stage: Stage
+    hash: str
+    out_dir: Path
+    """Temporary payload folder; renamed into place when ``build`` returns."""
+    work_dir: Path
+    """Durable scratch (checkpoints); survives a kill so the next run can resume."""
+    inputs: dict[str, Artifact]
+    """Input artifacts by config field name."""
+    console: Console
+    extra_manifest: dict[str, Any] = field(default_factory=dict)
+    """Extra top-level manifest entries a stage wants recorded (e.g. ``predicted``)."""
+
+
+@dataclass(frozen=True)
+class StageResult:
+    artifact: Artifact
+    cached: bool
+    seconds: float
+
+
+def stage_hash(stage: Stage, cfg: StageConfig, inputs: Mapping[str, Artifact]) -> tuple[str, dict[str, Any]]:
+    """Content hash of (stage, schema, config, input artifact hashes, hashed files).
+
+    Returns the hex digest and the hashed payload (kept in the manifest for audit).
+    """
+    inp = input_fields(type(cfg))
+    config = cfg.model_dump(mode="json")
+    for name in inp:
+        if name in inputs:
+            config.pop(name, None)
+    files = {}
+    for dotted, value, _ in iter_marked_fields(cfg, HashedPath):
+        if value is None:
+            continue
+        p = Path(value)
+        if not p.exists():
+            raise ShoestringError(f"{stage.name}: {dotted}: file not found: {p}; fix the path")
+        files[dotted] = hash_path(p)
+    payload = {
+        "stage": stage.name,
+        "schema_version": stage.schema_version,
+        "config": config,
+        "inputs": {k: a.hash for k, a in sorted(inputs.items())},
+        "files": files,
+    }
+    return hashlib.sha256(canonical_json(payload).encode()).hexdigest(), payload
+
+
+class Workspace:
+    """A folder of artifacts with content-hash caching."""
+
+    def __init__(self, root: str | Path, console: Console | None = None) -> None:
+        self.root = Path(root).expanduser().resolve()
+        self.console = console or Console(stderr=True)
+        try:
+            for sub in ("artifacts", "tmp", "work"):
+                (self.root / sub).mkdir(parents=True, exist_ok=True)
+            probe = self.root / "tmp" / f".write-probe-{os.getpid()}"
+            probe.write_text("ok")
+            probe.unlink()
+        except OSError as err:
+            raise ShoestringError(
+                f"workspace {self.root} is not writable ({err.strerror}); pass --workspace DIR with a writable folder"
+            ) from None
+
+    # -- lookup -----------------------------------------------------------------------
+    def artifact_dir(self, stage: str, digest: str) -> Path:
+        return self.root / "artifacts" / f"{stage}-{digest[:16]}"
+
+    def find(self, stage: str, digest: str) -> Artifact | None:
+        d = self.artifact_dir(stage, digest)
+        return Artifact.load(d) if (d / MANIFEST).is_file() else None
+
+    def resolve_input(
+        self, ref: str, marker: ArtifactInput, refs: Mapping[str, Artifact], where: str
+    ) -> Artifact | None:
+        """Resolve a reference: a recipe stage id, or an artifact folder path.
+
+        Returns None when the marker allows external values (e.g. a model hub id) and the
+        reference is not an artifact.
+        """
+        if ref in refs:
+            art = refs[ref]
+        elif (Path(ref) / MANIFEST).is_file():
+            art = Artifact.load(ref)
+        elif marker.external_ok:
+            return None
+        else:
+            known = ", ".join(refs) or "none yet"
+            raise ShoestringError(
+                f"{where}: '{ref}' is neither an earlier stage id ({known}) nor an artifact folder; fix the reference"
+            )
+        if marker.kind not in ("*", art.kind) and not (marker.kind == "model" and art.kind in MODEL_KINDS):
+            raise ShoestringError(f"{where}: '{ref}' is a {art.kind} artifact, but a {marker.kind} artifact is needed")
+        return art
+
+    def link(self, name: str, art: Artifact) -> None:
+        """Point ``<root>/<name>`` at an artifact (atomic symlink swap)."""
+        link = self.root / name
+        tmp = self.root / f".{name}.link-{os.getpid()}"
+        try:
+            if tmp.is_symlink() or tmp.exists():
+                tmp.unlink()
+            os.symlink(os.path.relpath(art.path, self.root), tmp)
+            os.replace(tmp, link)
+        except OSError:
+            pass  # a link is a convenience; the artifact itself is what counts
+
+    # -- running ----------------------------------------------------------------------
+    def run(
+        self,
+        stage: Stage,
+        cfg: StageConfig,
+        inputs: Mapping[str, Artifact] | None = None,
+        *,
+        force: bool = False,
+        label: str | None = None,
+    ) -> StageResult:
+        """Run ``stage`` unless an artifact with the same hash exists; return it."""
+        inputs = dict(inputs or {})
+        digest, hashed = stage_hash(stage, cfg, inputs)
+        name = label or stage.name
+        final = self.artifact_dir(stage.name, digest)
+        if not force:
+            found = self.find(stage.name, digest)
+            if found is not None:
+                self.console.print(f"[green]✓[/] {name:<10} [cyan]cached[/]  {found.path}")
+                return StageResult(found, cached=True, seconds=0.0)
+        elif final.exists():
+            shutil.rmtree(final)
+
+        key = f"{stage.name}-{digest[:16]}"
+        self._clear_stale_tmp(key)
+        tmp = self.root / "tmp" / f"{key}.{os.getpid()}"
+        tmp.mkdir(parents=True)
+        work = self.root / "work" / key
+        resumed = work.exists() and any(work.iterdir())
+        work.mkdir(parents=True, exist_ok=True)
+        note = " (resuming)" if resumed else ""
+        self.console.print(f"[yellow]▶[/] {name:<10} running{note}")
+        ctx = StageContext(self, stage, digest, tmp, work, inputs, self.console)
+        started = datetime.now(timezone.utc)
+        t0 = time.perf_counter()
+        try:
+            stats = stage.build(cfg, ctx) or {}
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        seconds = time.perf_counter() - t0
+        manifest = {
+            "kind": stage.kind,
+            "stage": stage.name,
+            "schema_version": stage.schema_version,
+            "hash": digest,
+            "config": cfg.model_dump(mode="json"),
+            "hashed": hashed,
+            "inputs": {k: {"hash": a.hash, "kind": a.kind, "path": str(a.path)} for k, a in inputs.items()},
+            "lineage": _lineage(inputs),
+            "stats": stats,
+            "timings": {
+                "started": started.isoformat(),
+                "seconds": round(seconds, 3),
+                "resumed": resumed,
+            },
+            "versions": library_versions(),
+            **ctx.extra_manifest,
+        }
+        art = commit_artifact(tmp, final, manifest)
+        shutil.rmtree(work, ignore_errors=True)
+        self.console.print(f"[green]✓[/] {name:<10} done in {seconds:.1f}s  {art.path}")
+        return StageResult(art, cached=False, seconds=seconds)
+
+    def _clear_stale_tmp(self, key: str) -> None:
+        for d in (self.root / "tmp").glob(f"{key}.*"):
+            pid = d.suffix.lstrip(".")
+            if pid.isdigit() and int(pid) != os.getpid() and _pid_alive(int(pid)):
+                raise ShoestringError(
+                    f"another shoestring process (pid {pid}) is writing {key}; wait for it or kill it"
+                )
+            shutil.rmtree(d, ignore_errors=True)
+
+
+MODEL_KINDS = ("model", "compressed-model")
+
+
+def _lineage(inputs: Mapping[str, Artifact]) -> list[str]:
+    seen: list[str] = []
+    for a in inputs.values():
+        for h in [a.hash, *a.manifest.get("lineage", [])]:
+            if h not in seen:
+                seen.append(h)
+    return seen
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie or a recycled pid in another container both look alive; good enough.
+    return True
