@@ -40,11 +40,14 @@ def run(
     workspace: Path | None = typer.Option(None, "--workspace", "-w", help="Override the recipe's workspace folder."),
     force: list[str] = typer.Option([], "--force", help="Stage id to re-run even if cached (repeatable)."),
     only: list[str] = typer.Option([], "--only", help="Run up to this stage id (repeatable)."),
+    set_: list[str] = typer.Option(
+        [], "--set", help="Override a recipe key: STAGE_ID.KEY=VALUE (YAML value; repeatable), e.g. train.max_steps=5."
+    ),
 ) -> None:
     """Run a recipe: every stage in order, reusing cached artifacts, resuming after a kill."""
     from shoestring.core.recipe import run_recipe
 
-    results = run_recipe(recipe, workspace=workspace, force=set(force), only=set(only) or None)
+    results = run_recipe(recipe, workspace=workspace, force=set(force), only=set(only) or None, overrides=set_)
     cached = sum(r.cached for r in results.values())
     total = sum(r.seconds for r in results.values())
     err_console.print(f"[bold]{len(results)} stages[/] ({cached} cached) in {total:.1f}s")

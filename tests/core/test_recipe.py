@@ -65,3 +65,19 @@ def test_bad_recipes_fail_before_running(tmp_path: Path, toy: None) -> None:
         with pytest.raises(ShoestringError, match=expected):
             run_recipe(_write(tmp_path, text), workspace=tmp_path / "ws")
         assert not (tmp_path / "ws" / "artifacts").exists() or not any((tmp_path / "ws" / "artifacts").iterdir())
+
+
+def test_overrides_change_config_and_are_validated(tmp_path: Path, toy: None) -> None:
+    (tmp_path / "l.txt").write_text("1\n2\n")
+    r = _write(
+        tmp_path,
+        f"description: d\nworkspace: {tmp_path / 'ws'}\nstages:\n  first: {{stage: toy, source: {tmp_path / 'l.txt'}}}\n",
+    )
+    res = run_recipe(r, overrides=["first.factor=5"])
+    assert res["first"].artifact.stats["count"] == 10
+    with pytest.raises(ShoestringError, match="no stage id 'nope'"):
+        run_recipe(r, overrides=["nope.factor=1"])
+    with pytest.raises(ShoestringError, match=r"STAGE_ID\.KEY=VALUE"):
+        run_recipe(r, overrides=["factor"])
+    with pytest.raises(ShoestringError, match="factor"):
+        run_recipe(r, overrides=["first.factor=lots"])

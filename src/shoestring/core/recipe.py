@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
 from shoestring.core.artifact import Artifact, atomic_write_json
@@ -31,7 +32,7 @@ from shoestring.core.errors import ShoestringError
 from shoestring.core.registry import Stage, get_stage
 from shoestring.core.workspace import StageResult, Workspace, input_fields
 
-__all__ = ["PlannedStage", "Recipe", "load_recipe", "run_recipe"]
+__all__ = ["PlannedStage", "Recipe", "apply_overrides", "load_recipe", "run_recipe"]
 
 
 class Recipe(BaseModel):
@@ -56,10 +57,36 @@ class PlannedStage:
     config: StageConfig
 
 
-def load_recipe(path: str | Path) -> tuple[Recipe, list[PlannedStage]]:
+def apply_overrides(raw: Any, overrides: list[str], where: str) -> Any:
+    """Apply ``--set id.key=value`` overrides (value parsed as YAML) to a raw recipe."""
+    if not overrides:
+        return raw
+    if not isinstance(raw, dict) or not isinstance(raw.get("stages"), dict):
+        return raw  # validation reports the real problem
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        parts = key.strip().split(".")
+        if not sep or len(parts) < 2 or not all(parts):
+            raise ShoestringError(f"--set '{item}': expected STAGE_ID.KEY=VALUE, e.g. --set train.max_steps=5")
+        sid = parts[0]
+        if sid not in raw["stages"]:
+            raise ShoestringError(f"--set '{item}': no stage id '{sid}' in {where}; ids: {', '.join(raw['stages'])}")
+        node = raw["stages"][sid] = dict(raw["stages"][sid] or {})
+        for part in parts[1:-1]:
+            child = node.get(part)
+            node[part] = dict(child) if isinstance(child, dict) else {}
+            node = node[part]
+        try:
+            node[parts[-1]] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            node[parts[-1]] = value
+    return raw
+
+
+def load_recipe(path: str | Path, overrides: list[str] | None = None) -> tuple[Recipe, list[PlannedStage]]:
     """Parse and validate a recipe and every stage config in it (nothing runs)."""
     p = Path(path)
-    raw = load_yaml(p)
+    raw = apply_overrides(load_yaml(p), overrides or [], str(p))
     recipe = parse_config(Recipe, raw, str(p))  # type: ignore[type-var]
     planned: list[PlannedStage] = []
     seen: set[str] = set()
@@ -95,13 +122,15 @@ def run_recipe(
     workspace: str | Path | None = None,
     force: set[str] | None = None,
     only: set[str] | None = None,
+    overrides: list[str] | None = None,
 ) -> dict[str, StageResult]:
     """Run every stage of a recipe in order, reusing cached artifacts.
 
     ``force``: stage ids to re-run even when cached. ``only``: run up to and including
     these ids (earlier stages they need are still resolved from cache or run).
+    ``overrides``: ``STAGE_ID.KEY=VALUE`` strings applied before validation.
     """
-    recipe, planned = load_recipe(path)
+    recipe, planned = load_recipe(path, overrides)
     ws = Workspace(workspace or recipe.workspace)
     force = force or set()
     unknown = (force | (only or set())) - {ps.id for ps in planned}
