@@ -1,0 +1,263 @@
+"""The global phase: dedup decisions, k-anonymity, labels, leak-free splits, and the write-out.
+
+Runs in one process over the finished shards, twice, streaming:
+
+* pass 1 decides per record (kept / exact dup / near dup / k-anonymity / unlabelled) and
+  builds the groups; only compact per-record arrays and the LSH index stay in memory;
+* pass 2 writes ``train/validation/test.jsonl`` and ``quarantine.jsonl`` and gathers the
+  data card's examples.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+
+from shoestring.data.augment import augment_record
+from shoestring.data.config import CurateConfig
+from shoestring.data.dedup import LSHIndex
+from shoestring.data.label import combine_votes, label_weights
+from shoestring.data.pipeline import read_shard
+from shoestring.data.records import Quarantined, Record, full_text
+from shoestring.data.split import SPLITS, assign_splits, leak_groups
+
+__all__ = ["KEPT", "Decisions", "decide", "write_dataset"]
+
+KEPT, EXACT, NEAR, KANON, UNLABELLED = 0, 1, 2, 3, 4
+STATUS_REASON = {
+    EXACT: ("dedup", "exact_duplicate"),
+    NEAR: ("dedup", "near_duplicate"),
+    KANON: ("pii", "k_anonymity"),
+    UNLABELLED: ("label", "unlabelled"),
+}
+EXAMPLE_CHARS = 240
+
+
+@dataclass
+class Decisions:
+    """Pass-1 results: per-record status and group, per-group facts, and summary counters."""
+
+    status: list[np.ndarray] = field(default_factory=list)  # per chunk: uint8 per record
+    group: list[np.ndarray] = field(default_factory=list)  # per chunk: int32 group per record
+    group_key: list[str] = field(default_factory=list)  # representative record id per group
+    group_size: list[int] = field(default_factory=list)
+    group_split: list[int] = field(default_factory=list)
+    labels: Counter[str] = field(default_factory=Counter)
+    weights: dict[str, float] = field(default_factory=dict)
+    dedup: dict[str, Any] = field(default_factory=dict)
+    k_anonymity: dict[str, Any] = field(default_factory=dict)
+    leak: dict[str, Any] = field(default_factory=dict)
+
+
+def _label_of(rec: Record, cfg: CurateConfig, weights: dict[str, float]) -> str | None:
+    if not cfg.labels.functions:
+        value = rec.get(cfg.labels.field)
+        return None if value is None else str(value)
+    return combine_votes(rec.get("_votes") or {}, cfg.labels, weights)
+
+
+def decide(cfg: CurateConfig, work_dir: Path, n_chunks: int, label_counters: Counter[str]) -> Decisions:
+    """Pass 1: dedup, k-anonymity, labels and split assignment."""
+    d = Decisions(weights=label_weights(cfg.labels, label_counters))
+    exact_group: dict[str, int] = {}
+    lsh = LSHIndex(cfg.dedup.num_perm, cfg.dedup.threshold)
+    lsh_group: list[int] = []
+    strata: list[str] = []  # per group: the stratum of its representative
+    qi_of_kept: list[tuple[int, int, tuple[str, ...]]] = []  # (chunk, position, quasi-identifier combo)
+    near_js: list[float] = []
+    for c in range(n_chunks):
+        status, group = [], []
+        for pos, (item, sig) in enumerate(_records(work_dir, c)):
+            assert sig is not None
+            st, g = KEPT, -1
+            key = item["_exact"]
+            if key in exact_group:
+                g = exact_group[key]
+                st = EXACT if cfg.dedup.exact else KEPT
+            else:
+                rep, j = lsh.query_or_add(sig)
+                if rep >= 0:
+                    g = lsh_group[rep]
+                    st = NEAR if cfg.dedup.near else KEPT
+                    near_js.append(j)
+                else:
+                    g = len(d.group_key)
+                    lsh_group.append(g)
+                    d.group_key.append(str(item["id"]))
+                    d.group_size.append(0)
+                    strata.append(_stratum(item, cfg, d.weights))
+                exact_group[key] = g
+            d.group_size[g] += 1
+            unlabelled = cfg.labels.functions and not cfg.labels.keep_unlabelled
+            if st == KEPT and unlabelled and _label_of(item, cfg, d.weights) is None:
+                st = UNLABELLED
+            if st == KEPT and cfg.pii.k_anonymity:
+                qi_of_kept.append((c, pos, tuple(str(item.get(col)) for col in cfg.pii.k_anonymity)))
+            status.append(st)
+            group.append(g)
+        d.status.append(np.asarray(status, dtype=np.uint8))
+        d.group.append(np.asarray(group, dtype=np.int32))
+    d.dedup = {
+        "groups": len(d.group_key),
+        "lsh_bands": lsh.bands,
+        "lsh_rows": lsh.rows,
+        "candidates_checked": lsh.candidates_checked,
+        "candidates_rejected_by_verification": lsh.candidates_rejected,
+        "near_duplicate_mean_jaccard": round(float(np.mean(near_js)), 4) if near_js else None,
+    }
+    _k_anonymity(cfg, d, qi_of_kept)
+    roots, joined = leak_groups(lsh.signatures, cfg.dedup.threshold)
+    # A unit is a leak component (its root is its earliest group); units, not groups, are split.
+    units = sorted(set(roots))
+    unit_split = assign_splits(
+        [d.group_key[r] for r in units],
+        [strata[r] for r in units],
+        cfg.split.validation,
+        cfg.split.test,
+        cfg.split.seed,
+    )
+    split_of_root = dict(zip(units, unit_split, strict=True))
+    d.group_split = [split_of_root[r] for r in roots]
+    d.leak = {"near_pairs_joined_before_split": joined, "cross_split_pairs": _cross_split_pairs(lsh, d, cfg)}
+    return d
+
+
+def _stratum(rec: Record, cfg: CurateConfig, weights: dict[str, float]) -> str:
+    by = cfg.split.stratify_by
+    if not by:
+        return ""
+    if by == cfg.labels.field:
+        lab = _label_of(rec, cfg, weights)
+        return "" if lab is None else lab
+    value = rec.get(by)
+    return "" if value is None else str(value)
+
+
+def _k_anonymity(cfg: CurateConfig, d: Decisions, qi: list[tuple[int, int, tuple[str, ...]]]) -> None:
+    if not cfg.pii.k_anonymity:
+        return
+    counts = Counter(combo for _, _, combo in qi)
+    small = [(c, p) for c, p, combo in qi if counts[combo] < cfg.pii.k]
+    if cfg.pii.enforce_k:
+        for c, p in small:
+            d.status[c][p] = KANON
+    d.k_anonymity = {
+        "columns": list(cfg.pii.k_anonymity),
+        "k": cfg.pii.k,
+        "classes": len(counts),
+        "min_class_size": min(counts.values()) if counts else None,
+        "records_below_k": len(small),
+        "satisfied": not small or cfg.pii.enforce_k,
+        "enforced": cfg.pii.enforce_k,
+    }
+
+
+def _cross_split_pairs(lsh: LSHIndex, d: Decisions, cfg: CurateConfig) -> int:
+    """Verification: near-duplicate group pairs (by the dedup LSH) that ended up in different splits."""
+    n = 0
+    for band in lsh.buckets:
+        for members in band.values():
+            splits = {d.group_split[lsh_i] for lsh_i in members}
+            if len(splits) < 2:
+                continue
+            for i, a in enumerate(members):
+                for b in members[i + 1 :]:
+                    if d.group_split[a] != d.group_split[b] and (
+                        float(np.mean(lsh.signatures[a] == lsh.signatures[b])) >= cfg.dedup.threshold
+                    ):
+                        n += 1
+    return n
+
+
+def _records(work_dir: Path, chunk: int) -> Any:
+    for item, sig in read_shard(work_dir, chunk):
+        if not isinstance(item, Quarantined):
+            yield item, sig
+
+
+def _public(rec: Record) -> Record:
+    return {k: v for k, v in rec.items() if not k.startswith("_")}
+
+
+def finish_record(rec: Record, cfg: CurateConfig, d: Decisions, g: int) -> Record:
+    """The record as written: contract fields (id, text, messages, label), cluster id, no bookkeeping."""
+    out = _public(rec)
+    if isinstance(rec.get("instruction"), str) and isinstance(rec.get("response"), str):
+        user = rec["instruction"] + (f"\n\n{rec['input']}" if rec.get("input") else "")
+        messages = [{"role": "user", "content": user}, {"role": "assistant", "content": rec["response"]}]
+        if isinstance(rec.get("system"), str) and rec["system"]:
+            messages.insert(0, {"role": "system", "content": rec["system"]})
+        out["messages"] = messages
+    out["text"] = full_text(rec)
+    if cfg.labels.functions:
+        out[cfg.labels.field] = _label_of(rec, cfg, d.weights)
+    out["cluster_id"] = d.group_key[g]
+    out["cluster_size"] = d.group_size[g]
+    return out
+
+
+def write_dataset(cfg: CurateConfig, work_dir: Path, out_dir: Path, n_chunks: int, d: Decisions) -> dict[str, Any]:
+    """Pass 2: write splits and quarantine; return counts and examples for the data card."""
+    files: dict[str, IO[str]] = {s: open(out_dir / f"{s}.jsonl", "w", encoding="utf-8") for s in SPLITS}  # noqa: SIM115
+    quarantine = open(out_dir / "quarantine.jsonl", "w", encoding="utf-8")  # noqa: SIM115
+    top = sorted(range(len(d.group_size)), key=lambda g: (-d.group_size[g], g))[:10]
+    top_groups = {g: [] for g in top if d.group_size[g] > 1}  # type: dict[int, list[dict[str, Any]]]
+    split_sizes: Counter[str] = Counter()
+    kept_by_source: Counter[str] = Counter()
+    quarantine_reasons: Counter[str] = Counter()
+    label_by_split: dict[str, Counter[str]] = {s: Counter() for s in SPLITS}
+    lengths: list[int] = []
+    global_drops: Counter[tuple[str, str]] = Counter()
+    augmented = 0
+    rng = random.Random(cfg.augment.seed)
+    try:
+        for c in range(n_chunks):
+            pos = 0
+            for item, _ in read_shard(work_dir, c):
+                if isinstance(item, Quarantined):
+                    quarantine_reasons[item.reason] += 1
+                    quarantine.write(json.dumps(item.to_json(), ensure_ascii=False) + "\n")
+                    continue
+                st, g = int(d.status[c][pos]), int(d.group[c][pos])
+                pos += 1
+                if g in top_groups and len(top_groups[g]) < 3:
+                    top_groups[g].append(
+                        {"id": item["id"], "kept": st == KEPT, "text": full_text(item)[:EXAMPLE_CHARS]}
+                    )
+                if st != KEPT:
+                    global_drops[STATUS_REASON[st]] += 1
+                    continue
+                split = SPLITS[d.group_split[g]]
+                rec = finish_record(item, cfg, d, g)
+                files[split].write(json.dumps(rec, ensure_ascii=False, default=str) + "\n")
+                split_sizes[split] += 1
+                kept_by_source[str(item["_source"])] += 1
+                lengths.append(len(rec["text"].split()))
+                if cfg.labels.functions or cfg.labels.field in rec:
+                    label_by_split[split][str(rec.get(cfg.labels.field))] += 1
+                if split == "train" and cfg.augment.enabled:
+                    for k in range(cfg.augment.copies):
+                        aug = augment_record(rec, cfg.augment, rng, k + 1)
+                        files[split].write(json.dumps(aug, ensure_ascii=False, default=str) + "\n")
+                        augmented += 1
+    finally:
+        for fh in (*files.values(), quarantine):
+            fh.close()
+    return {
+        "split_sizes": {s: split_sizes.get(s, 0) for s in SPLITS},
+        "kept_by_source": dict(kept_by_source),
+        "quarantine_reasons": dict(sorted(quarantine_reasons.items())),
+        "label_by_split": {s: dict(sorted(v.items())) for s, v in label_by_split.items() if v},
+        "lengths": lengths,
+        "global_drops": global_drops,
+        "augmented": augmented,
+        "top_clusters": [
+            {"cluster_id": d.group_key[g], "size": d.group_size[g], "examples": ex} for g, ex in top_groups.items()
+        ],
+    }

@@ -1,0 +1,128 @@
+"""The per-record (parallel) phase: chunks of records go through the op chain into shard files.
+
+Every op is generator-in / generator-out (:func:`~shoestring.data.records.apply_op`) with
+its own stats. A chunk's results are written to ``work_dir`` as three files; the stats file
+is written last (atomically) and is the chunk's completion marker, so a rerun after a kill
+skips finished chunks and gets the same bytes.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from shoestring.core.artifact import atomic_write_bytes, atomic_write_json
+from shoestring.data.config import CurateConfig
+from shoestring.data.dedup import MinHasher, exact_key
+from shoestring.data.label import LabelVoter
+from shoestring.data.normalize import normalize_record
+from shoestring.data.pii import PIIScrubber
+from shoestring.data.quality import quality_record
+from shoestring.data.records import OpStats, Quarantined, Record, apply_op, full_text
+
+__all__ = ["MAP_OPS", "ChunkPaths", "chunk_paths", "load_chunk_stats", "process_chunk", "read_shard"]
+
+MAP_OPS = ("normalize", "quality", "pii", "label")
+
+
+class ChunkPaths:
+    def __init__(self, work_dir: Path, index: int) -> None:
+        stem = work_dir / "chunks" / f"chunk-{index:06d}"
+        self.records = stem.with_suffix(".jsonl")
+        self.signatures = stem.with_suffix(".sig.npy")
+        self.stats = stem.with_suffix(".stats.json")
+
+
+def chunk_paths(work_dir: Path, index: int) -> ChunkPaths:
+    return ChunkPaths(work_dir, index)
+
+
+def _chain(cfg: CurateConfig, records: Iterator[Record], stats: dict[str, OpStats]) -> Iterator[Record]:
+    """Wire the enabled ops into one generator pipeline."""
+    out = records
+    if cfg.normalize.enabled:
+        out = apply_op(out, "normalize", lambda r, s: normalize_record(r, s, cfg.normalize), stats["normalize"])
+    if cfg.quality.enabled:
+        out = apply_op(out, "quality", lambda r, s: quality_record(r, s, cfg.quality), stats["quality"])
+    if cfg.pii.enabled:
+        out = apply_op(out, "pii", PIIScrubber(cfg.pii), stats["pii"])
+    if cfg.labels.functions:
+        out = apply_op(out, "label", LabelVoter(cfg.labels), stats["label"])
+    return out
+
+
+def process_chunk(
+    cfg_json: dict[str, Any], index: int, items: list[Record | Quarantined], work_dir: str
+) -> dict[str, Any]:
+    """Run the op chain over one chunk and write its shard; returns the chunk's stats.
+
+    Pure function of its arguments, so local processes and Ray tasks give identical shards.
+    """
+    cfg = CurateConfig.model_validate(cfg_json)
+    paths = chunk_paths(Path(work_dir), index)
+    stats = {name: OpStats(name) for name in MAP_OPS}
+    quarantined = [q for q in items if isinstance(q, Quarantined)]
+    records = (r for r in items if not isinstance(r, Quarantined))
+    hasher = MinHasher(cfg.dedup.num_perm, cfg.dedup.ngram, cfg.dedup.seed)
+    lines: list[str] = [json.dumps({"_quarantine": q.to_json()}, ensure_ascii=False) for q in quarantined]
+    sigs: list[np.ndarray] = []
+    read_by_source: dict[str, int] = {}
+    for item in items:
+        src = item.source if isinstance(item, Quarantined) else str(item["_source"])
+        read_by_source[src] = read_by_source.get(src, 0) + 1
+    for rec in _chain(cfg, records, stats):
+        text = full_text(rec)
+        rec["_exact"] = exact_key(text)
+        sigs.append(hasher.signature(text))
+        lines.append(json.dumps(rec, ensure_ascii=False, default=str))
+    paths.records.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(paths.records, ("\n".join(lines) + "\n").encode("utf-8") if lines else b"")
+    sig_arr = np.stack(sigs) if sigs else np.zeros((0, cfg.dedup.num_perm), dtype=np.uint32)
+    import io
+
+    buf = io.BytesIO()
+    np.save(buf, sig_arr, allow_pickle=False)
+    atomic_write_bytes(paths.signatures, buf.getvalue())
+    result = {
+        "index": index,
+        "read": len(items),
+        "read_by_source": read_by_source,
+        "quarantined": len(quarantined),
+        "ops": {name: s.to_json() for name, s in stats.items()},
+    }
+    atomic_write_json(paths.stats, result)  # completion marker: written last
+    return result
+
+
+def load_chunk_stats(work_dir: Path, index: int) -> dict[str, Any] | None:
+    """A finished chunk's stats, or None if the chunk has not completed."""
+    p = chunk_paths(work_dir, index).stats
+    if not p.is_file():
+        return None
+    try:
+        data: dict[str, Any] = json.loads(p.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return None
+    return data
+
+
+def read_shard(work_dir: Path, index: int) -> Iterator[tuple[Record | Quarantined, np.ndarray | None]]:
+    """Stream a finished chunk: quarantine entries (signature None) then records with signatures."""
+    paths = chunk_paths(work_dir, index)
+    sigs = np.load(paths.signatures, allow_pickle=False)
+    k = 0
+    with open(paths.records, encoding="utf-8") as fh:
+        for line in fh:
+            if not line.strip():
+                continue
+            obj = json.loads(line)
+            if "_quarantine" in obj:
+                q = obj["_quarantine"]
+                yield Quarantined(q["source"], q["location"], q["reason"], q["raw"]), None
+                continue
+            yield obj, sigs[k]
+            k += 1
