@@ -1,0 +1,290 @@
+"""Load the served model for its task, and the batched functions the task endpoints call."""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import json
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+from shoestring.core.errors import ShoestringError
+from shoestring.serve.generation import NotAccepting, QueueFull
+
+if TYPE_CHECKING:
+    import asyncio
+
+    from shoestring.serve.config import ServeConfig
+
+__all__ = ["LoadedModel", "Recommender", "TaskBatcher", "detect_task", "load_for_serving"]
+
+# Task names other packages write into manifests -> the serving task.
+_MANIFEST_TASKS = {
+    "causal-lm": "causal-lm",
+    "sft": "causal-lm",
+    "pretrain": "causal-lm",
+    "chat": "causal-lm",
+    "classification": "classification",
+    "sequence-classification": "classification",
+    "masked-lm": "masked-lm",
+    "fill-mask": "masked-lm",
+    "embedding": "embedding",
+    "sequential-recommendation": "recommendation",
+    "recommendation": "recommendation",
+}
+
+
+class Recommender(Protocol):
+    """What ``shoestring.train.recsys.load_recommender`` returns."""
+
+    def recommend(self, history: list[Any], k: int) -> list[Any]: ...
+
+
+@dataclass
+class LoadedModel:
+    """The served model and what the endpoints need to know about it."""
+
+    task: str
+    name: str
+    model: Any = None
+    tokenizer: Any = None
+    context_length: int = 2048
+    recommender: Recommender | None = None
+
+
+def detect_task(spec: str) -> str:
+    """The serving task of a model spec, from its manifest, package entry or config."""
+    from shoestring.models import load_config, packaged_model
+
+    p = Path(spec).expanduser()
+    if (p / "manifest.json").is_file():
+        manifest = json.loads((p / "manifest.json").read_text())
+        task = str(manifest.get("task") or (manifest.get("stats") or {}).get("task") or "")
+        if task in _MANIFEST_TASKS:
+            return _MANIFEST_TASKS[task]
+        if (p / "model" / "shoestring_model.json").is_file():
+            return "recommendation"
+    pm = packaged_model(spec)
+    if pm is not None:
+        return pm.task
+    arch = (getattr(load_config(spec), "architectures", None) or [""])[0]
+    if arch.endswith("ForCausalLM"):
+        return "causal-lm"
+    if arch.endswith("ForSequenceClassification"):
+        return "classification"
+    if arch.endswith("ForMaskedLM"):
+        return "masked-lm"
+    return "embedding"
+
+
+def load_for_serving(cfg: ServeConfig) -> LoadedModel:
+    """Load ``cfg.model`` for its task, in eval mode, LoRA adapters merged."""
+    import torch
+
+    from shoestring.models import load_model, load_tokenizer
+
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    task = detect_task(cfg.model) if cfg.task == "auto" else cfg.task
+    name = cfg.model_name or cfg.model
+    if task == "recommendation":
+        try:
+            from shoestring.train.recsys import load_recommender
+
+            rec = load_recommender(cfg.model)
+        except (ImportError, NotImplementedError):
+            raise ShoestringError(
+                "serving a recommender needs shoestring.train.recsys.load_recommender, which this version lacks"
+            ) from None
+        return LoadedModel(task, name, recommender=rec)
+    hf_task = "embedding" if task == "embedding" else task
+    model = load_model(cfg.model, hf_task)  # type: ignore[arg-type]
+    if hasattr(model, "merge_and_unload"):  # a PEFT adapter: fold it into the weights for speed
+        model = model.merge_and_unload()  # type: ignore[operator]
+    model.eval()
+    tok = load_tokenizer(cfg.model)
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token or tok.unk_token
+    ctx = int(getattr(model.config, "max_position_embeddings", 0) or getattr(tok, "model_max_length", 2048))
+    ctx = min(ctx, cfg.max_context) if cfg.max_context else ctx
+    return LoadedModel(task, name, model=model, tokenizer=tok, context_length=ctx)
+
+
+# ---------------------------------------------------------------------- task functions
+def embed(lm: LoadedModel, texts: list[str]) -> list[tuple[list[float], int]]:
+    """Mean-pooled, L2-normalised sentence vectors and the token count of each text."""
+    import torch
+
+    enc = lm.tokenizer(texts, padding=True, truncation=True, max_length=lm.context_length, return_tensors="pt")
+    with torch.inference_mode():
+        hidden = lm.model(**enc).last_hidden_state  # (B, T, H)
+    mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)  # (B, T, 1)
+    pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)  # (B, H)
+    pooled = torch.nn.functional.normalize(pooled.float(), dim=-1)
+    counts = enc["attention_mask"].sum(-1).tolist()
+    return [(v, int(n)) for v, n in zip(pooled.tolist(), counts, strict=True)]
+
+
+def classify(lm: LoadedModel, texts: list[str]) -> list[dict[str, Any]]:
+    """Label, probability and all class probabilities per text."""
+    import torch
+
+    enc = lm.tokenizer(texts, padding=True, truncation=True, max_length=lm.context_length, return_tensors="pt")
+    with torch.inference_mode():
+        probs = torch.softmax(lm.model(**enc).logits.float(), -1)  # (B, C)
+    id2label = getattr(lm.model.config, "id2label", None) or {}
+    out = []
+    for row, n in zip(probs.tolist(), enc["attention_mask"].sum(-1).tolist(), strict=True):
+        best = max(range(len(row)), key=row.__getitem__)
+        names = [str(id2label.get(i, i)) for i in range(len(row))]
+        out.append({"label": names[best], "score": row[best], "scores": dict(zip(names, row, strict=True)), "tokens": int(n)})
+    return out
+
+
+def fill_mask(lm: LoadedModel, items: list[tuple[str, int]]) -> list[list[list[dict[str, Any]]]]:
+    """For each (text, top_k): per mask token, the top_k fillers with probability."""
+    import torch
+
+    tok = lm.tokenizer
+    enc = tok([t for t, _ in items], padding=True, truncation=True, max_length=lm.context_length, return_tensors="pt")
+    with torch.inference_mode():
+        probs = torch.softmax(lm.model(**enc).logits.float(), -1)  # (B, T, V)
+    out = []
+    for i, (_, k) in enumerate(items):
+        where = (enc["input_ids"][i] == tok.mask_token_id).nonzero().flatten().tolist()
+        per_mask = []
+        for pos in where:
+            p, ids = probs[i, pos].topk(k)
+            per_mask.append(
+                [
+                    {"token": tok.decode([t]).strip(), "token_id": t, "score": s}
+                    for t, s in zip(ids.tolist(), p.tolist(), strict=True)
+                ]
+            )
+        out.append(per_mask)
+    return out
+
+
+class TaskBatcher:
+    """Groups concurrent requests for a non-generative task into one model call.
+
+    ``fn(items) -> results`` runs on a worker thread; an idle worker waits
+    ``batch_timeout_s`` after the first item so a burst becomes one batch.
+    """
+
+    def __init__(
+        self,
+        fn: Callable[[list[Any]], list[Any]],
+        *,
+        max_batch_size: int,
+        max_queue: int,
+        batch_timeout_s: float,
+        observer: Any = None,
+    ) -> None:
+        self.fn = fn
+        self.max_batch_size = max(1, max_batch_size)
+        self.max_queue = max(1, max_queue)
+        self.batch_timeout_s = batch_timeout_s
+        self.observer = observer
+        self._waiting: collections.deque[tuple[Any, asyncio.Future[Any], asyncio.AbstractEventLoop]] = (
+            collections.deque()
+        )
+        self._in_flight = 0
+        self._cond = threading.Condition()
+        self._accepting = True
+        self._stop = False
+        self._thread: threading.Thread | None = None
+        self.seconds_per_batch_ema = 0.05
+
+    @property
+    def queue_depth(self) -> int:
+        return len(self._waiting)
+
+    @property
+    def running(self) -> int:
+        return self._in_flight
+
+    def idle(self) -> bool:
+        return not self._waiting and self._in_flight == 0
+
+    def submit(self, item: Any, loop: asyncio.AbstractEventLoop) -> asyncio.Future[Any]:
+        with self._cond:
+            if not self._accepting or self._stop:
+                raise NotAccepting("server is shutting down")
+            if len(self._waiting) + self._in_flight >= self.max_queue:
+                raise QueueFull()
+            fut: asyncio.Future[Any] = loop.create_future()
+            self._waiting.append((item, fut, loop))
+            self._cond.notify()
+            return fut
+
+    def retry_after_s(self) -> int:
+        batches = (len(self._waiting) + self._in_flight) / self.max_batch_size
+        return max(1, min(60, round(batches * self.seconds_per_batch_ema)))
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="shoestring-task", daemon=True)
+        self._thread.start()
+
+    def stop_accepting(self) -> None:
+        with self._cond:
+            self._accepting = False
+
+    def shutdown(self, timeout_s: float = 5.0) -> None:
+        with self._cond:
+            self._accepting, self._stop = False, True
+            self._cond.notify()
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                while not self._stop and not self._waiting:
+                    self._cond.wait(0.5)
+                if self._stop:
+                    for _, fut, loop in self._waiting:
+                        _resolve(loop, fut, error=NotAccepting("server is shutting down"))
+                    self._waiting.clear()
+                    return
+                end = time.monotonic() + self.batch_timeout_s
+                while len(self._waiting) < self.max_batch_size and (left := end - time.monotonic()) > 0:
+                    self._cond.wait(left)
+                batch: list[tuple[Any, asyncio.Future[Any], asyncio.AbstractEventLoop]] = []
+                while self._waiting and len(batch) < self.max_batch_size:
+                    entry = self._waiting.popleft()
+                    if not entry[1].cancelled():  # the client went away while queued
+                        batch.append(entry)
+                self._in_flight = len(batch)
+            if not batch:
+                continue
+            t0 = time.perf_counter()
+            try:
+                results = self.fn([item for item, _, _ in batch])
+                for (_, fut, loop), res in zip(batch, results, strict=True):
+                    _resolve(loop, fut, result=res)
+            except Exception as err:  # one bad batch must not kill the worker
+                for _, fut, loop in batch:
+                    _resolve(loop, fut, error=err)
+            self.seconds_per_batch_ema = 0.8 * self.seconds_per_batch_ema + 0.2 * (time.perf_counter() - t0)
+            if self.observer is not None:
+                self.observer.on_batch(len(batch))
+            with self._cond:
+                self._in_flight = 0
+
+
+def _resolve(loop: asyncio.AbstractEventLoop, fut: asyncio.Future[Any], *, result: Any = None, error: Any = None) -> None:
+    def settle() -> None:
+        if fut.done():
+            return
+        if error is not None:
+            fut.set_exception(error)
+        else:
+            fut.set_result(result)
+
+    with contextlib.suppress(RuntimeError):  # the loop closed: nobody is waiting any more
+        loop.call_soon_threadsafe(settle)

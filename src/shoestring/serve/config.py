@@ -1,0 +1,54 @@
+"""``ServeConfig``: the flags of ``shoestring serve``, the YAML keys of ``--config`` and the API."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import Field
+
+from shoestring.core.config import ArtifactInput, StageConfig
+
+__all__ = ["ServeConfig", "ServeTask"]
+
+ServeTask = Literal["auto", "causal-lm", "embedding", "classification", "masked-lm", "recommendation"]
+
+
+class ServeConfig(StageConfig):
+    """How to serve one model over HTTP (OpenAI-compatible plus task endpoints)."""
+
+    model: Annotated[str, ArtifactInput("model", external_ok=True)]
+    """Model to serve: a packaged name, a Hugging Face folder, a .gguf file or a model artifact (LoRA adapters are merged)."""
+    task: ServeTask = "auto"
+    """What the model does; 'auto' reads the artifact manifest or the model config."""
+    model_name: str | None = None
+    """Model id reported by /v1/models and accepted in requests (default: the MODEL argument)."""
+    host: str = "127.0.0.1"
+    """Interface to bind; the default accepts local connections only (use 0.0.0.0 behind a proxy, with --api-key)."""
+    port: int = Field(8000, ge=0, le=65535)
+    """TCP port to listen on (0 picks a free one and prints it)."""
+    api_key: list[str] = Field(default_factory=list)
+    """API key clients send as 'Authorization: Bearer KEY' (repeatable). Keys in $SHOESTRING_API_KEYS (comma-separated) are added. None = no auth."""
+    max_batch_size: int = Field(8, ge=1, le=256)
+    """Most requests the model processes together (1 = one at a time)."""
+    max_queue: int = Field(64, ge=1)
+    """Most requests admitted (waiting + running); beyond it requests get 429 with Retry-After."""
+    batch_timeout_ms: float = Field(5.0, ge=0)
+    """How long an idle server waits for more requests before running a batch (milliseconds)."""
+    request_timeout_s: float = Field(120.0, gt=0)
+    """A request not finished after this many seconds is abandoned with 503 (seconds)."""
+    max_body_bytes: int = Field(1_000_000, ge=1024)
+    """Largest accepted request body; bigger bodies get 413 (bytes)."""
+    default_max_tokens: int = Field(256, ge=1)
+    """Tokens generated when a request gives no max_tokens (tokens)."""
+    max_context: int | None = None
+    """Cap on prompt + generated tokens (default: the model's max_position_embeddings) (tokens)."""
+    reference: Annotated[str | None, ArtifactInput("evaluation")] = None
+    """Evaluation artifact (or reference.json) whose distributions drift is measured against."""
+    drift_window: int = Field(500, ge=10)
+    """Recent requests in the drift window (requests)."""
+    drift_min_samples: int = Field(50, ge=1)
+    """Requests needed in the window before drift is reported (requests)."""
+    drain_timeout_s: float = Field(30.0, ge=0)
+    """On SIGTERM, how long in-flight requests may take to finish before the server exits (seconds)."""
+    threads: int | None = Field(None, ge=1)
+    """CPU threads for the model (default: torch's choice)."""

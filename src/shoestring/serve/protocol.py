@@ -1,0 +1,104 @@
+"""Request bodies (OpenAI-compatible where OpenAI defines them) and the error envelope."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = [
+    "ChatMessage",
+    "ChatRequest",
+    "ClassifyRequest",
+    "CompletionRequest",
+    "EmbeddingRequest",
+    "FillMaskRequest",
+    "RecommendRequest",
+    "error_body",
+]
+
+
+class _Body(BaseModel):
+    # OpenAI clients send optional fields we do not use (user, logprobs=false, ...): ignore them.
+    model_config = ConfigDict(extra="ignore", protected_namespaces=())
+
+
+class ChatMessage(_Body):
+    role: Literal["system", "user", "assistant", "tool", "developer"]
+    content: str | list[dict[str, Any]] | None = None
+
+    def text(self) -> str:
+        """The message text; content parts of type 'text' are joined (images are not supported)."""
+        if self.content is None or isinstance(self.content, str):
+            return self.content or ""
+        return "".join(str(p.get("text", "")) for p in self.content if p.get("type") == "text")
+
+
+class _Sampling(_Body):
+    model: str
+    max_tokens: int | None = Field(None, ge=1)
+    """Most tokens to generate (tokens)."""
+    temperature: float = Field(1.0, ge=0, le=2)
+    top_p: float = Field(1.0, gt=0, le=1)
+    n: int = Field(1, ge=1, le=1)
+    stream: bool = False
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    stream_options: dict[str, Any] | None = None
+
+    def stops(self) -> list[str]:
+        if self.stop is None:
+            return []
+        return [self.stop] if isinstance(self.stop, str) else [s for s in self.stop if s][:4]
+
+
+class ChatRequest(_Sampling):
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+
+
+class CompletionRequest(_Sampling):
+    prompt: str | list[str]
+    echo: bool = False
+
+    def prompt_text(self) -> str | None:
+        """The single prompt, or None when several were sent."""
+        if isinstance(self.prompt, str):
+            return self.prompt
+        return self.prompt[0] if len(self.prompt) == 1 else None
+
+
+class EmbeddingRequest(_Body):
+    model: str
+    input: str | list[str]
+    encoding_format: Literal["float"] = "float"
+
+    def texts(self) -> list[str]:
+        return [self.input] if isinstance(self.input, str) else list(self.input)
+
+
+class ClassifyRequest(_Body):
+    model: str | None = None
+    input: str | list[str]
+
+    def texts(self) -> list[str]:
+        return [self.input] if isinstance(self.input, str) else list(self.input)
+
+
+class FillMaskRequest(_Body):
+    model: str | None = None
+    input: str
+    """Text with one or more mask tokens (for BERT models: [MASK])."""
+    top_k: int = Field(5, ge=1, le=100)
+
+
+class RecommendRequest(_Body):
+    model: str | None = None
+    history: list[int | str] = Field(min_length=1)
+    """Items the user interacted with, oldest first."""
+    k: int = Field(10, ge=1, le=1000)
+
+
+def error_body(message: str, kind: str, code: str | None = None, param: str | None = None) -> dict[str, Any]:
+    """The OpenAI error envelope, so clients raise their usual exception types."""
+    return {"error": {"message": message, "type": kind, "param": param, "code": code}}

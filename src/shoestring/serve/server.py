@@ -1,0 +1,69 @@
+"""Run the app under uvicorn with a graceful drain on SIGTERM / Ctrl-C."""
+
+from __future__ import annotations
+
+import socket
+import sys
+from types import FrameType
+from typing import Any
+
+from shoestring.core.errors import ShoestringError
+from shoestring.serve.config import ServeConfig
+
+__all__ = ["serve"]
+
+
+def serve(cfg: ServeConfig) -> None:
+    """Load ``cfg.model`` and serve it until SIGTERM/SIGINT, then drain and exit."""
+    import uvicorn
+
+    from shoestring.serve.app import api_keys, create_app
+    from shoestring.serve.backends import load_for_serving
+
+    if cfg.host not in ("127.0.0.1", "localhost", "::1") and not api_keys(cfg):
+        print(
+            f"warning: listening on {cfg.host} without an API key; anyone who can reach this port can use the model",
+            file=sys.stderr,
+        )
+    sock = _bind(cfg.host, cfg.port)  # fail fast, before the slow model load
+    loaded = load_for_serving(cfg)
+    app = create_app(cfg, loaded)
+    state = app.state.shoestring
+
+    class DrainingServer(uvicorn.Server):
+        """Marks the app as draining first, so /ready says 503 and new requests get 503."""
+
+        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+            if not state.draining:
+                state.draining = True
+                state.scheduler.stop_accepting()
+                print("draining: finishing in-flight requests, refusing new ones", file=sys.stderr, flush=True)
+            super().handle_exit(sig, frame)
+
+    config = uvicorn.Config(
+        app,
+        log_level="warning",
+        timeout_graceful_shutdown=int(cfg.drain_timeout_s) or None,
+        backlog=4096,
+        timeout_keep_alive=30,
+    )
+    server = DrainingServer(config)
+    host, port = sock.getsockname()[:2]
+    print(f"serving {loaded.name} ({loaded.task}) on http://{host}:{port}/v1", file=sys.stderr, flush=True)
+    server.run(sockets=[sock])
+    print("stopped", file=sys.stderr, flush=True)
+
+
+def _bind(host: str, port: int) -> Any:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as err:
+        sock.close()
+        raise ShoestringError(
+            f"cannot listen on {host}:{port}: {err.strerror}; pick another --port or stop what is using it"
+        ) from None
+    sock.set_inheritable(True)
+    return sock

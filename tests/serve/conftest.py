@@ -1,0 +1,59 @@
+"""Tiny models built from configs (random weights, real tokenizers) for the serving tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 2-layer Llama with the packaged SmolLM2 tokenizer (and its chat template)."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from shoestring.models import load_tokenizer
+
+    out = tmp_path_factory.mktemp("tiny-llama")
+    tok = load_tokenizer("smollm2-135m-instruct")
+    cfg = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+        tie_word_embeddings=True,
+    )
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(cfg)
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Tiny BERT classifier and masked-LM folders with the packaged MiniLM tokenizer."""
+    import torch
+    from transformers import BertConfig, BertForMaskedLM, BertForSequenceClassification
+
+    from shoestring.models import load_tokenizer
+
+    tok = load_tokenizer("all-minilm-l6-v2")
+    base = {"vocab_size": len(tok), "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
+            "intermediate_size": 64, "max_position_embeddings": 128}  # fmt: skip
+    torch.manual_seed(0)
+    out: dict[str, Path] = {}
+    labels = {"num_labels": 3, "id2label": {0: "neg", 1: "neu", 2: "pos"}, "label2id": {"neg": 0, "neu": 1, "pos": 2}}
+    for name, cls, extra in (("classifier", BertForSequenceClassification, labels), ("masked-lm", BertForMaskedLM, {})):
+        folder = tmp_path_factory.mktemp(name)
+        cls(BertConfig(**base, **extra)).save_pretrained(folder)
+        tok.save_pretrained(folder)
+        out[name] = folder
+    return out
