@@ -1,0 +1,261 @@
+"""The memory model: bytes per device for training and inference, term by term.
+
+Training memory on one device is the sum of
+
+* **weights** - every parameter at its storage precision (4-bit/8-bit for QLoRA bases);
+* **gradients** - trainable parameters at the gradient precision;
+* **optimizer states** - AdamW keeps two fp32 moments (8 B/param), 8-bit AdamW two int8
+  (2 B), SGD with momentum one (4 B), Adafactor factored row+column moments; mixed
+  precision with low-precision weights adds an fp32 master copy (4 B);
+* **activations** - bytes autograd saves for backward, traced on the meta device for the
+  real architecture (:func:`shoestring.plan.arch.trace_activations`); with activation
+  checkpointing only each block's input is kept plus one block being recomputed;
+* **loss/logits buffers** - the vocabulary-sized logits and their gradients at the start
+  of backward, usually the largest transient of a small LM;
+* **temporary buffers** - optimizer-step scratch and autocast weight copies;
+* **framework overhead** - on CPU, resident memory the process gains beyond tensors
+  (allocator arenas, thread pools, kernels' scratch); measured by ``--calibrate``.
+
+ZeRO stages shard optimizer states (1), gradients (2) and weights (3) over the data-parallel
+devices; FSDP full-shard equals ZeRO-3; CPU offload moves optimizer states and gradients to
+host memory.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Literal
+
+from shoestring.core.errors import ShoestringError
+from shoestring.plan.arch import ModelShape, lora_trainable_parameters, trace_activations
+
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig
+
+__all__ = [
+    "MemoryBreakdown",
+    "TrainingSetup",
+    "estimate_inference_memory",
+    "estimate_training_memory",
+    "kv_cache_bytes",
+    "trainable_parameters",
+    "zero_model_states_bytes",
+]
+
+Method = Literal["full", "lora", "qlora", "freeze"]
+Precision = Literal["fp32", "bf16-mixed", "fp16-mixed", "bf16", "fp16", "int8", "int4"]
+Optimizer = Literal["adamw", "adamw-8bit", "sgd", "adafactor"]
+Parallelism = Literal["single", "ddp", "zero1", "zero2", "zero3", "fsdp", "zero3-offload"]
+
+CPU_FRAMEWORK_OVERHEAD_BYTES = 160 * 1024**2
+"""Default CPU overhead until ``--calibrate`` measures it: RSS a training process gains
+beyond its tensors (glibc arenas, OpenMP thread stacks and oneDNN scratch). Measured on
+the reference machine; see RESULTS.md."""
+CUDA_CONTEXT_BYTES = 600 * 1024**2
+"""CUDA context + cuBLAS workspace: real device memory outside ``max_memory_allocated``."""
+
+
+@dataclass(frozen=True)
+class TrainingSetup:
+    """One candidate training configuration (what the search enumerates)."""
+
+    task: str = "causal-lm"
+    method: Method = "lora"
+    lora_rank: int = 8
+    lora_targets: tuple[str, ...] = ("q_proj", "v_proj")
+    lora_dropout: float = 0.05
+    frozen_layers: int = 0
+    precision: Precision = "fp32"
+    optimizer: Optimizer = "adamw"
+    activation_checkpointing: bool = False
+    micro_batch_size: int = 1
+    seq_len: int = 256
+    devices: int = 1
+    parallelism: Parallelism = "single"
+    device_kind: str = "cpu"
+    attn_implementation: str = "sdpa"
+
+    @property
+    def compute_dtype(self) -> str:
+        return {"fp32": "fp32", "bf16-mixed": "bf16", "fp16-mixed": "fp16", "bf16": "bf16", "fp16": "fp16",
+                "int8": "bf16", "int4": "bf16"}[self.precision]
+
+
+@dataclass(frozen=True)
+class MemoryBreakdown:
+    """Predicted bytes per device, by term; ``peak_bytes`` is what the meter will read."""
+
+    weights: int
+    gradients: int
+    optimizer_states: int
+    activations: int
+    logits_buffers: int
+    temporary_buffers: int
+    framework_overhead: int
+    peak_bytes: int
+    """Peak of the memory meter (CPU: RSS above the pre-model baseline; CUDA: max allocated)."""
+    required_bytes: int
+    """What the device must hold: ``peak_bytes`` plus the CUDA context on GPUs."""
+    trainable_params: int
+    total_params: int
+
+    def terms(self) -> dict[str, int]:
+        d = asdict(self)
+        for k in ("peak_bytes", "required_bytes", "trainable_params", "total_params"):
+            d.pop(k)
+        return d
+
+
+def _weight_bytes_per_param(precision: str) -> float:
+    return {"fp32": 4, "bf16-mixed": 4, "fp16-mixed": 4, "bf16": 2, "fp16": 2, "int8": 1, "int4": 0.5}[precision]
+
+
+def trainable_parameters(shape: ModelShape, s: TrainingSetup) -> int:
+    """Parameters that receive gradients under the setup's method."""
+    if s.method == "full":
+        return shape.n_params
+    if s.method in ("lora", "qlora"):
+        return lora_trainable_parameters(shape, list(s.lora_targets), s.lora_rank)[0]
+    if s.method == "freeze":
+        if s.frozen_layers > shape.n_layers:
+            raise ShoestringError(f"--frozen-layers {s.frozen_layers} exceeds the model's {shape.n_layers} layers")
+        return sum(shape.layer_param_counts[s.frozen_layers:])
+    raise ShoestringError(f"unknown method '{s.method}'; choose full, lora, qlora or freeze")
+
+
+def _weights_bytes(shape: ModelShape, s: TrainingSetup, trainable: int) -> int:
+    if s.method == "qlora" or s.precision in ("int8", "int4"):
+        # Quantised: the Linear weights inside the blocks; embeddings, norms, head stay bf16.
+        bits = 4 if (s.method == "qlora" and s.precision not in ("int8",)) or s.precision == "int4" else 8
+        q_params = sum(a * b for name, (a, b) in shape.linear_shapes.items()
+                       if not name.endswith(("lm_head", "classifier", "score")))
+        # NF4 with double quantisation: 4 bits + ~0.127 bits of block constants per weight.
+        per = 0.5 + 0.127 / 8 if bits == 4 else 1 + 4 / 64
+        base = int(q_params * per + (shape.n_params - q_params) * 2)
+        adapters = trainable * 4 if s.method in ("lora", "qlora") else 0
+        return base + adapters
+    base = int(shape.n_params * _weight_bytes_per_param(s.precision))
+    if s.method in ("lora", "qlora"):
+        base += trainable * 4  # adapters are fp32 even on a bf16 base (peft default)
+    return base
+
+
+def _optimizer_bytes(shape: ModelShape, s: TrainingSetup, trainable: int) -> int:
+    master = 4 * trainable if s.precision in ("bf16", "fp16") and s.method == "full" else 0
+    if s.optimizer == "adamw":
+        return 8 * trainable + master
+    if s.optimizer == "adamw-8bit":
+        return 2 * trainable + trainable * 8 // 2048 + master  # int8 moments + one fp32 scale per 2048-block
+    if s.optimizer == "sgd":
+        return 4 * trainable + master  # momentum buffer
+    if s.optimizer == "adafactor":
+        if s.method in ("lora", "qlora"):
+            _, chosen = lora_trainable_parameters(shape, list(s.lora_targets), s.lora_rank)
+            rc = sum(2 * s.lora_rank + shape.linear_shapes[n][0] + shape.linear_shapes[n][1] for n in chosen)
+        else:
+            rc = sum(a + b for a, b in shape.linear_shapes.values())
+            rc = int(rc * trainable / max(shape.n_params, 1))
+        return 4 * rc + master
+    raise ShoestringError(f"unknown optimizer '{s.optimizer}'; choose adamw, adamw-8bit, sgd or adafactor")
+
+
+def _trainable_spec(s: TrainingSetup) -> str:
+    if s.method == "full":
+        return "all"
+    if s.method in ("lora", "qlora"):
+        return f"lora:{s.lora_rank}:{s.lora_dropout}:{','.join(s.lora_targets)}"
+    return f"freeze:{s.frozen_layers}"
+
+
+def estimate_training_memory(
+    config: PretrainedConfig,
+    shape: ModelShape,
+    s: TrainingSetup,
+    *,
+    framework_overhead: int | None = None,
+) -> MemoryBreakdown:
+    """Predicted per-device memory of one training configuration, by term (bytes)."""
+    trainable = trainable_parameters(shape, s)
+    n = max(s.devices, 1)
+    par = s.parallelism
+    weights = _weights_bytes(shape, s, trainable)
+    grad_per = 2 if s.precision in ("bf16", "fp16") and s.method == "full" else 4
+    grads = trainable * grad_per
+    opt = _optimizer_bytes(shape, s, trainable)
+    if par in ("zero1", "zero2", "zero3", "fsdp"):
+        opt = math.ceil(opt / n)
+    if par in ("zero2", "zero3", "fsdp"):
+        grads = math.ceil(grads / n)
+    if par in ("zero3", "fsdp"):
+        weights = math.ceil(weights / n)
+    if par == "zero3-offload":
+        weights, grads, opt = math.ceil(weights / n), 0, 0
+
+    act_dtype = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}[s.compute_dtype]
+    tr = trace_activations(config, s.task, s.micro_batch_size, s.seq_len, trainable=_trainable_spec(s),
+                           dtype=act_dtype, attn_implementation=s.attn_implementation)
+    if s.activation_checkpointing and shape.n_layers > 0:
+        # Each block keeps only its input; one block's activations exist during its recompute.
+        activations = tr.layer_input_bytes * shape.n_layers + tr.per_layer_bytes + tr.head_bytes
+    else:
+        activations = tr.saved_bytes
+    # Backward starts with the logits held by the model output and two logits-sized
+    # gradient buffers (d log_softmax, d logits) in fp32, the loss's precision.
+    fp32_logits = tr.logits_bytes * 4 // max(1, {"float32": 4}.get(act_dtype, 2))
+    logits = tr.logits_bytes + 2 * fp32_logits if tr.logits_bytes else 0
+    # Optimizer scratch: the CPU loop works one tensor at a time, CUDA's foreach path
+    # materialises one temporary per parameter; autocast caches low-precision weight copies.
+    largest = max((a * b for a, b in shape.linear_shapes.values()), default=0)
+    if s.method != "full":
+        largest = min(largest, trainable)
+    temps = 2 * 4 * largest if s.device_kind == "cpu" else 4 * trainable
+    if s.precision in ("bf16-mixed", "fp16-mixed"):
+        temps += 2 * sum(a * b for a, b in shape.linear_shapes.values()) // (n if par in ("zero3", "fsdp") else 1)
+    overhead = framework_overhead if framework_overhead is not None else (
+        CPU_FRAMEWORK_OVERHEAD_BYTES if s.device_kind == "cpu" else 0)
+    peak = weights + grads + opt + activations + logits + temps + overhead
+    required = peak + (CUDA_CONTEXT_BYTES if s.device_kind == "cuda" else 0)
+    return MemoryBreakdown(
+        weights=weights, gradients=grads, optimizer_states=opt, activations=activations, logits_buffers=logits,
+        temporary_buffers=temps, framework_overhead=overhead, peak_bytes=peak, required_bytes=required,
+        trainable_params=trainable, total_params=shape.n_params,
+    )
+
+
+def zero_model_states_bytes(n_params: float, n_devices: int, stage: int, *, k: float = 12.0,
+                            weight_bytes: float = 2.0, grad_bytes: float = 2.0) -> float:
+    """Model-state bytes per device from the ZeRO paper (Rajbhandari et al. 2019, §3/Fig.1).
+
+    Mixed-precision Adam keeps fp16 weights (2Ψ), fp16 gradients (2Ψ) and K=12 bytes of
+    optimizer state (fp32 master, momentum, variance). Stage 1 (P_os) shards the K·Ψ,
+    stage 2 (P_os+g) also the gradients, stage 3 (P_os+g+p) everything.
+    """
+    psi, nd = float(n_params), float(n_devices)
+    w, g, o = weight_bytes * psi, grad_bytes * psi, k * psi
+    if stage == 0:
+        return w + g + o
+    if stage == 1:
+        return w + g + o / nd
+    if stage == 2:
+        return w + (g + o) / nd
+    if stage == 3:
+        return (w + g + o) / nd
+    raise ValueError(f"ZeRO stage must be 0-3, got {stage}")
+
+
+def kv_cache_bytes(shape: ModelShape, batch: int, context: int, bytes_per_element: float = 2) -> int:
+    """KV cache for ``batch`` sequences of ``context`` tokens: 2·L·kv_heads·head_dim per token (GQA aware)."""
+    return int(shape.kv_bytes_per_token * batch * context * bytes_per_element)
+
+
+def estimate_inference_memory(shape: ModelShape, *, batch: int, context: int, weight_bytes: float = 2,
+                              kv_bytes: float = 2) -> dict[str, int]:
+    """Inference memory: weights + KV cache + the live activations of one forward (bytes)."""
+    weights = int(shape.n_params * weight_bytes)
+    kv = kv_cache_bytes(shape, batch, context, kv_bytes)
+    # Prefill peak: hidden states, the MLP's up/gate outputs and one chunk of logits.
+    act = int(batch * context * (4 * shape.hidden_size + 2 * shape.intermediate_size) * kv_bytes)
+    logits = int(batch * shape.vocab_size * 4)  # logits of the last position only, fp32
+    total = weights + kv + act + logits
+    return {"weights": weights, "kv_cache": kv, "activations": act, "logits": logits, "total": total}

@@ -1,0 +1,327 @@
+"""`shoestring plan`: what fits on this hardware, how long it takes and what it costs.
+
+Writes ``plan.json``: the chosen strategy (the keys ``shoestring train`` reads), the
+predicted peak memory by term, step and total time, cost, every candidate considered
+and why each rejected one was rejected.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, Literal
+
+from pydantic import Field
+
+from shoestring.core.config import ArtifactInput, HashedPath, StageConfig
+from shoestring.core.errors import ShoestringError
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from shoestring.core.artifact import Artifact
+    from shoestring.core.workspace import StageContext
+
+__all__ = ["CONFIG", "KIND", "SCHEMA_VERSION", "SUMMARY", "PlanConfig", "build", "summarize"]
+
+KIND = "plan"
+SCHEMA_VERSION = 1
+SUMMARY = "Plan a training run: memory by term, micro-batch and accumulation, time and cost; reject what does not fit."
+
+
+class PlanConfig(StageConfig):
+    """Inputs of the compute planner (YAML keys = CLI flags)."""
+
+    model: Annotated[str, ArtifactInput("model", external_ok=True)] = "smollm2-135m-instruct"
+    """Model to plan for: packaged name, hub id (config only), local folder, .gguf, model artifact or a config.json path."""
+    task: Literal["causal-lm", "masked-lm", "classification"] = "causal-lm"
+    """What the model is trained for (decides the head and the loss)."""
+    dataset: Annotated[str | None, ArtifactInput("dataset")] = None
+    """Curated dataset artifact (recipe stage id or folder); its train.jsonl is tokenised with the model's tokenizer."""
+    dataset_tokens: int | None = Field(default=None, ge=1)
+    """Training tokens per epoch when no dataset artifact is given."""
+    epochs: float = Field(default=1.0, gt=0)
+    """Passes over the training data."""
+    seq_len: int = Field(default=256, ge=8)
+    """Sequence length in tokens (longer records are truncated; packed sequences have exactly this length)."""
+    packing: bool = False
+    """Pack several records into each sequence (no padding); otherwise one record per sequence."""
+    method: Literal["full", "lora", "qlora", "freeze"] = "lora"
+    """full = every weight trains; lora = low-rank adapters; qlora = adapters on a 4-bit base; freeze = bottom layers frozen."""
+    lora_rank: int = Field(default=8, ge=1)
+    """LoRA rank r (trainable parameters per adapted Linear = r·(in + out))."""
+    lora_targets: list[str] = Field(default_factory=lambda: ["q_proj", "v_proj"])
+    """Linear layer names that get adapters (e.g. q_proj v_proj, or all-linear)."""
+    lora_dropout: float = Field(default=0.05, ge=0, lt=1)
+    """Dropout on the adapter input (it saves a mask and a copy for backward)."""
+    frozen_layers: int = Field(default=0, ge=0)
+    """method=freeze: number of bottom transformer blocks that do not train."""
+    precision: Literal["auto", "fp32", "bf16-mixed", "fp16-mixed", "bf16", "fp16", "int8", "int4"] = "auto"
+    """Weights/compute precision; auto = fp32 on CPU, bf16-mixed on GPUs with bf16, fp16-mixed otherwise."""
+    optimizer: Literal["adamw", "adamw-8bit", "sgd", "adafactor"] = "adamw"
+    """Optimizer (decides the optimizer-state bytes per trainable parameter: 8, 2, 4, ~0)."""
+    activation_checkpointing: bool | None = None
+    """Force activation checkpointing on or off; unset = search both."""
+    micro_batch_size: int | None = Field(default=None, ge=1)
+    """Sequences per forward pass per device; unset = the fastest that fits."""
+    grad_accum: int | None = Field(default=None, ge=1)
+    """Micro-batches per optimizer step; unset = batch_size / (micro-batch × devices)."""
+    batch_size: int = Field(default=8, ge=1)
+    """Sequences per optimizer step over all devices (the effective batch)."""
+    device: str = "auto"
+    """Device to plan for: auto (a local GPU, else this CPU), cpu, or a catalogue GPU (a100-80gb, h100-80gb, l4-24gb, t4-16gb, ...)."""
+    devices: int = Field(default=1, ge=1)
+    """Number of devices (data parallel)."""
+    parallelism: Literal["auto", "single", "ddp", "zero1", "zero2", "zero3", "fsdp", "zero3-offload"] = "auto"
+    """How several devices share the model; auto = search ddp and ZeRO stages."""
+    memory_limit_gib: float | None = Field(default=None, gt=0)
+    """Usable memory per device in GiB (default: the device's memory; on CPU, the RAM available now)."""
+    price_per_hour: float | None = Field(default=None, ge=0)
+    """Override the device price in dollars per device-hour."""
+    budget_hours: float | None = Field(default=None, gt=0)
+    """Reject plans that take longer than this many hours."""
+    budget_usd: float | None = Field(default=None, gt=0)
+    """Reject plans that cost more than this many dollars."""
+    rank_by: Literal["time", "cost"] = "time"
+    """Order feasible plans by total time or by cost."""
+    calibrate: bool = False
+    """Before planning, run a short real training step on this machine and store its measured utilisation and overhead."""
+    jobs: Annotated[Path | None, HashedPath()] = None
+    """YAML file of several jobs to schedule on the available devices (see docs); replaces the single-job plan."""
+    attn_implementation: Literal["sdpa", "eager"] = "sdpa"
+    """Attention implementation the trainer will use (eager materialises seq×seq scores)."""
+
+
+CONFIG = PlanConfig
+
+
+def _precision(cfg: PlanConfig, device_kind: str, bf16: bool) -> str:
+    if cfg.method == "qlora":
+        return "int4"
+    if cfg.precision != "auto":
+        return cfg.precision
+    if device_kind == "cpu":
+        return "fp32"
+    return "bf16-mixed" if bf16 else "fp16-mixed"
+
+
+def _workload(cfg: PlanConfig, ctx: StageContext | None, model_spec: str) -> tuple[Any, dict[str, Any]]:
+    from shoestring.plan.search import Workload
+
+    info: dict[str, Any] = {}
+    if ctx is not None and "dataset" in ctx.inputs:
+        from shoestring.models.loading import load_tokenizer
+        from shoestring.plan.tokens import count_dataset_tokens
+
+        art = ctx.inputs["dataset"]
+        tok = load_tokenizer(model_spec)
+        counted, lengths = count_dataset_tokens(art.file("train.jsonl"), tok)
+        if counted.records == 0:
+            raise ShoestringError(f"dataset {art.path} has no usable train records (need 'text' or 'messages')")
+        truncated = [min(n, cfg.seq_len) for n in lengths]
+        info = {"records": counted.records, "tokens": counted.tokens, "max_tokens": counted.max_tokens,
+                "mean_tokens": round(counted.mean_tokens, 1), "p95_tokens": counted.p95_tokens,
+                "skipped": counted.skipped, "tokens_after_truncation": sum(truncated),
+                "records_truncated": sum(1 for n in lengths if n > cfg.seq_len)}
+        if cfg.packing:
+            seqs = math.ceil(counted.tokens / cfg.seq_len)
+            per_seq = cfg.seq_len
+        else:
+            seqs = counted.records
+            per_seq = max(1, math.ceil(sum(truncated) / len(truncated)))
+    elif cfg.dataset_tokens is not None:
+        info = {"tokens": cfg.dataset_tokens}
+        seqs = math.ceil(cfg.dataset_tokens / cfg.seq_len)
+        per_seq = cfg.seq_len
+    else:
+        raise ShoestringError("plan needs the amount of data: pass --dataset <curated artifact> or --dataset-tokens N")
+    return Workload(sequences=seqs, tokens_per_sequence=per_seq, epochs=cfg.epochs, batch_size=cfg.batch_size), info
+
+
+def _model_spec(cfg: PlanConfig, ctx: StageContext | None) -> str:
+    if ctx is not None and "model" in ctx.inputs:
+        return str(ctx.inputs["model"].path)
+    return cfg.model
+
+
+def build(cfg: PlanConfig, ctx: StageContext) -> dict[str, Any]:
+    from shoestring.core.artifact import atomic_write_json
+
+    if cfg.jobs is not None:
+        from shoestring.plan.schedule import schedule_jobs_file
+
+        sched = schedule_jobs_file(cfg.jobs, device=cfg.device, devices=cfg.devices)
+        atomic_write_json(ctx.out_dir / "schedule.json", sched)
+        return {"jobs": len(sched["jobs"]), "makespan_seconds": sched["makespan_seconds"]}
+    plan = make_plan(cfg, ctx)
+    atomic_write_json(ctx.out_dir / "plan.json", plan)
+    ctx.extra_manifest["predicted"] = plan["predicted"]
+    return {
+        "fits": plan["fits"],
+        "micro_batch_size": plan["micro_batch_size"],
+        "grad_accum": plan["grad_accum"],
+        "peak_memory_bytes": plan["predicted"]["peak_memory_bytes"],
+        "step_seconds": plan["predicted"]["step_seconds"],
+        "total_seconds": plan["predicted"]["total_seconds"],
+        "cost_usd": plan["predicted"]["cost_usd"],
+        "candidates": len(plan["candidates"]),
+    }
+
+
+def make_plan(cfg: PlanConfig, ctx: StageContext | None = None) -> dict[str, Any]:
+    """The whole planning computation; returns the ``plan.json`` document."""
+    from dataclasses import asdict, replace
+
+    import psutil
+
+    from shoestring.plan.arch import describe_model, load_model_config
+    from shoestring.plan.hardware import load_hardware, resolve_device
+    from shoestring.plan.memory import TrainingSetup
+    from shoestring.plan.search import SearchSpace, search, smallest_change
+
+    spec = _model_spec(cfg, ctx)
+    if cfg.calibrate:
+        from shoestring.plan.calibrate import calibrate
+
+        calibrate()
+    config = load_model_config(spec)
+    shape = describe_model(config, cfg.task)
+    device = resolve_device(cfg.device)
+    if cfg.price_per_hour is not None:
+        device = replace(device, usd_per_hour=cfg.price_per_hour)
+    if cfg.memory_limit_gib is not None:
+        limit = int(cfg.memory_limit_gib * 1024**3)
+    elif device.kind == "cpu":
+        limit = int(psutil.virtual_memory().available * 0.9)
+    else:
+        from shoestring.plan.search import HEADROOM
+
+        limit = int(device.memory_bytes * HEADROOM)
+    if device.kind == "cpu" and cfg.devices > 1:
+        raise ShoestringError("--devices > 1 needs GPUs; plan for a catalogue GPU with --device (e.g. a100-80gb)")
+    hw = load_hardware() if device.kind == "cpu" else {}
+    overhead = hw.get("calibration", {}).get("framework_overhead_bytes") if device.kind == "cpu" else None
+    precision = _precision(cfg, device.kind, device.bf16)
+    work, data_info = _workload(cfg, ctx, spec)
+    base = TrainingSetup(
+        task=cfg.task, method=cfg.method, lora_rank=cfg.lora_rank, lora_targets=tuple(cfg.lora_targets),
+        lora_dropout=cfg.lora_dropout, frozen_layers=cfg.frozen_layers, precision=precision,  # type: ignore[arg-type]
+        optimizer=cfg.optimizer, seq_len=cfg.seq_len, devices=cfg.devices, device_kind=device.kind,
+        attn_implementation=cfg.attn_implementation, micro_batch_size=cfg.micro_batch_size or 1,
+    )
+    if cfg.parallelism != "auto":
+        pars: tuple[str, ...] = (cfg.parallelism,)
+    elif cfg.devices > 1:
+        pars = ("ddp", "zero1", "zero2", "zero3", "zero3-offload")
+    else:
+        pars = ("single",)
+    mbs = (cfg.micro_batch_size,) if cfg.micro_batch_size else tuple(
+        b for b in (1, 2, 4, 8, 16, 32, 64) if b <= max(1, cfg.batch_size // cfg.devices))
+    ckpt = (cfg.activation_checkpointing,) if cfg.activation_checkpointing is not None else (False, True)
+    cands = search(config, shape, base, work, device, space=SearchSpace(mbs, ckpt, pars), memory_limit=limit,
+                   rank_by=cfg.rank_by, budget_hours=cfg.budget_hours, budget_usd=cfg.budget_usd,
+                   framework_overhead=overhead, grad_accum=cfg.grad_accum)
+    best = cands[0]
+    suggestion = "" if best.fits else smallest_change(config, shape, base, work, device, memory_limit=limit,
+                                                      framework_overhead=overhead)
+    s = best.setup
+    mem = best.memory
+    return {
+        "model": spec,
+        "task": cfg.task,
+        "method": cfg.method,
+        "lora": {"rank": cfg.lora_rank, "targets": list(cfg.lora_targets), "dropout": cfg.lora_dropout}
+        if cfg.method in ("lora", "qlora") else None,
+        "frozen_layers": cfg.frozen_layers if cfg.method == "freeze" else 0,
+        "seq_len": cfg.seq_len,
+        "packing": cfg.packing,
+        "micro_batch_size": s.micro_batch_size,
+        "grad_accum": best.grad_accum,
+        "batch_size": s.micro_batch_size * best.grad_accum * s.devices,
+        "precision": precision,
+        "optimizer": cfg.optimizer,
+        "activation_checkpointing": s.activation_checkpointing,
+        "parallelism": s.parallelism,
+        "devices": s.devices,
+        "device": {"name": device.name, "kind": device.kind, "memory_bytes": device.memory_bytes,
+                   "usable_bytes": limit, "usd_per_hour": device.usd_per_hour, "utilisation": device.utilisation,
+                   "peak_flops": device.flops_for(s.compute_dtype), "calibrated": device.measured},
+        "fits": best.fits,
+        "reason": best.reason,
+        "suggestion": suggestion,
+        "parameters": {"total": shape.n_params, "trainable": mem.trainable_params,
+                       "embedding": shape.n_embedding_params},
+        "architecture": {k: v for k, v in asdict(shape).items() if k not in ("linear_shapes", "layer_param_counts")},
+        "data": {**data_info, "sequences_per_epoch": work.sequences, "tokens_per_sequence": work.tokens_per_sequence,
+                 "epochs": cfg.epochs},
+        "predicted": {
+            "peak_memory_bytes": mem.peak_bytes,
+            "required_bytes": mem.required_bytes,
+            "memory_terms": mem.terms(),
+            "step_seconds": best.run.step_seconds,
+            "steps": best.run.steps,
+            "total_seconds": best.run.total_seconds,
+            "cost_usd": best.run.cost_usd,
+            "flops_per_step": best.run.flops_per_step,
+            "tokens_per_second": best.run.tokens_per_second,
+        },
+        "candidates": [c.row() for c in cands],
+    }
+
+
+def _human_bytes(n: float) -> str:
+    for unit, div in (("GiB", 1024**3), ("MiB", 1024**2), ("KiB", 1024)):
+        if abs(n) >= div:
+            return f"{n / div:.2f} {unit}"
+    return f"{n:.0f} B"
+
+
+def _human_seconds(s: float) -> str:
+    if s < 120:
+        return f"{s:.1f} s"
+    if s < 7200:
+        return f"{s / 60:.1f} min"
+    return f"{s / 3600:.2f} h"
+
+
+def summarize(artifact: Artifact, console: Console) -> None:
+    """Print the plan: memory by term, the chosen strategy, and the candidates."""
+    import json
+
+    from rich.table import Table
+
+    if (artifact.path / "schedule.json").is_file():
+        from shoestring.plan.schedule import print_schedule
+
+        print_schedule(json.loads((artifact.path / "schedule.json").read_text()), console)
+        return
+    plan = json.loads(artifact.file("plan.json").read_text())
+    pred = plan["predicted"]
+    mem = Table(title=f"Memory per device - {plan['model']} ({plan['method']}, {plan['precision']})")
+    mem.add_column("term")
+    mem.add_column("bytes", justify="right")
+    for term, n in pred["memory_terms"].items():
+        mem.add_row(term.replace("_", " "), _human_bytes(n))
+    mem.add_row("[bold]predicted peak[/]", f"[bold]{_human_bytes(pred['peak_memory_bytes'])}[/]")
+    mem.add_row("usable on device", _human_bytes(plan["device"]["usable_bytes"]))
+    console.print(mem)
+    cands = Table(title="Candidates (best first)")
+    for col in ("micro-batch", "accum", "ckpt", "parallel", "peak", "step", "total", "cost", "verdict"):
+        cands.add_column(col, justify="right" if col not in ("verdict", "parallel") else "left")
+    for c in plan["candidates"][:12]:
+        verdict = "[green]fits[/]" if c["fits"] else f"[red]{c['reason']}[/]"
+        cands.add_row(str(c["micro_batch_size"]), str(c["grad_accum"]), "on" if c["activation_checkpointing"] else "off",
+                      c["parallelism"], _human_bytes(c["peak_memory_bytes"]), _human_seconds(c["step_seconds"]),
+                      _human_seconds(c["total_seconds"]), f"${c['cost_usd']:.2f}", verdict)
+    console.print(cands)
+    p = plan["parameters"]
+    head = "[green]plan[/]" if plan["fits"] else "[red]nothing fits[/]"
+    console.print(
+        f"{head}: micro-batch {plan['micro_batch_size']} × accum {plan['grad_accum']} on {plan['devices']}× "
+        f"{plan['device']['name']} ({plan['parallelism']}), checkpointing "
+        f"{'on' if plan['activation_checkpointing'] else 'off'}; {p['trainable']:,} of {p['total']:,} parameters train; "
+        f"{pred['steps']} steps × {_human_seconds(pred['step_seconds'])} = {_human_seconds(pred['total_seconds'])}, "
+        f"${pred['cost_usd']:.4f}"
+    )
+    if plan["suggestion"]:
+        console.print(f"[yellow]smallest change that fits:[/] {plan['suggestion']}")

@@ -1,0 +1,88 @@
+"""The plan stage end to end: plan.json contract, dataset token counting, the real CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from shoestring.core.registry import get_stage
+from shoestring.core.workspace import Workspace
+from shoestring.plan.stage import PlanConfig
+
+CONTRACT = ("model", "task", "method", "seq_len", "micro_batch_size", "grad_accum", "precision",
+            "activation_checkpointing", "predicted", "device")
+
+
+def _plan(tmp_path: Path, cfg: PlanConfig, inputs: dict | None = None) -> dict:
+    ws = Workspace(tmp_path / "ws")
+    res = ws.run(get_stage("plan"), cfg, inputs or {})
+    return json.loads((res.artifact.path / "plan.json").read_text())
+
+
+def test_plan_json_has_the_contract_keys_and_memory_terms(tmp_path: Path, tiny_llama: Path) -> None:
+    plan = _plan(tmp_path, PlanConfig(model=str(tiny_llama), dataset_tokens=100_000, device="cpu", seq_len=128))
+    for key in CONTRACT:
+        assert key in plan, key
+    pred = plan["predicted"]
+    for key in ("peak_memory_bytes", "step_seconds", "total_seconds", "cost_usd"):
+        assert pred[key] > 0, key
+    assert sum(pred["memory_terms"].values()) == pred["peak_memory_bytes"]
+    assert plan["fits"] and plan["precision"] == "fp32"
+    assert plan["micro_batch_size"] * plan["grad_accum"] == 8
+    # LoRA on q_proj+v_proj of a 64-wide, 2-layer GQA model: r·(in+out) per adapted Linear.
+    assert plan["parameters"]["trainable"] == 2 * 8 * ((64 + 64) + (64 + 32))
+    assert plan["data"]["sequences_per_epoch"] == -(-100_000 // 128)
+
+
+def test_dataset_tokens_are_counted_with_the_chat_template(tmp_path: Path, chat_dataset: Path) -> None:
+    from shoestring.core.artifact import Artifact
+    from shoestring.models.loading import load_tokenizer
+
+    art = Artifact.load(chat_dataset)
+    plan = _plan(tmp_path, PlanConfig(model="smollm2-135m-instruct", dataset=str(chat_dataset), device="cpu"),
+                 {"dataset": art})
+    tok = load_tokenizer("smollm2-135m-instruct")
+    rec = json.loads((chat_dataset / "train.jsonl").read_text().splitlines()[0])
+    one = len(tok(tok.apply_chat_template(rec["messages"], tokenize=False))["input_ids"])
+    assert plan["data"]["records"] == 40 and plan["data"]["skipped"] == 1
+    assert plan["data"]["max_tokens"] >= one > 20  # the template adds the system prompt and role markers
+    assert plan["parameters"]["total"] == 134_515_008
+
+
+def test_nothing_fits_names_the_smallest_change(tmp_path: Path, tiny_llama: Path) -> None:
+    from shoestring.plan.arch import describe_model, load_model_config
+    from shoestring.plan.memory import TrainingSetup, estimate_training_memory
+
+    config = load_model_config(str(tiny_llama / "config.json"))
+    shape = describe_model(config, "causal-lm")
+    setup = TrainingSetup(method="full", seq_len=8192, activation_checkpointing=True, micro_batch_size=1)
+    long = estimate_training_memory(config, shape, setup).required_bytes
+    half = estimate_training_memory(config, shape, TrainingSetup(**{**setup.__dict__, "seq_len": 4096})).required_bytes
+    limit_gib = (long + half) / 2 / 1024**3  # the half-length run fits, the full-length one does not
+    plan = _plan(tmp_path, PlanConfig(model=str(tiny_llama), dataset_tokens=10_000, device="cpu", seq_len=8192,
+                                      memory_limit_gib=limit_gib, method="full"))
+    assert not plan["fits"]
+    assert "needs" in plan["reason"]
+    assert "--seq-len 4096" in plan["suggestion"]
+
+
+@pytest.mark.slow
+def test_cli_plan_prints_a_table_and_bad_input_is_one_line(tmp_path: Path, tiny_llama: Path) -> None:
+    env = {**os.environ, "COLUMNS": "160"}
+    cmd = [sys.executable, "-m", "shoestring.cli", "plan", "--model", str(tiny_llama), "--dataset-tokens", "50000",
+           "--device", "a100-80gb", "--method", "full", "-w", str(tmp_path / "ws")]
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert "predicted peak" in out.stdout and "optimizer states" in out.stdout
+    art = Path(out.stdout.strip().splitlines()[-1])
+    plan = json.loads((art / "plan.json").read_text())
+    assert plan["device"]["name"] == "a100-80gb" and plan["precision"] == "bf16-mixed"
+    bad = subprocess.run([*cmd[:3], "plan", "--model", str(tiny_llama), "--device", "tpu-v9", "--dataset-tokens", "5",
+                          "-w", str(tmp_path / "ws")], capture_output=True, text=True, env=env, timeout=300)
+    assert bad.returncode == 2 and "unknown device 'tpu-v9'" in bad.stderr
+    assert "Traceback" not in bad.stderr
