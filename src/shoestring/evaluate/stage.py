@@ -1,0 +1,143 @@
+"""`shoestring evaluate`: task metrics with bootstrap CIs, paired comparison, fairness,
+explanations, a self-contained HTML report and a drift reference.
+
+Payload: ``metrics.json`` (every figure in the report), ``report.html`` (self-contained),
+``reference.json`` (drift reference, see :mod:`shoestring.evaluate.drift`) and, for
+language models, ``generations.jsonl``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Annotated, Any, Literal
+
+from pydantic import Field
+
+from shoestring.core.config import ArtifactInput, StageConfig
+from shoestring.core.errors import ShoestringError
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from shoestring.core.artifact import Artifact
+    from shoestring.core.workspace import StageContext
+
+KIND = "evaluation"
+SCHEMA_VERSION = 1
+SUMMARY = "Evaluate a model: metrics with CIs, before/after comparison, fairness, explanations, HTML report."
+
+TaskName = Literal[
+    "causal-lm", "sft", "masked-lm", "fill-mask", "classification", "tabular", "embedding", "recommendation"
+]
+# Task names other packages may write into a model manifest, mapped to our evaluators.
+TASK_ALIASES = {
+    "causal-lm": "causal-lm",
+    "sft": "causal-lm",
+    "pretrain": "causal-lm",
+    "masked-lm": "masked-lm",
+    "fill-mask": "masked-lm",
+    "mlm": "masked-lm",
+    "classification": "classification",
+    "sequence-classification": "classification",
+    "tabular": "tabular",
+    "tabular-classification": "tabular",
+    "embedding": "embedding",
+    "embeddings": "embedding",
+    "recommendation": "recommendation",
+    "sequential-recommendation": "recommendation",
+    "recsys": "recommendation",
+}
+
+
+class EvaluateConfig(StageConfig):
+    model: Annotated[str, ArtifactInput("model", external_ok=True)]
+    """Model to evaluate: a train/compress stage id, a model artifact folder, or any model spec
+    (packaged name, Hugging Face folder, .gguf file, hub id)."""
+    compare: Annotated[str | None, ArtifactInput("model", external_ok=True)] = None
+    """Second model scored on the same records for a paired comparison with a significance test
+    (e.g. the base model before fine-tuning, or the parent before compression)."""
+    dataset: Annotated[str | None, ArtifactInput("dataset")] = None
+    """Dataset artifact (stage id or folder) whose split is evaluated."""
+    task: TaskName | None = None
+    """Task; default: the model artifact's recorded task, else causal-lm."""
+    split: str = "test"
+    """Dataset split file to evaluate (<split>.jsonl)."""
+    max_records: int = Field(200, ge=1)
+    """Evaluate at most this many records (records)."""
+    max_seq_len: int = Field(512, ge=8)
+    """Truncate each record to this many tokens (tokens)."""
+    token_budget: int = Field(2048, ge=64)
+    """Tokens per forward batch, batch size x padded length (tokens); bounds memory."""
+    prompts: list[str] = Field(default_factory=list)
+    """Fixed prompts for generations, shown side by side for both models."""
+    max_new_tokens: int = Field(48, ge=1)
+    """Tokens generated per prompt (tokens)."""
+    sampled: bool = True
+    """Also produce one sampled generation per prompt (seeded), besides the greedy one."""
+    temperature: float = Field(0.7, gt=0)
+    """Sampling temperature for sampled generations."""
+    top_p: float = Field(0.9, gt=0, le=1)
+    """Nucleus sampling mass for sampled generations."""
+    bootstrap: int = Field(1000, ge=100)
+    """Bootstrap resamples for confidence intervals (resamples)."""
+    confidence: float = Field(0.95, gt=0.5, lt=1)
+    """Confidence level of every interval."""
+    seed: int = 0
+    """Seed for bootstrap, permutation test and sampling."""
+    text_field: str = "text"
+    """Record field holding the input text."""
+    label_field: str = "label"
+    """Record field holding the label (classification)."""
+    sensitive: list[str] = Field(default_factory=list)
+    """Record fields with sensitive attributes for the fairness section (e.g. gender)."""
+    mitigate: bool = True
+    """Run fairness mitigation (reweighing, threshold optimisation) and report before/after."""
+    explain: int = Field(2, ge=0)
+    """Records (or prompts) explained with Integrated Gradients; 0 turns explanations off."""
+    ig_steps: int = Field(32, ge=4)
+    """Starting Integrated Gradients steps; doubled until the completeness gap is in tolerance (steps)."""
+    ig_max_steps: int = Field(512, ge=4)
+    """Upper bound on Integrated Gradients steps (steps)."""
+    ig_tolerance: float = Field(0.05, gt=0)
+    """Completeness tolerance: |sum(attributions) - (f(x) - f(baseline))| / max(|f(x) - f(baseline)|, 1e-3)."""
+    k: list[int] = Field(default_factory=lambda: [5, 10])
+    """Cut-offs K for HR@K/NDCG@K (recommendation) and top-K accuracy (fill-mask)."""
+
+
+CONFIG = EvaluateConfig
+
+
+def resolve_task(cfg: EvaluateConfig, ctx: StageContext) -> str:
+    """The evaluator to use: the config's task, else the model artifact's, else causal-lm."""
+    found: Any = cfg.task
+    if found is None and "model" in ctx.inputs:
+        found = ctx.inputs["model"].manifest.get("task")
+    name = str(found or "causal-lm")
+    if name not in TASK_ALIASES:
+        raise ShoestringError(f"evaluate: unknown task '{name}'; pass --task with one of {', '.join(TASK_ALIASES)}")
+    return TASK_ALIASES[name]
+
+
+def model_spec(field: str, cfg: EvaluateConfig, ctx: StageContext) -> str | None:
+    """What to pass to a loader for ``model``/``compare``: the artifact folder, or the spec as written."""
+    if field in ctx.inputs:
+        return str(ctx.inputs[field].path)
+    value = getattr(cfg, field)
+    return None if value is None else str(value)
+
+
+def build(cfg: EvaluateConfig, ctx: StageContext) -> dict[str, Any]:
+    task = resolve_task(cfg, ctx)
+    ctx.extra_manifest["task"] = task
+    if task == "causal-lm":
+        from shoestring.evaluate.causal import evaluate_causal_lm
+
+        return evaluate_causal_lm(cfg, ctx)
+    raise ShoestringError(f"evaluate: task '{task}' is not supported yet; use --task causal-lm")
+
+
+def summarize(artifact: Artifact, console: Console) -> None:
+    """Print the headline figures and where the report is."""
+    s = artifact.stats
+    for line in s.get("headline", []):
+        console.print(f"  {line}")
+    console.print(f"  report: {artifact.path / 'report.html'}")
