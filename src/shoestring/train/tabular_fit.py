@@ -1,0 +1,344 @@
+"""Epoch loop for the small non-Hugging-Face networks (tabular MLPs, recommenders).
+
+Shared by ``tabular-classification`` and ``sequential-recommendation``: mini-batch
+gradient descent with warmup + decay, optional DP-SGD (Opacus), validation every epoch,
+early stopping on a named validation metric, resumable checkpoints in ``ctx.work_dir``
+(safetensors + JSON via :mod:`shoestring.train.checkpoint`), ``metrics.jsonl`` rows and a
+loss-curve PNG. Common knobs come from :class:`~shoestring.train.config.TrainConfig`.
+
+Determinism: data order and dropout are seeded from ``(seed, epoch)``, so a run killed and
+resumed from an epoch-end checkpoint continues exactly like an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from shoestring.core.artifact import atomic_write_bytes, atomic_write_text
+
+if TYPE_CHECKING:
+    import torch
+    from rich.console import Console
+    from torch.utils.data import TensorDataset
+
+    from shoestring.train.privacy import PrivacyOptions
+
+__all__ = ["FitResult", "FitSettings", "fit", "fit_settings", "torch_threads", "write_loss_png", "write_metrics_jsonl"]
+
+
+@contextmanager
+def torch_threads(threads: int | None) -> Iterator[None]:
+    """Run with ``threads`` intra-op threads (default 1), restoring the previous count after.
+
+    These models' ops are too small to amortise thread synchronisation: on a busy 2-core
+    machine a digits MLP step took 0.48 s with 2 threads and 0.012 s with 1.
+    """
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads or 1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+@dataclass
+class FitSettings:
+    """Resolved optimisation settings (units: steps are optimizer steps)."""
+
+    epochs: int
+    batch_size: int
+    lr: float
+    optimizer: str = "adamw"
+    weight_decay: float = 0.0
+    momentum: float = 0.9
+    schedule: str = "constant"
+    warmup_steps: int | None = None
+    max_grad_norm: float | None = None
+    max_steps: int | None = None
+    max_minutes: float | None = None
+    patience: int | None = None
+    seed: int = 0
+    keep_checkpoints: int = 2
+    log_every: int = 1
+
+
+def fit_settings(cfg: Any, *, epochs: int, lr: float, batch_size: int, patience: int | None) -> FitSettings:
+    """Read the common TrainConfig knobs; task defaults apply where the user set nothing.
+
+    ``epochs`` in TrainConfig defaults to 1 (right for LM fine-tuning); small models need
+    many passes, so the task default is used unless the user set ``epochs`` explicitly.
+    """
+    explicit: set[str] = set(getattr(cfg, "model_fields_set", set()))
+    ep = math.ceil(cfg.epochs) if "epochs" in explicit else epochs
+    return FitSettings(
+        epochs=max(1, ep),
+        batch_size=cfg.micro_batch_size or batch_size,
+        lr=cfg.lr or lr,
+        optimizer=cfg.optimizer,
+        weight_decay=cfg.weight_decay,
+        momentum=cfg.momentum,
+        schedule=cfg.schedule if "schedule" in explicit else "constant",
+        warmup_steps=cfg.warmup_steps,
+        max_grad_norm=cfg.max_grad_norm if "max_grad_norm" in explicit else None,
+        max_steps=cfg.max_steps,
+        max_minutes=cfg.max_minutes,
+        patience=cfg.early_stopping_patience or patience,
+        seed=cfg.seed,
+        keep_checkpoints=cfg.keep_checkpoints,
+        log_every=cfg.log_every,
+    )
+
+
+@dataclass
+class FitResult:
+    """What happened: metrics rows, best validation metrics and why training stopped."""
+
+    rows: list[dict[str, Any]]
+    best: dict[str, float]
+    best_epoch: int
+    epochs_run: int
+    steps: int
+    train_seconds: float
+    stopped: str
+    resumed_from_epoch: int | None = None
+    privacy: dict[str, Any] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
+    if warmup and step < warmup:
+        return (step + 1) / warmup
+    if schedule == "constant" or total <= warmup:
+        return 1.0
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    if schedule == "linear":
+        return 1.0 - 0.9 * progress
+    return 0.1 + 0.45 * (1.0 + math.cos(math.pi * progress))  # cosine down to 10% of peak
+
+
+def _make_optimizer(model: torch.nn.Module, s: FitSettings) -> torch.optim.Optimizer:
+    import torch
+
+    decay: list[torch.nn.Parameter] = []
+    no_decay: list[torch.nn.Parameter] = []
+    for p in model.parameters():
+        if p.requires_grad:
+            # Biases and norm gains (1-D) are not regularised, as in LM practice.
+            (no_decay if p.ndim < 2 else decay).append(p)
+    groups = [{"params": decay, "weight_decay": s.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    groups = [g for g in groups if g["params"]]
+    if s.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=s.lr, momentum=s.momentum)
+    return torch.optim.AdamW(groups, lr=s.lr)
+
+
+def fit(
+    model: torch.nn.Module,
+    train_data: TensorDataset,
+    loss_fn: Callable[[torch.nn.Module, tuple[torch.Tensor, ...]], torch.Tensor],
+    validate: Callable[[torch.nn.Module], dict[str, float]],
+    *,
+    monitor: str,
+    higher_is_better: bool,
+    settings: FitSettings,
+    work_dir: Path,
+    privacy: PrivacyOptions | None = None,
+    console: Console | None = None,
+) -> FitResult:
+    """Train ``model`` in place; on return it holds the best-validation weights.
+
+    ``loss_fn(model, batch)`` returns the mean loss of a batch (a tuple of tensors from
+    ``train_data``); ``validate(model)`` returns metrics including ``monitor``.
+    """
+    import torch
+    from safetensors.torch import load_file, save_file
+    from torch.utils.data import DataLoader
+
+    from shoestring.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+
+    s = settings
+    torch.manual_seed(s.seed)
+    loader = DataLoader(
+        train_data,
+        batch_size=s.batch_size,
+        shuffle=True,
+        generator=torch.Generator().manual_seed(s.seed),
+        drop_last=False,
+    )
+    optimizer = _make_optimizer(model, s)
+    session = None
+    if privacy is not None:
+        from shoestring.train.privacy import make_private
+
+        session = make_private(model, optimizer, loader, privacy, epochs=s.epochs)
+        # Opacus' per-example hooks trip a harmless torch warning on every backward.
+        warnings.filterwarnings("ignore", message="Full backward hook is firing")
+        model, optimizer, loader = session.model, session.optimizer, session.data_loader
+    base_model = session.unwrapped if session is not None else model
+    steps_per_epoch = max(1, len(loader))
+    total = steps_per_epoch * s.epochs if s.max_steps is None else min(s.max_steps, steps_per_epoch * s.epochs)
+    warmup = s.warmup_steps if s.warmup_steps is not None else (int(0.05 * total) if s.schedule != "constant" else 0)
+
+    ckpt_root = work_dir / "checkpoints"
+    best_path = work_dir / "best.safetensors"
+    rows: list[dict[str, Any]] = []
+    start_epoch, step, best_score, best_epoch, bad, elapsed = 0, 0, None, -1, 0, 0.0
+    best: dict[str, float] = {}
+    resumed = None
+    last = latest_checkpoint(ckpt_root)
+    if last is not None:
+        state = load_checkpoint(last, model, optimizer, "cpu")
+        start_epoch, step, rows = state["epoch"], state["step"], state["rows"]
+        best_score, best_epoch, bad, elapsed, best = (
+            state["best_score"],
+            state["best_epoch"],
+            state["bad"],
+            state["elapsed"],
+            state["best"],
+        )
+        if session is not None:
+            from shoestring.train.privacy import restore_accountant
+
+            restore_accountant(session, state.get("accountant", []))
+        resumed = start_epoch
+        if console is not None:
+            console.print(f"resuming from epoch {start_epoch} (step {step}) in {last}")
+
+    stopped = "epochs"
+    t0 = time.perf_counter() - elapsed
+    epoch = start_epoch
+    while epoch < s.epochs and stopped == "epochs":
+        # Per-epoch seeds make the data order and dropout masks independent of resumes.
+        torch.manual_seed(s.seed * 1_000_003 + epoch)
+        gen = torch.Generator().manual_seed(s.seed * 100_003 + epoch)
+        sampler: Any = getattr(loader, "batch_sampler", None)
+        if session is not None and hasattr(sampler, "generator"):
+            sampler.generator = gen
+        elif getattr(loader, "generator", None) is not None:
+            loader.generator.manual_seed(s.seed * 100_003 + epoch)
+        model.train()
+        losses: list[float] = []
+        for batch in loader:
+            if batch[0].shape[0] == 0:  # Poisson sampling can draw an empty batch
+                continue
+            for g in optimizer.param_groups:
+                g["lr"] = s.lr * _lr_factor(step, total, warmup, s.schedule)
+            optimizer.zero_grad(set_to_none=True)
+            loss = loss_fn(model, tuple(batch))
+            loss.backward()
+            if session is None and s.max_grad_norm:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), s.max_grad_norm)
+            optimizer.step()
+            step += 1
+            losses.append(float(loss.detach()))
+            if step % s.log_every == 0:
+                rows.append({"step": step, "epoch": epoch, "loss": losses[-1], "lr": optimizer.param_groups[0]["lr"]})
+            if s.max_steps is not None and step >= s.max_steps:
+                stopped = "max_steps"
+                break
+            if s.max_minutes is not None and time.perf_counter() - t0 > 60 * s.max_minutes:
+                stopped = "max_minutes"
+                break
+        model.eval()
+        with torch.no_grad():
+            metrics = validate(base_model)
+        score = metrics[monitor]
+        row = {
+            "step": step,
+            "epoch": epoch + 1,
+            "train_loss": sum(losses) / max(1, len(losses)),
+            **{f"val_{k}": v for k, v in metrics.items()},
+        }
+        if session is not None:
+            from shoestring.train.privacy import epsilon_spent
+
+            row["epsilon"] = epsilon_spent(session)
+        rows.append(row)
+        improved = best_score is None or (score > best_score if higher_is_better else score < best_score)
+        if improved:
+            best_score, best_epoch, bad, best = score, epoch + 1, 0, dict(metrics)
+            save_file({k: v.detach().contiguous().clone() for k, v in base_model.state_dict().items()}, str(best_path))
+        else:
+            bad += 1
+            if s.patience is not None and bad >= s.patience:
+                stopped = "early_stopping"
+        if console is not None:
+            console.print(f"epoch {epoch + 1}/{s.epochs}  loss {row['train_loss']:.4f}  val {monitor} {score:.4f}")
+        epoch += 1
+        state = {
+            "epoch": epoch,
+            "rows": rows,
+            "best_score": best_score,
+            "best_epoch": best_epoch,
+            "bad": bad,
+            "elapsed": time.perf_counter() - t0,
+            "best": best,
+        }
+        if session is not None:
+            from shoestring.train.privacy import accountant_history
+
+            state["accountant"] = accountant_history(session)
+        save_checkpoint(ckpt_root, step, model, optimizer, state, keep=s.keep_checkpoints)
+
+    if best_path.is_file():
+        base_model.load_state_dict(load_file(str(best_path)))
+    result = FitResult(
+        rows=rows,
+        best=best,
+        best_epoch=best_epoch,
+        epochs_run=epoch,
+        steps=step,
+        train_seconds=time.perf_counter() - t0,
+        stopped=stopped,
+        resumed_from_epoch=resumed,
+    )
+    if session is not None:
+        from shoestring.train.privacy import privacy_report
+
+        result.privacy = privacy_report(session)
+    return result
+
+
+def write_metrics_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
+    """One JSON object per line (step rows have ``loss``, epoch rows ``train_loss``/``val_*``)."""
+    atomic_write_text(path, "".join(json.dumps(r, default=float) + "\n" for r in rows))
+
+
+def write_loss_png(path: Path, rows: list[dict[str, Any]], monitor: str, title: str) -> None:
+    """Training loss per step and the monitored validation metric per epoch, as a PNG."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = [r for r in rows if "loss" in r]
+    epochs = [r for r in rows if "train_loss" in r]
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
+    ax.plot([r["step"] for r in steps], [r["loss"] for r in steps], lw=0.8, color="tab:blue", label="train loss")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("training loss")
+    key = f"val_{monitor}"
+    if epochs and key in epochs[0]:
+        ax2 = ax.twinx()
+        ax2.plot([r["step"] for r in epochs], [r[key] for r in epochs], "o-", ms=3, color="tab:orange", label=key)
+        ax2.set_ylabel(key)
+        ax2.legend(loc="upper right")
+    ax.legend(loc="upper left")
+    ax.set_title(title)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
