@@ -1,0 +1,174 @@
+"""Resolve a run's knobs from the config, the plan artifact and defaults; list deviations.
+
+The planner promised that a given (model, method, seq_len, micro-batch, precision,
+checkpointing) fits the hardware. If the user overrides one of those, the run may not fit:
+we keep the user's value (they may know better) and warn, naming each deviation.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from shoestring.core.errors import ShoestringError
+from shoestring.train.config import TrainConfig
+
+__all__ = ["Settings", "read_plan", "resolve_settings"]
+
+_DEFAULTS: dict[str, Any] = {
+    "task": "sft",
+    "method": "lora",
+    "seq_len": 512,
+    "micro_batch_size": 8,
+    "grad_accum": 1,
+    "activation_checkpointing": False,
+}
+_PLANNED = (
+    "model",
+    "task",
+    "method",
+    "seq_len",
+    "micro_batch_size",
+    "grad_accum",
+    "precision",
+    "activation_checkpointing",
+)
+_TASK_ALIASES = {"causal": "causal-lm", "clm": "causal-lm", "pretrain": "causal-lm", "mlm": "masked-lm", "chat": "sft"}
+_METHOD_ALIASES = {"freeze": "frozen", "freeze-layers": "frozen"}
+_PRECISION_ALIASES = {
+    "float32": "fp32",
+    "bfloat16": "bf16",
+    "float16": "fp16",
+    "bf16-mixed": "bf16",
+    "fp16-mixed": "fp16",
+}
+# SFT and causal-LM pretraining cost the same memory and time: the planner calls both causal-lm.
+_EQUIVALENT = {("task", "causal-lm", "sft")}
+
+
+@dataclass
+class Settings:
+    """The values a run actually uses."""
+
+    model: str
+    task: str
+    method: str
+    seq_len: int
+    micro_batch_size: int
+    grad_accum: int
+    precision: str
+    activation_checkpointing: bool
+    device: str
+    lr: float
+    deviations: list[str] = field(default_factory=list)
+    """One line per knob set differently from the plan."""
+    predicted: dict[str, Any] = field(default_factory=dict)
+    """The plan's predictions (peak_memory_bytes, step_seconds, total_seconds, cost_usd)."""
+
+
+def read_plan(path: Path | None) -> dict[str, Any] | None:
+    if path is None:
+        return None
+    f = path / "plan.json"
+    if not f.is_file():
+        raise ShoestringError(f"plan artifact {path} has no plan.json; re-run `shoestring plan`")
+    try:
+        data = json.loads(f.read_text())
+    except json.JSONDecodeError:
+        raise ShoestringError(f"{f} is not valid JSON; re-run `shoestring plan`") from None
+    if not isinstance(data, dict):
+        raise ShoestringError(f"{f} must hold a JSON object; re-run `shoestring plan`")
+    return data
+
+
+def _plan_value(plan: dict[str, Any], key: str) -> Any:
+    val = plan.get(key)
+    if key == "task" and isinstance(val, str):
+        val = _TASK_ALIASES.get(val, val)
+    if key == "method" and isinstance(val, str):
+        val = _METHOD_ALIASES.get(val, val)
+    if key == "precision" and isinstance(val, str):
+        val = _PRECISION_ALIASES.get(val, val)
+        if val not in ("fp32", "bf16", "fp16"):
+            return None  # int8/int4 weight formats are the method's business (qlora), not autocast's
+    return val
+
+
+def resolve_settings(cfg: TrainConfig, plan: dict[str, Any] | None, cuda_available: bool) -> Settings:
+    """Explicit config value > plan value > default; record every explicit-vs-plan mismatch."""
+    plan = plan or {}
+    chosen: dict[str, Any] = {}
+    deviations: list[str] = []
+    for key in _PLANNED:
+        mine = getattr(cfg, key)
+        if key == "precision" and mine == "auto":
+            mine = None
+        planned = _plan_value(plan, key)
+        if mine is not None:
+            chosen[key] = mine
+            if planned is not None and str(planned) != str(mine) and (key, str(planned), str(mine)) not in _EQUIVALENT:
+                deviations.append(f"{key}: planned {planned}, running {mine}")
+        elif planned is not None:
+            chosen[key] = planned
+        else:
+            chosen[key] = _DEFAULTS.get(key)
+    if chosen["model"] is None:
+        raise ShoestringError(
+            "train: no model; set `model:` (e.g. smollm2-135m-instruct) or pass a plan that names one"
+        )
+    if chosen["task"] not in (
+        "sft",
+        "causal-lm",
+        "masked-lm",
+        "classification",
+        "sequential-recommendation",
+        "tabular-classification",
+    ):
+        raise ShoestringError(f"train: unknown task '{chosen['task']}' (from the plan); set `task:` explicitly")
+    device = cfg.device
+    if device == "auto":
+        device = "cuda" if cuda_available else "cpu"
+    elif device == "cuda" and not cuda_available:
+        raise ShoestringError("device cuda requested but no CUDA GPU is visible; use device: cpu (or auto)")
+    if chosen["method"] == "qlora" and device != "cuda":
+        raise ShoestringError(
+            "method qlora needs a CUDA GPU (bitsandbytes 4-bit kernels); on CPU use method: lora "
+            "(same adapter, full-precision base)"
+        )
+    precision = chosen["precision"]
+    if precision is None:
+        precision = "bf16" if device == "cuda" else "fp32"
+    if precision == "fp16" and device == "cpu":
+        deviations.append("precision: fp16 needs CUDA; running bf16 autocast on CPU instead")
+        precision = "bf16"
+    pdev = plan.get("device")
+    plan_device = str((pdev.get("kind") or pdev.get("name") or "") if isinstance(pdev, dict) else (pdev or ""))
+    if plan_device and not _same_device_kind(plan_device, device):
+        deviations.append(f"device: planned {plan_device}, running {device}")
+    lr = cfg.lr
+    if lr is None:
+        lr = 1e-3 if cfg.from_scratch else (2e-4 if chosen["method"] in ("lora", "qlora") else 5e-5)
+    predicted = plan.get("predicted") if isinstance(plan.get("predicted"), dict) else {}
+    return Settings(
+        model=str(chosen["model"]),
+        task=str(chosen["task"]),
+        method=str(chosen["method"]),
+        seq_len=int(chosen["seq_len"]),
+        micro_batch_size=int(chosen["micro_batch_size"]),
+        grad_accum=int(chosen["grad_accum"]),
+        precision=str(precision),
+        activation_checkpointing=bool(chosen["activation_checkpointing"]),
+        device=device,
+        lr=float(lr),
+        deviations=deviations,
+        predicted=dict(predicted or {}),
+    )
+
+
+def _same_device_kind(planned: str, running: str) -> bool:
+    p = planned.lower()
+    if running == "cpu":
+        return "cpu" in p or not any(w in p for w in ("cuda", "gpu", "nvidia", "h100", "a100", "l4", "t4"))
+    return not ("cpu" in p and not any(w in p for w in ("cuda", "gpu", "nvidia")))

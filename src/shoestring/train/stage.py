@@ -1,0 +1,152 @@
+"""The `train` stage: dataset (+ plan) → model artifact (``adapter/`` or ``model/``).
+
+Language-model tasks (sft, causal-lm, masked-lm, classification) run the loop in
+:mod:`shoestring.train.loop`, locally or across processes (torchrun / Ray Train);
+``sequential-recommendation`` and ``tabular-classification`` go to their own trainers.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from shoestring.train.config import LM_TASKS, LoraOptions, TrainConfig
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from shoestring.core.artifact import Artifact
+    from shoestring.core.workspace import StageContext
+
+__all__ = ["CONFIG", "KIND", "SCHEMA_VERSION", "SUMMARY", "build", "summarize"]
+
+CONFIG = TrainConfig
+KIND = "model"
+SCHEMA_VERSION = 1
+SUMMARY = "Train or fine-tune a model (SFT, LoRA/QLoRA, causal/masked LM, classification, recsys, tabular)."
+
+
+def build(cfg: TrainConfig, ctx: StageContext) -> dict[str, Any]:
+    from shoestring.core.metering import PeakMemoryMeter
+    from shoestring.train.settings import read_plan, resolve_settings
+
+    plan_art = ctx.inputs.get("plan")
+    plan = read_plan(plan_art.path) if plan_art is not None else None
+    task = cfg.task or (plan or {}).get("task") or "sft"
+    ctx.extra_manifest["task"] = task
+    if task == "sequential-recommendation":
+        from shoestring.train.recsys import train_recommender
+
+        return train_recommender(cfg, ctx)
+    if task == "tabular-classification":
+        from shoestring.train.tabular import train_tabular
+
+        return train_tabular(cfg, ctx)
+
+    import torch
+
+    # Baseline before anything heavy is loaded, so peak memory covers model + training.
+    meter = PeakMemoryMeter("cuda" if cfg.device != "cpu" and torch.cuda.is_available() else "cpu")
+    meter.__enter__()
+    try:
+        model_art = ctx.inputs.get("model")
+        if model_art is not None:
+            cfg = cfg.model_copy(update={"model": str(model_art.path)})
+        cfg = _adopt_plan_extras(cfg, plan)
+        s = resolve_settings(cfg, plan, torch.cuda.is_available())
+        ds = ctx.inputs.get("dataset")
+        if cfg.task is None and s.task == "causal-lm" and ds is not None and _has_chats(ds.path, cfg.messages_field):
+            s.task = "sft"  # the planner says causal-lm for any decoder run; chat records mean SFT
+        if s.task not in LM_TASKS:
+            raise AssertionError(s.task)
+        ctx.extra_manifest["task"] = s.task
+        for line in s.deviations:
+            ctx.console.print(f"[yellow]warning:[/] run deviates from the plan - {line}; it may not fit as predicted")
+        from shoestring.train.executors import run_training
+
+        stats = run_training(cfg, s, ctx, meter)
+    finally:
+        meter.stop()
+    if (ctx.out_dir / "adapter").is_dir():
+        ctx.extra_manifest["base_model"] = s.model
+    ctx.extra_manifest["plan_comparison"] = {
+        "predicted": s.predicted,
+        "measured": {"peak_memory_bytes": stats.get("peak_memory_bytes"), "step_seconds": stats.get("step_seconds")},
+        "deviations": s.deviations,
+    }
+    return stats
+
+
+def _adopt_plan_extras(cfg: TrainConfig, plan: dict[str, Any] | None) -> TrainConfig:
+    """Take the plan's LoRA shape / frozen depth when the recipe does not set them."""
+    if not plan:
+        return cfg
+    update: dict[str, Any] = {}
+    lora = plan.get("lora")
+    if isinstance(lora, dict) and "lora" not in cfg.model_fields_set and lora.get("rank"):
+        rank = int(lora["rank"])
+        update["lora"] = LoraOptions(
+            r=rank,
+            alpha=2 * rank,
+            dropout=float(lora.get("dropout", 0.05)),
+            target_modules=list(lora.get("targets") or []) or "all-linear",
+        )
+    frozen = plan.get("frozen_layers")
+    if plan.get("method") == "freeze" and frozen and "trainable_layers" not in cfg.model_fields_set:
+        arch = plan.get("architecture") or {}
+        layers = arch.get("n_layers") or arch.get("num_layers")
+        if isinstance(layers, int):
+            update["trainable_layers"] = max(0, layers - int(frozen))
+    return cfg.model_copy(update=update) if update else cfg
+
+
+def _has_chats(dataset: Path, field: str) -> bool:
+    f = dataset / "train.jsonl"
+    if not f.is_file():
+        return False
+    with open(f, encoding="utf-8") as fh:
+        first = fh.readline()
+    try:
+        return isinstance(json.loads(first).get(field), list)
+    except (json.JSONDecodeError, AttributeError):
+        return False
+
+
+def _human_bytes(n: float | None) -> str:
+    if n is None:
+        return "-"
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024:
+            return f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} PiB"
+
+
+def summarize(artifact: Artifact, console: Console) -> None:
+    """Print the run's headline numbers beside the plan's predictions."""
+    from rich.table import Table
+
+    st = artifact.stats
+    if "train_loss_last" not in st:
+        console.print({k: v for k, v in st.items() if not isinstance(v, dict | list)})
+        return
+    t = Table(title=f"train · {st.get('task')} · {st.get('method')} · {st.get('model')}")
+    t.add_column("metric")
+    t.add_column("measured")
+    t.add_column("planned")
+
+    def fmt(v: Any) -> str:
+        return f"{v:.4g}" if isinstance(v, float) else ("-" if v is None else str(v))
+
+    t.add_row("steps", fmt(st.get("steps")), "")
+    t.add_row("train loss first → last", f"{fmt(st.get('train_loss_first'))} → {fmt(st.get('train_loss_last'))}", "")
+    t.add_row("validation loss", fmt(st.get("val_loss")), "")
+    t.add_row("tokens/s (non-pad)", fmt(st.get("tokens_per_second")), "")
+    t.add_row("step seconds (median)", fmt(st.get("step_seconds")), fmt(st.get("predicted_step_seconds")))
+    t.add_row(
+        "peak memory", _human_bytes(st.get("peak_memory_bytes")), _human_bytes(st.get("predicted_peak_memory_bytes"))
+    )
+    console.print(t)
+    for line in st.get("deviations") or []:
+        console.print(f"[yellow]deviation from plan:[/] {line}")
