@@ -180,10 +180,14 @@ class _GuardMiddleware:
         endpoint = path if path in ENDPOINTS else "other"
         started = time.monotonic()
         status_box = [500]
+        too_big = [False]
+        sent_start = [False]
 
         async def send_wrapper(message: Any) -> None:
+            if too_big[0]:
+                return  # the app's answer to a truncated body is replaced by our 413
             if message["type"] == "http.response.start":
-                status_box[0] = message["status"]
+                status_box[0], sent_start[0] = message["status"], True
             await send(message)
 
         headers = {k.decode("latin-1").lower(): v for k, v in scope.get("headers", [])}
@@ -191,8 +195,18 @@ class _GuardMiddleware:
         try:
             if err is not None:
                 await _error_response(err)(scope, receive, send_wrapper)
-            else:
-                await self.app(scope, self._limited(receive), send_wrapper)
+                return
+            try:
+                await self.app(scope, self._limited(receive, too_big), send_wrapper)
+            except Exception:
+                if not too_big[0]:
+                    raise
+            if too_big[0] and not sent_start[0]:
+                limit = self.state.cfg.max_body_bytes
+                too_big[0] = False
+                await _error_response(api_error(413, f"request body exceeds {limit} bytes (--max-body-bytes)"))(
+                    scope, receive, send_wrapper
+                )
         finally:
             self.state.metrics.requests.labels(endpoint, str(status_box[0])).inc()
             self.state.metrics.latency.labels(endpoint).observe(time.monotonic() - started)
@@ -213,8 +227,12 @@ class _GuardMiddleware:
                 return api_error(401, "missing or wrong API key; send 'Authorization: Bearer <key>'", "invalid_api_key")
         return None
 
-    def _limited(self, receive: Any) -> Any:
-        """Count body bytes as they arrive, for chunked bodies without a Content-Length."""
+    def _limited(self, receive: Any, too_big: list[bool]) -> Any:
+        """Count body bytes as they arrive (chunked bodies have no Content-Length).
+
+        Past the limit the app is told the client left, so it stops reading; the
+        middleware then answers 413 itself.
+        """
         limit, seen = self.state.cfg.max_body_bytes, [0]
 
         async def wrapped() -> dict[str, Any]:
@@ -222,7 +240,8 @@ class _GuardMiddleware:
             if message["type"] == "http.request":
                 seen[0] += len(message.get("body", b""))
                 if seen[0] > limit:
-                    raise api_error(413, f"request body exceeds {limit} bytes (--max-body-bytes)")
+                    too_big[0] = True
+                    return {"type": "http.disconnect"}
             return message
 
         return wrapped

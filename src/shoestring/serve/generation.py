@@ -216,7 +216,7 @@ class GenerationScheduler:
         from transformers.cache_utils import DynamicLayer
 
         layers = getattr(self._running.cache, "layers", None) if self._running else None
-        return bool(layers) and all(type(layer) is DynamicLayer for layer in layers)
+        return bool(layers) and all(type(layer) is DynamicLayer for layer in layers or ())
 
     def _prefill(self, reqs: list[GenRequest]) -> None:
         import torch
@@ -330,7 +330,7 @@ class GenerationScheduler:
                 lead = int((b.mask.sum(0) == 0).long().cumprod(0).sum())  # all-padding leading columns
                 if lead:
                     b.mask = b.mask[:, lead:]
-                    for layer in b.cache.layers or ():
+                    for layer in b.cache.layers:
                         layer.keys, layer.values = layer.keys[:, :, lead:], layer.values[:, :, lead:]
 
     def _fail_locked(self, message: str) -> None:
