@@ -45,7 +45,7 @@ class JoinConfig(_Section):
 
     path: Annotated[Path, HashedPath()]
     """Lookup table file (CSV, TSV, JSONL or Parquet), read fully into memory."""
-    on: str
+    key: str
     """Key field present in both the record (after mapping) and the lookup table."""
     fields: list[str] = Field(default_factory=list)
     """Lookup columns to attach; empty = all columns except the key."""

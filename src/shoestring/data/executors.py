@@ -2,7 +2,7 @@
 
 *What* runs (:func:`~shoestring.data.pipeline.process_chunk`, a pure function of its chunk)
 is separate from *where*. All executors keep a bounded number of chunks in flight
-(2 x workers), so memory stays flat however large the corpus is, and all return chunk
+(2-4 x workers), so memory stays flat however large the corpus is, and all return chunk
 results in input order.
 """
 
@@ -59,30 +59,64 @@ class LocalExecutor:
         self.pool.join()
 
 
+def _run_pickled(row: dict[str, Any]) -> dict[str, Any]:
+    """Ray Data row function: unpickle (fn, args), run, return the result as JSON text."""
+    import json
+    import pickle
+
+    fn, args = pickle.loads(row["task"])
+    return {"index": row["index"], "result": json.dumps(fn(*args))}
+
+
 class RayExecutor:
-    """Ray tasks (a local Ray instance unless one is already running) with a bounded window."""
+    """Ray Data over windows of chunks (a local Ray instance unless one is already running).
+
+    Each window of ``4 x workers`` chunks becomes a small dataset of pickled tasks that
+    ``Dataset.map`` runs with ``concurrency=workers``; windows keep memory bounded because
+    the reader is a single stream in the driver. Tasks travel pickled because records are
+    free-form dicts that Arrow cannot always type.
+    """
 
     def __init__(self, workers: int) -> None:
         try:
             import ray
+            import ray.data
         except ImportError:
-            raise ShoestringError("executor 'ray' needs Ray: pip install 'shoestring[ray]'") from None
+            raise ShoestringError("executor 'ray' needs Ray Data: pip install 'shoestring[ray]'") from None
         self.ray = ray
         self.workers = workers
         self.started = False
         if not ray.is_initialized():
             ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False, configure_logging=False)
             self.started = True
+        import logging
+
+        logging.getLogger("ray.data").setLevel(logging.WARNING)  # per-window plans are noise to users
+        ctx = ray.data.DataContext.get_current()
+        ctx.execution_options.preserve_order = True
+        ctx.enable_progress_bars = False
+
+    def _window(self, fn: Callable[..., dict[str, Any]], tasks: list[tuple[int, Task]]) -> list[dict[str, Any]]:
+        import json
+
+        from ray import cloudpickle
+
+        rows = [{"index": i, "task": cloudpickle.dumps((fn, t))} for i, t in tasks]
+        ds = self.ray.data.from_items(rows, override_num_blocks=len(rows)).map(
+            _run_pickled, concurrency=min(self.workers, len(rows)), num_cpus=1
+        )
+        out = sorted(ds.take_all(), key=lambda r: r["index"])
+        return [json.loads(r["result"]) for r in out]
 
     def map(self, fn: Callable[..., dict[str, Any]], tasks: Iterable[Task]) -> Iterator[dict[str, Any]]:
-        remote = self.ray.remote(num_cpus=1)(fn)
-        window: deque[Any] = deque()
-        for t in tasks:
-            window.append(remote.remote(*t))
-            if len(window) >= 2 * self.workers:
-                yield self.ray.get(window.popleft())
-        while window:
-            yield self.ray.get(window.popleft())
+        window: list[tuple[int, Task]] = []
+        for i, t in enumerate(tasks):
+            window.append((i, t))
+            if len(window) >= 4 * self.workers:
+                yield from self._window(fn, window)
+                window = []
+        if window:
+            yield from self._window(fn, window)
 
     def close(self) -> None:
         if self.started:

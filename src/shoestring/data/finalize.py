@@ -25,14 +25,16 @@ from shoestring.data.dedup import LSHIndex
 from shoestring.data.label import combine_votes, label_weights
 from shoestring.data.pipeline import read_shard
 from shoestring.data.records import Quarantined, Record, full_text
-from shoestring.data.split import SPLITS, assign_splits, leak_groups
+from shoestring.data.semantic import SemanticIndex
+from shoestring.data.split import SPLITS, UnionFind, assign_splits, leak_pairs
 
 __all__ = ["KEPT", "Decisions", "decide", "write_dataset"]
 
-KEPT, EXACT, NEAR, KANON, UNLABELLED = 0, 1, 2, 3, 4
+KEPT, EXACT, NEAR, SEMANTIC, KANON, UNLABELLED = 0, 1, 2, 3, 4, 5
 STATUS_REASON = {
     EXACT: ("dedup", "exact_duplicate"),
     NEAR: ("dedup", "near_duplicate"),
+    SEMANTIC: ("dedup", "semantic_duplicate"),
     KANON: ("pii", "k_anonymity"),
     UNLABELLED: ("label", "unlabelled"),
 }
@@ -56,10 +58,11 @@ class Decisions:
 
 
 def _label_of(rec: Record, cfg: CurateConfig, weights: dict[str, float]) -> str | None:
-    if not cfg.labels.functions:
+    if not cfg.labels.functions and not cfg.labels.zero_shot:
         value = rec.get(cfg.labels.field)
         return None if value is None else str(value)
-    return combine_votes(rec.get("_votes") or {}, cfg.labels, weights)
+    label = combine_votes(rec.get("_votes") or {}, cfg.labels, weights)
+    return label if label is not None else rec.get("_zero_shot")
 
 
 def decide(cfg: CurateConfig, work_dir: Path, n_chunks: int, label_counters: Counter[str]) -> Decisions:
@@ -71,9 +74,10 @@ def decide(cfg: CurateConfig, work_dir: Path, n_chunks: int, label_counters: Cou
     strata: list[str] = []  # per group: the stratum of its representative
     qi_of_kept: list[tuple[int, int, tuple[str, ...]]] = []  # (chunk, position, quasi-identifier combo)
     near_js: list[float] = []
+    sem = SemanticIndex(384, cfg.dedup.semantic_threshold) if cfg.dedup.semantic else None
     for c in range(n_chunks):
         status, group = [], []
-        for pos, (item, sig) in enumerate(_records(work_dir, c)):
+        for pos, (item, sig, emb) in enumerate(_records(work_dir, c)):
             assert sig is not None
             st, g = KEPT, -1
             key = item["_exact"]
@@ -87,14 +91,22 @@ def decide(cfg: CurateConfig, work_dir: Path, n_chunks: int, label_counters: Cou
                     st = NEAR if cfg.dedup.near else KEPT
                     near_js.append(j)
                 else:
-                    g = len(d.group_key)
+                    owner = -1
+                    if sem is not None and emb is not None:
+                        owner, _ = sem.query(emb)
+                    if owner >= 0:
+                        g, st = owner, SEMANTIC
+                    else:
+                        g = len(d.group_key)
+                        d.group_key.append(str(item["id"]))
+                        d.group_size.append(0)
+                        strata.append(_stratum(item, cfg, d.weights))
+                        if sem is not None and emb is not None:
+                            sem.add(emb, g)
                     lsh_group.append(g)
-                    d.group_key.append(str(item["id"]))
-                    d.group_size.append(0)
-                    strata.append(_stratum(item, cfg, d.weights))
                 exact_group[key] = g
             d.group_size[g] += 1
-            unlabelled = cfg.labels.functions and not cfg.labels.keep_unlabelled
+            unlabelled = (cfg.labels.functions or cfg.labels.zero_shot) and not cfg.labels.keep_unlabelled
             if st == KEPT and unlabelled and _label_of(item, cfg, d.weights) is None:
                 st = UNLABELLED
             if st == KEPT and cfg.pii.k_anonymity:
@@ -112,7 +124,15 @@ def decide(cfg: CurateConfig, work_dir: Path, n_chunks: int, label_counters: Cou
         "near_duplicate_mean_jaccard": round(float(np.mean(near_js)), 4) if near_js else None,
     }
     _k_anonymity(cfg, d, qi_of_kept)
-    roots, joined = leak_groups(lsh.signatures, cfg.dedup.threshold)
+    pairs = leak_pairs(lsh.signatures, cfg.dedup.threshold)
+    uf = UnionFind(len(d.group_key))
+    joined = 0
+    for a, b in pairs:
+        ga, gb = lsh_group[a], lsh_group[b]
+        if uf.find(ga) != uf.find(gb):
+            uf.union(ga, gb)
+            joined += 1
+    roots = [uf.find(g) for g in range(len(d.group_key))]
     # A unit is a leak component (its root is its earliest group); units, not groups, are split.
     units = sorted(set(roots))
     unit_split = assign_splits(
@@ -124,7 +144,8 @@ def decide(cfg: CurateConfig, work_dir: Path, n_chunks: int, label_counters: Cou
     )
     split_of_root = dict(zip(units, unit_split, strict=True))
     d.group_split = [split_of_root[r] for r in roots]
-    d.leak = {"near_pairs_joined_before_split": joined, "cross_split_pairs": _cross_split_pairs(lsh, d, cfg)}
+    cross = sum(d.group_split[lsh_group[a]] != d.group_split[lsh_group[b]] for a, b in pairs)
+    d.leak = {"near_pairs_joined_before_split": joined, "cross_split_pairs": int(cross)}
     return d
 
 
@@ -158,27 +179,10 @@ def _k_anonymity(cfg: CurateConfig, d: Decisions, qi: list[tuple[int, int, tuple
     }
 
 
-def _cross_split_pairs(lsh: LSHIndex, d: Decisions, cfg: CurateConfig) -> int:
-    """Verification: near-duplicate group pairs (by the dedup LSH) that ended up in different splits."""
-    n = 0
-    for band in lsh.buckets:
-        for members in band.values():
-            splits = {d.group_split[lsh_i] for lsh_i in members}
-            if len(splits) < 2:
-                continue
-            for i, a in enumerate(members):
-                for b in members[i + 1 :]:
-                    if d.group_split[a] != d.group_split[b] and (
-                        float(np.mean(lsh.signatures[a] == lsh.signatures[b])) >= cfg.dedup.threshold
-                    ):
-                        n += 1
-    return n
-
-
 def _records(work_dir: Path, chunk: int) -> Any:
-    for item, sig in read_shard(work_dir, chunk):
+    for item, sig, emb in read_shard(work_dir, chunk):
         if not isinstance(item, Quarantined):
-            yield item, sig
+            yield item, sig, emb
 
 
 def _public(rec: Record) -> Record:
@@ -195,7 +199,7 @@ def finish_record(rec: Record, cfg: CurateConfig, d: Decisions, g: int) -> Recor
             messages.insert(0, {"role": "system", "content": rec["system"]})
         out["messages"] = messages
     out["text"] = full_text(rec)
-    if cfg.labels.functions:
+    if cfg.labels.functions or cfg.labels.zero_shot:
         out[cfg.labels.field] = _label_of(rec, cfg, d.weights)
     out["cluster_id"] = d.group_key[g]
     out["cluster_size"] = d.group_size[g]
@@ -219,7 +223,7 @@ def write_dataset(cfg: CurateConfig, work_dir: Path, out_dir: Path, n_chunks: in
     try:
         for c in range(n_chunks):
             pos = 0
-            for item, _ in read_shard(work_dir, c):
+            for item, _, _ in read_shard(work_dir, c):
                 if isinstance(item, Quarantined):
                     quarantine_reasons[item.reason] += 1
                     quarantine.write(json.dumps(item.to_json(), ensure_ascii=False) + "\n")
@@ -239,7 +243,7 @@ def write_dataset(cfg: CurateConfig, work_dir: Path, out_dir: Path, n_chunks: in
                 split_sizes[split] += 1
                 kept_by_source[str(item["_source"])] += 1
                 lengths.append(len(rec["text"].split()))
-                if cfg.labels.functions or cfg.labels.field in rec:
+                if cfg.labels.functions or cfg.labels.zero_shot or cfg.labels.field in rec:
                     label_by_split[split][str(rec.get(cfg.labels.field))] += 1
                 if split == "train" and cfg.augment.enabled:
                     for k in range(cfg.augment.copies):

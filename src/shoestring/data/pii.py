@@ -21,7 +21,7 @@ import re
 from collections.abc import Callable
 
 from shoestring.data.config import PIIConfig
-from shoestring.data.records import Drop, OpStats, Record, content_fields
+from shoestring.data.records import Drop, OpStats, Record
 
 __all__ = ["DEV_KEY", "PIIScrubber", "find_pii", "iban_ok", "luhn_ok"]
 
@@ -169,7 +169,8 @@ class PIIScrubber:
 
     def __call__(self, rec: Record, stats: OpStats) -> Record | Drop:
         found = False
-        for f in content_fields(rec):
+        # Every string column, not only the text: logs and tables carry PII in their own columns.
+        for f in [k for k, v in rec.items() if isinstance(v, str) and k != "id" and not k.startswith("_")]:
             new = self.scrub(rec[f], stats)
             if new != rec[f]:
                 rec[f] = new

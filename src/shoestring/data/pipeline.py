@@ -8,6 +8,7 @@ skips finished chunks and gets the same bytes.
 
 from __future__ import annotations
 
+import io
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,6 +24,7 @@ from shoestring.data.normalize import normalize_record
 from shoestring.data.pii import PIIScrubber
 from shoestring.data.quality import quality_record
 from shoestring.data.records import OpStats, Quarantined, Record, apply_op, full_text
+from shoestring.data.semantic import Embedder
 
 __all__ = ["MAP_OPS", "ChunkPaths", "chunk_paths", "load_chunk_stats", "process_chunk", "read_shard"]
 
@@ -34,6 +36,7 @@ class ChunkPaths:
         stem = work_dir / "chunks" / f"chunk-{index:06d}"
         self.records = stem.with_suffix(".jsonl")
         self.signatures = stem.with_suffix(".sig.npy")
+        self.embeddings = stem.with_suffix(".emb.npy")
         self.stats = stem.with_suffix(".stats.json")
 
 
@@ -69,24 +72,26 @@ def process_chunk(
     records = (r for r in items if not isinstance(r, Quarantined))
     hasher = MinHasher(cfg.dedup.num_perm, cfg.dedup.ngram, cfg.dedup.seed)
     lines: list[str] = [json.dumps({"_quarantine": q.to_json()}, ensure_ascii=False) for q in quarantined]
-    sigs: list[np.ndarray] = []
     read_by_source: dict[str, int] = {}
     for item in items:
         src = item.source if isinstance(item, Quarantined) else str(item["_source"])
         read_by_source[src] = read_by_source.get(src, 0) + 1
-    for rec in _chain(cfg, records, stats):
-        text = full_text(rec)
+    kept = list(_chain(cfg, records, stats))
+    texts = [full_text(rec) for rec in kept]
+    sigs = [hasher.signature(t) for t in texts]
+    embeddings = None
+    if cfg.dedup.semantic or cfg.labels.zero_shot:
+        embeddings = _embedder().encode(texts)  # (N, 384)
+        if cfg.labels.zero_shot:
+            _zero_shot(cfg, kept, embeddings, stats["label"])
+    for rec, text in zip(kept, texts, strict=True):
         rec["_exact"] = exact_key(text)
-        sigs.append(hasher.signature(text))
         lines.append(json.dumps(rec, ensure_ascii=False, default=str))
     paths.records.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(paths.records, ("\n".join(lines) + "\n").encode("utf-8") if lines else b"")
-    sig_arr = np.stack(sigs) if sigs else np.zeros((0, cfg.dedup.num_perm), dtype=np.uint32)
-    import io
-
-    buf = io.BytesIO()
-    np.save(buf, sig_arr, allow_pickle=False)
-    atomic_write_bytes(paths.signatures, buf.getvalue())
+    _save_npy(paths.signatures, np.stack(sigs) if sigs else np.zeros((0, cfg.dedup.num_perm), dtype=np.uint32))
+    if embeddings is not None and cfg.dedup.semantic:
+        _save_npy(paths.embeddings, embeddings)
     result = {
         "index": index,
         "read": len(items),
@@ -96,6 +101,37 @@ def process_chunk(
     }
     atomic_write_json(paths.stats, result)  # completion marker: written last
     return result
+
+
+def _save_npy(path: Path, arr: np.ndarray) -> None:
+    buf = io.BytesIO()
+    np.save(buf, arr, allow_pickle=False)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+_EMBEDDER: Embedder | None = None
+
+
+def _embedder() -> Embedder:
+    """One encoder per worker process, loaded on first use and reused across chunks."""
+    global _EMBEDDER
+    if _EMBEDDER is None:
+        _EMBEDDER = Embedder()
+    return _EMBEDDER
+
+
+def _zero_shot(cfg: CurateConfig, records: list[Record], embeddings: np.ndarray, stats: OpStats) -> None:
+    """Label records no labelling function covered with the most similar candidate label."""
+    labels = list(cfg.labels.zero_shot)
+    label_vecs = _embedder().encode(labels)  # (L, 384)
+    sims = embeddings @ label_vecs.T  # (N, L) cosine similarities
+    for rec, row in zip(records, sims, strict=True):
+        if rec.get("_votes"):
+            continue
+        best = int(np.argmax(row))
+        if float(row[best]) >= cfg.labels.zero_shot_min_score:
+            rec["_zero_shot"] = labels[best]
+            stats.counters[f"zero_shot:{labels[best]}"] += 1
 
 
 def load_chunk_stats(work_dir: Path, index: int) -> dict[str, Any] | None:
@@ -110,10 +146,13 @@ def load_chunk_stats(work_dir: Path, index: int) -> dict[str, Any] | None:
     return data
 
 
-def read_shard(work_dir: Path, index: int) -> Iterator[tuple[Record | Quarantined, np.ndarray | None]]:
-    """Stream a finished chunk: quarantine entries (signature None) then records with signatures."""
+def read_shard(
+    work_dir: Path, index: int
+) -> Iterator[tuple[Record | Quarantined, np.ndarray | None, np.ndarray | None]]:
+    """Stream a finished chunk: quarantine entries, then records with signature and embedding (or None)."""
     paths = chunk_paths(work_dir, index)
     sigs = np.load(paths.signatures, allow_pickle=False)
+    embs = np.load(paths.embeddings, allow_pickle=False) if paths.embeddings.is_file() else None
     k = 0
     with open(paths.records, encoding="utf-8") as fh:
         for line in fh:
@@ -122,7 +161,7 @@ def read_shard(work_dir: Path, index: int) -> Iterator[tuple[Record | Quarantine
             obj = json.loads(line)
             if "_quarantine" in obj:
                 q = obj["_quarantine"]
-                yield Quarantined(q["source"], q["location"], q["reason"], q["raw"]), None
+                yield Quarantined(q["source"], q["location"], q["reason"], q["raw"]), None, None
                 continue
-            yield obj, sigs[k]
+            yield obj, sigs[k], None if embs is None else embs[k]
             k += 1

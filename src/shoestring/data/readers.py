@@ -128,11 +128,11 @@ def _map_record(
     rec["id"] = f"{name}:{rid}" if rid is not None and not isinstance(rid, bytes | dict | list) else f"{name}:{loc}"
     rec["_source"] = name
     if lookup is not None and src.join is not None:
-        key = rec.get(src.join.on)
+        key = rec.get(src.join.key)
         extra = lookup.get(str(key)) if key is not None else None
         rec["_joined"] = extra is not None
         for col, value in (extra or {}).items():
-            if col != src.join.on and (not src.join.fields or col in src.join.fields):
+            if col != src.join.key and (not src.join.fields or col in src.join.fields):
                 rec[src.join.prefix + col] = value
     for k, v in list(rec.items()):
         if isinstance(v, bytes):
@@ -385,15 +385,15 @@ def parse_log_line(line: str, fmt: str = "auto") -> dict[str, Any] | None:
 
 
 def _load_join(join: JoinConfig) -> dict[str, dict[str, Any]]:
-    """Read a lookup table fully (lookup tables are small by nature) keyed by ``join.on``."""
+    """Read a lookup table fully (lookup tables are small by nature) keyed by ``join.key``."""
     src = SourceConfig(path=join.path)
     out: dict[str, dict[str, Any]] = {}
     for loc, row in _RAW_READERS[detect_format(src)](src, join.path.name):
         if isinstance(row, Quarantined):
             raise ShoestringError(f"join table {join.path}: {row.reason} at {loc}; fix the lookup table")
-        if join.on not in row:
-            raise ShoestringError(f"join table {join.path} has no column {join.on!r}; fix `join.on`")
-        out[str(row[join.on])] = row
+        if join.key not in row:
+            raise ShoestringError(f"join table {join.path} has no column {join.key!r}; fix `join.key`")
+        out[str(row[join.key])] = row
     return out
 
 

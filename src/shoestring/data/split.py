@@ -2,7 +2,7 @@
 
 Records are assigned by *group*, never one by one: a group is a dedup cluster joined with
 every other cluster whose representative is a near-duplicate of it (found by a deliberately
-sensitive LSH pass, see :func:`leak_groups`). So no exact or near-duplicate pair can cross
+sensitive LSH pass, see :func:`leak_pairs`). So no exact or near-duplicate pair can cross
 splits, even when dedup is switched off or LSH banding missed a pair.
 
 Within each stratum, groups are ordered by a seeded SHA-1 of their key and cut at the
@@ -18,7 +18,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["SPLITS", "UnionFind", "assign_splits", "leak_groups"]
+__all__ = ["SPLITS", "UnionFind", "assign_splits", "leak_pairs"]
 
 SPLITS = ("train", "validation", "test")
 
@@ -40,20 +40,19 @@ class UnionFind:
             self.parent[max(ra, rb)] = min(ra, rb)
 
 
-def leak_groups(signatures: Sequence[np.ndarray], threshold: float, rows: int = 4) -> tuple[list[int], int]:
-    """Component root per group, joining groups whose signatures estimate Jaccard >= threshold.
+def leak_pairs(signatures: Sequence[np.ndarray], threshold: float, rows: int = 4) -> list[tuple[int, int]]:
+    """Pairs (i < j) of signatures whose estimated Jaccard is >= threshold.
 
     Uses bands of ``rows`` (4 -> P(candidate | J=0.7) ~ 0.997 at 128 permutations), far more
-    sensitive than the dedup LSH. Returns (roots, number of near pairs joined).
+    sensitive than the dedup LSH, so pairs the dedup banding missed are still found. Each
+    pair is reported once.
     """
-    n = len(signatures)
-    uf = UnionFind(n)
-    if n == 0:
-        return [], 0
+    if not signatures:
+        return []
     num_perm = signatures[0].size
-    bands = num_perm // rows
-    joined = 0
-    for band in range(bands):
+    found: set[tuple[int, int]] = set()
+    checked: set[tuple[int, int]] = set()
+    for band in range(num_perm // rows):
         buckets: dict[bytes, list[int]] = defaultdict(list)
         for i, sig in enumerate(signatures):
             buckets[sig[band * rows : (band + 1) * rows].tobytes()].append(i)
@@ -63,11 +62,14 @@ def leak_groups(signatures: Sequence[np.ndarray], threshold: float, rows: int = 
             block = np.stack([signatures[i] for i in members])  # (M, P)
             for j in range(1, len(members)):
                 sims = (block[:j] == block[j]).mean(axis=1)  # (j,) estimated Jaccard with earlier members
-                for k in np.nonzero(sims >= threshold)[0]:
-                    if uf.find(members[int(k)]) != uf.find(members[j]):
-                        uf.union(members[int(k)], members[j])
-                        joined += 1
-    return [uf.find(i) for i in range(n)], joined
+                for k in range(j):
+                    pair = (members[k], members[j])
+                    if pair in checked:
+                        continue
+                    checked.add(pair)
+                    if sims[k] >= threshold:
+                        found.add(pair)
+    return sorted(found)
 
 
 def _order_key(seed: int, key: str) -> bytes:

@@ -132,7 +132,7 @@ def build(cfg: CurateConfig, ctx: StageContext) -> dict[str, Any]:
     for (op, reason), n in sorted(out["global_drops"].items()):
         drops.setdefault(op, {})[reason] = drops.get(op, {}).get(reason, 0) + n
     dropped = sum(sum(v.values()) for v in drops.values())
-    kept = sum(out["split_sizes"].values()) - out["augmented"]
+    kept = sum(out["split_sizes"].values())
     if read != kept + dropped + quarantined:  # an internal bug, never a user error
         raise RuntimeError(
             f"curate accounting broken: read {read} != kept {kept} + dropped {dropped} + quarantined {quarantined}"
