@@ -120,9 +120,11 @@ def distill(
     torch.manual_seed(settings.seed)
     teacher.eval()
     student.train()
-    for p in teacher.parameters():
-        p.requires_grad_(False)
-    params = [p for p in student.parameters() if p.requires_grad]
+    # The teacher runs under no_grad; the student is trained in full (a copy of the
+    # teacher may carry requires_grad=False flags from an earlier run).
+    params = list(student.parameters())
+    for p in params:
+        p.requires_grad_(True)
     opt = torch.optim.AdamW(params, lr=settings.learning_rate, weight_decay=0.0)
     start, losses = (0, [])
     if work_dir is not None:

