@@ -76,8 +76,16 @@ def test_failed_gate_is_one_line_exit_2(merged: Path, tmp_path: Path) -> None:
     err = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
     assert len(err) == 1 and "KL divergence" in err[0] and "Traceback" not in r.stderr
     assert not list((tmp_path / "artifacts").glob("compress-*"))  # no artifact for a failed gate
+    kept = list((tmp_path / "work").glob("compress-*/compression_report.html"))
+    assert len(kept) == 1  # the report that explains the failure survives in the work folder
 
 
 def test_merge_of_a_full_model_is_a_clear_error(merged: Path, tmp_path: Path) -> None:
-    r = _cli("compress", "--model", str(merged), "--method", "merge", "-w", str(tmp_path), *FAST, cwd=tmp_path)
-    assert r.returncode == 2 and "needs a LoRA adapter" in r.stderr
+    from shoestring.core.errors import ShoestringError
+    from shoestring.core.registry import get_stage
+    from shoestring.core.workspace import Workspace
+
+    stage = get_stage("compress")
+    cfg = stage.config(model=str(merged / "model"), method="merge")
+    with pytest.raises(ShoestringError, match="needs a LoRA adapter"):
+        Workspace(tmp_path).run(stage, cfg, {})

@@ -124,7 +124,7 @@ def build(cfg: CompressConfig, ctx: StageContext) -> dict[str, Any]:
     from shoestring.compress.modelio import load_compressed, save_model_folder
     from shoestring.core.artifact import atomic_write_json, atomic_write_text
     from shoestring.core.errors import ShoestringError
-    from shoestring.models import load_tokenizer
+    from shoestring.models import load_tokenizer, resolve_model
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -133,6 +133,8 @@ def build(cfg: CompressConfig, ctx: StageContext) -> dict[str, Any]:
     art = ctx.inputs.get("model")
     spec = str(art.path) if art is not None else cfg.model
     say = ctx.console.print
+    if cfg.method == "merge" and resolve_model(spec).adapter is None:
+        raise ShoestringError(f"method 'merge' needs a LoRA adapter model, but '{cfg.model}' is a full model")
     parent = load_compressed(spec, task)
     tokenizer = load_tokenizer(spec)
     heldout, heldout_src = _texts(ctx, "heldout")
@@ -151,8 +153,6 @@ def build(cfg: CompressConfig, ctx: StageContext) -> dict[str, Any]:
                 f"{cfg.merge_tolerance:g}); check the adapter, or raise merge_tolerance"
             )
         say(f"merged LoRA adapter (max |logit diff| {diff:.2e})")
-    elif cfg.method == "merge":
-        raise ShoestringError(f"method 'merge' needs a LoRA adapter model, but '{cfg.model}' is a full model")
 
     qspec = None
     if cfg.method == "merge":
