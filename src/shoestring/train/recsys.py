@@ -55,6 +55,12 @@ class RecsysOptions(StageConfig):
     """Users with fewer events are skipped (they cannot give train/validation/test items)."""
     rating_threshold: float | None = None
     """If set, keep only events whose rating is >= this value (None keeps every interaction)."""
+    user_field: str | None = None
+    """Dataset column holding the user id (None: user_id or user)."""
+    item_field: str | None = None
+    """Dataset column holding the item id (None: item_id or item)."""
+    time_field: str | None = None
+    """Dataset column holding the event time, a number or ISO-8601 text (None: timestamp, time or ts)."""
     top_k: int = Field(10, ge=1)
     """Cut-off K for HR@K and NDCG@K."""
     baseline: bool = True
@@ -162,7 +168,7 @@ def _load_log(cfg: Any, ctx: StageContext) -> EventLog:
             "sequential-recommendation needs events: pass --dataset <curated event dataset> "
             "or set recsys.source: movielens-100k"
         )
-    log = load_event_artifact(art.path)
+    log = load_event_artifact(art.path, opts.user_field, opts.item_field, opts.time_field)
     if opts.rating_threshold is not None:
         log.events = [e for e in log.events if e.rating is None or e.rating >= opts.rating_threshold]
     return log

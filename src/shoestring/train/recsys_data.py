@@ -109,10 +109,13 @@ def _first_present(row: dict[str, Any], names: Iterable[str]) -> Any:
     return None
 
 
-def load_event_artifact(folder: Path) -> EventLog:
+def load_event_artifact(
+    folder: Path, user_field: str | None = None, item_field: str | None = None, time_field: str | None = None
+) -> EventLog:
     """Events from a curated dataset artifact (``train/validation/test.jsonl`` rows).
 
-    Each row needs ``user_id``, ``item_id`` and ``timestamp`` (number, or ISO-8601 text).
+    Each row needs a user, an item and a time (number, or ISO-8601 text): the named fields,
+    else ``user_id``/``user``, ``item_id``/``item``, ``timestamp``/``time``/``ts``.
     The curator's split is ignored: leave-last-out needs every user's whole history, so
     all splits are pooled. Rows missing a field are quarantined and counted, not dropped.
     Columns other than those three, when constant per user (e.g. ``gender``), are kept as
@@ -137,9 +140,9 @@ def load_event_artifact(folder: Path) -> EventLog:
                 except json.JSONDecodeError:
                     reasons["invalid_json"] += 1
                     continue
-                user = _first_present(row, ("user_id", "user"))
-                item = _first_present(row, ("item_id", "item"))
-                ts = _first_present(row, ("timestamp", "time", "ts"))
+                user = _first_present(row, (user_field,) if user_field else ("user_id", "user"))
+                item = _first_present(row, (item_field,) if item_field else ("item_id", "item"))
+                ts = _first_present(row, (time_field,) if time_field else ("timestamp", "time", "ts"))
                 if user is None or item is None or ts is None:
                     reasons["missing_user_item_or_timestamp"] += 1
                     continue

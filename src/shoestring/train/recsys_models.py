@@ -66,10 +66,12 @@ class GRURec(_ItemScorer):
             dropout=dropout if num_layers > 1 else 0.0,
         )
         self.proj = nn.Linear(hidden_size, hidden_size)
+        self.scale = math.sqrt(hidden_size)
         self._init_weights()
 
     def encode(self, seqs: torch.Tensor) -> torch.Tensor:
-        x = self.drop(self.item_emb(seqs))  # (B, L, H)
+        # Scale the small-init embeddings up (as SASRec does) so the GRU sees O(1) inputs.
+        x = self.drop(self.item_emb(seqs) * self.scale)  # (B, L, H)
         out, _ = self.gru(x)  # (B, L, H)
         return self.proj(self.drop(out))
 
