@@ -11,6 +11,7 @@ The loss is computed in :class:`LossModule` rather than by the model so that
 
 from __future__ import annotations
 
+import warnings
 from typing import TYPE_CHECKING, Any
 
 from shoestring.core.errors import ShoestringError
@@ -143,14 +144,20 @@ def _apply_lora(model: PreTrainedModel, task: str, opts: Any, *, kbit: bool) -> 
         "classification": TaskType.SEQ_CLS,
         "masked-lm": TaskType.TOKEN_CLS,
     }[task]
+    targets = opts.target_modules
+    if isinstance(targets, list) and "all-linear" in targets:
+        targets = "all-linear"  # peft only understands the shorthand as a plain string
     cfg = LoraConfig(
         r=opts.r,
         lora_alpha=opts.alpha,
         lora_dropout=opts.dropout,
-        target_modules=opts.target_modules,
+        target_modules=targets,
         task_type=task_type if task != "masked-lm" else None,
     )
-    return get_peft_model(model, cfg)  # type: ignore[return-value]
+    with warnings.catch_warnings():
+        # peft calls a transformers property deprecated in 5.x; not actionable for users.
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        return get_peft_model(model, cfg)  # type: ignore[return-value]
 
 
 def _freeze_lower(model: PreTrainedModel, trainable_layers: int) -> None:
