@@ -110,6 +110,8 @@ class GenerationScheduler:
         """Object with ``on_batch(size)``, ``on_step(tokens, seconds)``, ``on_first_token(seconds)``."""
         self._waiting: collections.deque[GenRequest] = collections.deque()
         self._running: _Batch | None = None
+        self._prefilling = 0
+        """Requests taken off the queue whose prefill is running (counted against max_queue)."""
         self._cond = threading.Condition()
         self._accepting = True
         self._stop = False
@@ -126,9 +128,9 @@ class GenerationScheduler:
 
     @property
     def running(self) -> int:
-        """Requests currently in the running batch."""
+        """Requests being prefilled or in the running batch."""
         b = self._running
-        return len(b.rows) if b is not None else 0
+        return (len(b.rows) if b is not None else 0) + self._prefilling
 
     def submit(self, req: GenRequest) -> None:
         """Admit a request or raise :class:`QueueFull` / :class:`NotAccepting`."""
@@ -155,7 +157,7 @@ class GenerationScheduler:
             self._accepting = False
 
     def idle(self) -> bool:
-        return not self._waiting and self._running is None
+        return not self._waiting and self._running is None and not self._prefilling
 
     def shutdown(self, timeout_s: float = 5.0) -> None:
         """Stop the model thread; requests still queued get an error event."""
@@ -177,7 +179,10 @@ class GenerationScheduler:
                     if admitted is None:
                         break
                     if admitted:
-                        self._prefill(admitted)
+                        try:
+                            self._prefill(admitted)
+                        finally:
+                            self._prefilling = 0
                     if self._running is not None:
                         self._decode_step()
         except Exception as err:  # keep serving errors visible instead of hanging every client
@@ -210,6 +215,7 @@ class GenerationScheduler:
                     req._emit("error", "timeout")
                 else:
                     out.append(req)
+            self._prefilling = len(out)
             return out
 
     def _can_join(self) -> bool:

@@ -39,6 +39,10 @@ def serve(cfg: ServeConfig) -> None:
                 state.scheduler.stop_accepting()
                 print("draining: finishing in-flight requests, refusing new ones", file=sys.stderr, flush=True)
             super().handle_exit(sig, frame)
+            # uvicorn re-raises the signal after shutting down; a finished drain is a clean exit (code 0).
+            captured = getattr(self, "_captured_signals", None)
+            if isinstance(captured, list):
+                captured.clear()
 
     config = uvicorn.Config(
         app,
