@@ -96,7 +96,7 @@ def test_psi_thresholds_and_reference_parsing(tmp_path: Path) -> None:
     bad.write_text(json.dumps({"features": {"x": {"kind": "numeric", "proportions": [1.0]}}}))
     from shoestring.core.errors import ShoestringError
 
-    with pytest.raises(ShoestringError, match="features.x"):
+    with pytest.raises(ShoestringError, match=r"features\.x"):
         load_reference(tmp_path)
     with pytest.raises(ShoestringError, match="not found"):
         load_reference(tmp_path / "nope")
