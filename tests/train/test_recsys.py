@@ -209,3 +209,28 @@ def test_cli_trains_a_recommender_from_a_recipe(tmp_path: Path, repo_root: Path)
     manifest = json.loads((arts[0] / "manifest.json").read_text())
     assert manifest["task"] == "sequential-recommendation" and manifest["stats"]["architecture"] == "gru"
     assert len(load_recommender(arts[0]).recommend(["i1", "i2"], k=4)) == 4
+
+
+def test_recommend_verb_prints_top_items(tmp_path: Path) -> None:
+    import typer
+    from typer.testing import CliRunner
+
+    from shoestring.train.recsys_cli import register
+
+    folder = write_event_dataset(tmp_path / "ds", cycle_events(users=10, length=5))
+    ctx = make_ctx(tmp_path, folder)
+    train_recommender(tiny_cfg("popularity"), ctx)
+    app = typer.Typer()
+    register(app)
+
+    @app.command("noop")  # a second command keeps typer from collapsing the app into one verb
+    def _noop() -> None: ...
+
+    runner = CliRunner()
+    res = runner.invoke(app, ["recommend", str(ctx.out_dir), "--history", "i1,i2,nope", "-k", "3"])
+    assert res.exit_code == 0, res.output
+    assert "top 3 after 3 item(s)" in res.output and res.output.count("│ i") >= 3
+    res = runner.invoke(app, ["recommend", str(ctx.out_dir), "--user", "u1", "-k", "2"])
+    assert res.exit_code == 0 and "top 2" in res.output
+    res = runner.invoke(app, ["recommend", str(ctx.out_dir)])
+    assert isinstance(res.exception, ShoestringError)

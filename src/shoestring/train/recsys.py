@@ -243,7 +243,7 @@ def _train_recommender(cfg: Any, ctx: StageContext) -> dict[str, Any]:
         def validate(m: torch.nn.Module) -> dict[str, float]:
             return rank_metrics(full_ranks(m.score_last, val_cases, opts.max_len), k)  # type: ignore[arg-type]
 
-        settings = fit_settings(cfg, epochs=200, lr=1e-3, batch_size=128, patience=10)
+        settings = fit_settings(cfg, lr=1e-3, batch_size=128, patience=10, console=ctx.console, suggested_epochs=30)
         result = fit(
             model,
             TensorDataset(inputs, targets),

@@ -238,7 +238,7 @@ def _train_tabular(cfg: Any, ctx: StageContext) -> dict[str, Any]:
     def validate(m: torch.nn.Module) -> dict[str, float]:
         return _classification_metrics(m(t["validation"][0]), t["validation"][1])
 
-    settings = fit_settings(cfg, epochs=40, lr=1e-3, batch_size=64, patience=8)
+    settings = fit_settings(cfg, lr=1e-3, batch_size=64, patience=8, console=ctx.console, suggested_epochs=40)
     result = fit(
         model,
         TensorDataset(*t["train"]),

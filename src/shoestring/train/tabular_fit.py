@@ -72,16 +72,20 @@ class FitSettings:
     log_every: int = 1
 
 
-def fit_settings(cfg: Any, *, epochs: int, lr: float, batch_size: int, patience: int | None) -> FitSettings:
-    """Read the common TrainConfig knobs; task defaults apply where the user set nothing.
+def fit_settings(cfg: Any, *, lr: float, batch_size: int, patience: int | None,
+                 console: Console | None = None, suggested_epochs: int = 30) -> FitSettings:
+    """Read the common TrainConfig knobs; task defaults fill the ones left unset (None).
 
-    ``epochs`` in TrainConfig defaults to 1 (right for LM fine-tuning); small models need
-    many passes, so the task default is used unless the user set ``epochs`` explicitly.
+    ``epochs`` is taken as given (fractions round up) even though TrainConfig's default
+    of 1 suits LM fine-tuning, not small models: a hidden task default would make an unset
+    value and an explicit ``epochs: 1`` hash alike yet train differently. We warn instead.
     """
     explicit: set[str] = set(getattr(cfg, "model_fields_set", set()))
-    ep = math.ceil(cfg.epochs) if "epochs" in explicit else epochs
+    if "epochs" not in explicit and console is not None:
+        console.print(f"[yellow]warning:[/] epochs not set, training {math.ceil(cfg.epochs)} epoch(s); small models "
+                      f"usually need many passes - set epochs (e.g. {suggested_epochs}; early stopping ends sooner)")
     return FitSettings(
-        epochs=max(1, ep),
+        epochs=max(1, math.ceil(cfg.epochs)),
         batch_size=cfg.micro_batch_size or batch_size,
         lr=cfg.lr or lr,
         optimizer=cfg.optimizer,
