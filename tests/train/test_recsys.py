@@ -5,8 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import subprocess
-import sys
 import types
 from pathlib import Path
 from typing import Any
@@ -191,24 +189,6 @@ def test_popularity_baseline_and_clear_errors(tmp_path: Path) -> None:
         train_recommender(tiny_cfg("gru", privacy={"noise_multiplier": 1.0}), make_ctx(tmp_path / "dp", folder))
     with pytest.raises(ShoestringError, match=r"no model/shoestring_model\.json"):
         load_recommender(tmp_path)
-
-
-def test_cli_trains_a_recommender_from_a_recipe(tmp_path: Path, repo_root: Path) -> None:
-    folder = write_event_dataset(tmp_path / "ds", cycle_events(users=20, length=8))
-    cfg = tmp_path / "train.yaml"
-    cfg.write_text(json.dumps({"recsys": {"architecture": "gru", "max_len": 8, "hidden_size": 16, "num_layers": 1}}))
-    ws = tmp_path / "ws"
-    proc = subprocess.run(
-        [sys.executable, "-m", "shoestring.cli", "train", "--task", "sequential-recommendation", "--dataset", str(folder),
-         "--config", str(cfg), "--epochs", "3", "--micro-batch-size", "16", "--workspace", str(ws)],
-        capture_output=True, text=True, cwd=repo_root, timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    arts = list((ws / "artifacts").glob("train-*"))
-    assert len(arts) == 1
-    manifest = json.loads((arts[0] / "manifest.json").read_text())
-    assert manifest["task"] == "sequential-recommendation" and manifest["stats"]["architecture"] == "gru"
-    assert len(load_recommender(arts[0]).recommend(["i1", "i2"], k=4)) == 4
 
 
 def test_recommend_verb_prints_top_items(tmp_path: Path) -> None:

@@ -116,16 +116,36 @@ def test_shipped_recipes_validate(repo_root: Path) -> None:
         load_recipe(repo_root / "recipes" / name)  # every stage config is validated here
 
 
-def test_cli_runs_the_digits_recipe_with_and_without_dp(tmp_path: Path, repo_root: Path) -> None:
+def test_cli_runs_the_shipped_digits_recipe_plus_a_recommender(tmp_path: Path, repo_root: Path) -> None:
+    """One subprocess: the shipped recipe's stages (shortened) and a GRU on a curated event log."""
+    import yaml
+
+    recipe = yaml.safe_load((repo_root / "recipes" / "tabular_digits.yaml").read_text())
+    recipe["stages"]["mlp"]["epochs"] = 3
+    recipe["stages"]["mlp_dp"].update(epochs=2)
+    recipe["stages"]["mlp_dp"]["privacy"]["accountant"] = "rdp"
+    events = []
+    for u in range(20):
+        events += [{"id": f"{u}-{t}", "text": "", "user": f"u{u}", "path": f"/p{(u + t) % 12}", "time": 1000 + t}
+                   for t in range(8)]
+    recipe["stages"]["rec"] = {
+        "stage": "train", "task": "sequential-recommendation", "dataset": str(write_dataset(tmp_path / "events", events)),
+        "epochs": 3, "micro_batch_size": 16, "lr": 0.01,
+        "recsys": {"architecture": "gru", "max_len": 8, "hidden_size": 16, "num_layers": 1,
+                   "user_field": "user", "item_field": "path", "time_field": "time"},
+    }
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe))
     proc = subprocess.run(
-        [sys.executable, "-m", "shoestring.cli", "run", "recipes/tabular_digits.yaml", "--workspace", str(tmp_path / "ws"),
-         "--set", "mlp.epochs=3", "--set", "mlp_dp.epochs=2", "--set", "mlp_dp.privacy.accountant=rdp"],
+        [sys.executable, "-m", "shoestring.cli", "run", str(path), "--workspace", str(tmp_path / "ws")],
         capture_output=True, text=True, cwd=repo_root, timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
-    plain = json.loads((tmp_path / "ws" / "mlp" / "manifest.json").read_text())
-    private = json.loads((tmp_path / "ws" / "mlp_dp" / "manifest.json").read_text())
+    ws = tmp_path / "ws"
+    plain = json.loads((ws / "mlp" / "manifest.json").read_text())
+    private = json.loads((ws / "mlp_dp" / "manifest.json").read_text())
+    rec = json.loads((ws / "rec" / "manifest.json").read_text())
     assert plain["task"] == "tabular-classification" and plain["stats"]["test"]["accuracy"] > 0.8
-    assert "privacy" not in plain
+    assert "privacy" not in plain and (ws / "mlp" / "loss.png").is_file()
     assert private["privacy"]["mode"] == "target-epsilon" and private["privacy"]["epsilon_spent"] <= 3.0 + 1e-6
-    assert (tmp_path / "ws" / "mlp" / "loss.png").is_file()
+    assert rec["task"] == "sequential-recommendation" and rec["stats"]["users"] == 20 and rec["stats"]["items"] == 12
