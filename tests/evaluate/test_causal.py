@@ -77,8 +77,12 @@ def test_lora_vs_base_paired_comparison(tmp_path: Path, tiny_lm: Path, lora_arti
     assert ref["version"] == 1
     feat = ref["features"]["input_tokens"]
     assert feat["kind"] == "numeric" and len(feat["edges"]) == len(feat["proportions"]) + 1
-    assert feat["edges"][0] is None and feat["edges"][-1] is None
+    assert feat["edges"] == sorted(feat["edges"]) and all(math.isfinite(e) for e in feat["edges"])
     assert math.isclose(sum(feat["proportions"]), 1.0)
+    assert set(ref["predictions"]) == {"output_tokens", "loss"} and "input_chars" in ref["features"]
+    # The server's own reader (serve helper) must accept it.
+    drift = pytest.importorskip("shoestring.serve.drift")
+    assert "prediction_output_tokens" in drift.load_reference(art.path)
     html = (art.path / "report.html").read_text()
     assert "data:image/png;base64," in html and "Paired comparison" in html and "Integrated Gradients" in html
     assert "<script" not in html and 'src="http' not in html

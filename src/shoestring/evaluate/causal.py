@@ -194,14 +194,20 @@ def _pair_generations(main: dict[str, Any], base: dict[str, Any] | None) -> list
 
 
 def _reference(main: dict[str, Any]) -> dict[str, Any]:
+    """Distributions a server can observe per request: prompt tokens and characters in,
+    reply tokens out (the held-out replies stand in for generations), plus per-record loss."""
     losses: lm.LossResult | None = main["losses"]
-    feats: dict[str, list[float]] = {"input_tokens": []}
+    feats: dict[str, list[float]] = {}
     preds: dict[str, list[float]] = {}
     if losses is not None:
-        feats["input_tokens"] = [float(x) for x in losses.input_tokens]
+        feats["input_tokens"] = [float(x) for x in losses.prompt_tokens]
+        feats["input_chars"] = [float(x) for x in losses.prompt_chars]
+        replies = [float(x) for x in losses.reply_tokens if x is not None]
+        if replies:
+            preds["output_tokens"] = replies
         preds["loss"] = [float(x) for x in losses.per_record_loss]
-    gens = [g for g in main["generations"] if g["mode"] == "greedy"]
-    if gens:
+    else:
+        gens = [g for g in main["generations"] if g["mode"] == "greedy"]
         preds["output_tokens"] = [float(g["new_tokens"]) for g in gens]
     return build_reference(feats, preds)
 
@@ -300,8 +306,9 @@ def _render(metrics: dict[str, Any], main: dict[str, Any], base: dict[str, Any] 
     ex = metrics["explanations"]
     if ex.get("model"):
         rep.add("Explanations (Integrated Gradients)", render_explanations(ex))
-    rep.add("Drift reference", "<p>reference.json stores the distributions of input tokens per record, per-record "
-            "loss and generated tokens per prompt for drift detection by the server.</p>")
+    rep.add("Drift reference", "<p>reference.json stores, for drift detection by the server, the distributions of "
+            "prompt tokens and characters (input_tokens, input_chars), reply tokens (output_tokens) and per-record "
+            "loss of the evaluation records.</p>")
     return rep.render()
 
 

@@ -7,10 +7,11 @@
                          | {"kind": "categorical", "categories": [...], "proportions": [...]}},
      "predictions": {same shape}}
 
-Numeric edges are bin edges (``len(edges) == len(proportions) + 1``); the outer edges are
-``null`` (minus / plus infinity) so every future value falls in some bin. Inner edges are
-quantiles of the evaluation data, so each bin holds a similar share and a population
-stability index over them is well conditioned. Proportions sum to 1.
+Numeric edges are bin edges (``len(edges) == len(proportions) + 1``). The outer edges are
+the observed minimum and maximum (finite, so every JSON reader parses them); the end bins
+are open, i.e. future values below the first edge or above the last fall in the first or
+last bin. Inner edges are quantiles of the evaluation data, so each bin holds a similar
+share and a population stability index over them is well conditioned. Proportions sum to 1.
 """
 
 from __future__ import annotations
@@ -30,14 +31,14 @@ def numeric_histogram(values: Sequence[float] | np.ndarray, n_bins: int = 10) ->
     """Quantile-binned histogram with open outer bins; ties collapse duplicate edges."""
     v = np.asarray([x for x in values if x is not None and np.isfinite(x)], dtype=np.float64)
     if len(v) == 0:
-        return {"kind": "numeric", "edges": [None, None], "proportions": [1.0], "count": 0}
+        return {"kind": "numeric", "edges": [0.0, 0.0], "proportions": [1.0], "count": 0}
     inner = np.unique(np.quantile(v, np.linspace(0, 1, n_bins + 1)[1:-1]))
-    # Bin i holds values in [edges[i], edges[i+1]); outer bins are open.
+    # Bin i holds values in [edges[i], edges[i+1]); the end bins are open-ended.
     counts = np.bincount(np.searchsorted(inner, v, side="right"), minlength=len(inner) + 1)
     props = counts / counts.sum()
     return {
         "kind": "numeric",
-        "edges": [None, *[float(e) for e in inner], None],
+        "edges": [float(v.min()), *[float(e) for e in inner], float(v.max())],
         "proportions": [float(p) for p in props],
         "count": len(v),
         "mean": float(v.mean()),

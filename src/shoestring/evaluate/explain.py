@@ -39,22 +39,23 @@ def integrated_gradients(
     internal_batch_size: int | None = None,
     additional_forward_args: Any = None,
 ) -> dict[str, Any]:
-    """IG of a scalar-per-example ``forward`` at ``inputs`` (batch of 1) from ``baselines``.
+    """IG of a scalar-per-example ``forward`` at ``inputs`` (a batch) from ``baselines``.
 
-    Returns ``attributions`` (same shape as inputs), ``f_x``, ``f_baseline``, ``gap``
-    (absolute completeness gap), ``relative_gap``, ``steps`` (used), ``within_tolerance``
-    and ``history`` ([steps, relative_gap] per try).
+    Returns ``attributions`` (same shape as inputs), ``f_x`` and ``f_baseline`` (summed over
+    the batch), ``gap`` (largest per-example absolute completeness gap), ``relative_gap``
+    (largest per-example gap / max(|f(x) - f(baseline)|, 1e-3)), ``steps`` (used),
+    ``within_tolerance`` and ``history`` ([steps, relative_gap] per try).
     """
     import torch
     from captum.attr import IntegratedGradients
 
     ig = IntegratedGradients(forward)
+    args = () if additional_forward_args is None else additional_forward_args
+    args = args if isinstance(args, tuple) else (args,)
     with torch.no_grad():
-        args = () if additional_forward_args is None else additional_forward_args
-        args = args if isinstance(args, tuple) else (args,)
-        f_x = float(forward(inputs, *args).sum())
-        f_b = float(forward(baselines, *args).sum())
-    scale = max(abs(f_x - f_b), _FLOOR)
+        fx = forward(inputs, *args).reshape(-1).double()
+        fb = forward(baselines, *args).reshape(-1).double()
+    scale = torch.clamp((fx - fb).abs(), min=_FLOOR)
     history: list[list[float]] = []
     n = steps
     while True:
@@ -63,16 +64,18 @@ def integrated_gradients(
             baselines=baselines,
             n_steps=n,
             method=method,
-            internal_batch_size=internal_batch_size or n,
+            internal_batch_size=internal_batch_size or n * len(inputs),
             additional_forward_args=additional_forward_args,
             return_convergence_delta=True,
         )
-        gap = float(delta.abs().sum())
-        rel = gap / scale
+        gaps = delta.reshape(-1).abs().double()
+        gap = float(gaps.max())
+        rel = float((gaps / scale).max())
         history.append([n, rel])
         if rel <= tolerance or n >= max_steps:
             break
         n = min(n * 2, max_steps)
+    f_x, f_b = float(fx.sum()), float(fb.sum())
     return {
         "attributions": attr.detach(),
         "f_x": f_x,

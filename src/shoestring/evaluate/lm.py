@@ -1,9 +1,9 @@
 """Language-model evaluation: held-out loss per record, perplexity, and generations.
 
-Loss definition (the same as supervised fine-tuning): a record with ``messages`` is
-rendered with the tokenizer's chat template and only the tokens of assistant turns
-(the reply text and its end-of-turn marker) are scored; a plain ``text`` record is scored
-on every token after the first. Per record we keep the summed negative log-likelihood
+Loss definition (the same as training, whose tokenisation we call): a record with
+``messages`` is rendered with the tokenizer's chat template and only the tokens of
+assistant turns (the reply text and its end-of-turn marker) are scored; a plain ``text``
+record (BOS + text + EOS) is scored on every token after the first. Per record we keep the summed negative log-likelihood
 (nats) and the number of scored tokens, so corpus loss is token-weighted
 (sum NLL / sum tokens), exactly what a training loop averages.
 """
@@ -30,7 +30,6 @@ __all__ = [
     "IGNORE_INDEX",
     "LossResult",
     "TokenizedRecord",
-    "assistant_char_spans",
     "generate",
     "read_records",
     "record_losses",
@@ -48,6 +47,12 @@ class TokenizedRecord:
     input_ids: list[int]
     labels: list[int]
     n_chars: int
+    prompt_tokens: int
+    """Tokens before the last reply (chat) or all tokens (plain text): what a server sees as input."""
+    prompt_chars: int
+    """Characters of that prompt."""
+    reply_tokens: int | None
+    """Tokens of the last assistant reply (chat records); None for plain text."""
 
 
 @dataclass
@@ -61,6 +66,12 @@ class LossResult:
     """Scored tokens per record."""
     input_tokens: np.ndarray
     """Tokens fed to the model per record (after truncation)."""
+    prompt_tokens: np.ndarray
+    """Prompt tokens per record (see :class:`TokenizedRecord`)."""
+    prompt_chars: np.ndarray
+    """Prompt characters per record."""
+    reply_tokens: list[int | None]
+    """Last-reply tokens per record (None for plain text)."""
 
     @property
     def per_record_loss(self) -> np.ndarray:
@@ -93,62 +104,50 @@ def read_records(path: Path, limit: int) -> tuple[list[dict[str, Any]], Counter[
     return out, bad
 
 
-def assistant_char_spans(tokenizer: PreTrainedTokenizerBase, messages: Sequence[dict[str, Any]]) -> tuple[str, list[tuple[int, int]]]:
-    """Render ``messages`` with the chat template; return the text and the character spans
-    of each assistant turn (reply + end-of-turn marker) within it.
-
-    A span runs from the end of the prompt rendered with ``add_generation_prompt=True`` to
-    the end of the conversation rendered through that turn, which is what the model must
-    produce. Templates that are not prefix-consistent fall back to locating the reply text.
-    """
-    text = str(tokenizer.apply_chat_template(list(messages), tokenize=False))
-    spans: list[tuple[int, int]] = []
-    cursor = 0
-    for i, msg in enumerate(messages):
-        if msg.get("role") != "assistant":
-            continue
-        pre = str(tokenizer.apply_chat_template(list(messages[:i]), tokenize=False, add_generation_prompt=True)) if i else ""
-        upto = str(tokenizer.apply_chat_template(list(messages[: i + 1]), tokenize=False))
-        if i and text.startswith(upto) and upto.startswith(pre) and len(pre) >= cursor:
-            spans.append((len(pre), len(upto)))
-            cursor = len(upto)
-            continue
-        content = str(msg.get("content", ""))
-        start = text.find(content, cursor) if content else -1
-        if start < 0:
-            continue
-        spans.append((start, start + len(content)))
-        cursor = start + len(content)
-    return text, spans
-
-
 def tokenize_for_loss(
-    tokenizer: PreTrainedTokenizerBase, record: dict[str, Any], max_len: int, text_field: str = "text"
+    tokenizer: PreTrainedTokenizerBase,
+    record: dict[str, Any],
+    max_len: int,
+    text_field: str = "text",
+    messages_field: str = "messages",
 ) -> TokenizedRecord | None:
-    """Token ids and labels of one record, or None when nothing in it can be scored."""
-    messages = record.get("messages")
-    if isinstance(messages, list) and messages and getattr(tokenizer, "chat_template", None):
-        text, spans = assistant_char_spans(tokenizer, messages)
-        enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-        ids = list(enc["input_ids"])[:max_len]
-        offsets = list(enc["offset_mapping"])[:max_len]
-        labels = [
-            tok if any(s <= start < e for s, e in spans) else IGNORE_INDEX
-            for tok, (start, _end) in zip(ids, offsets, strict=True)
-        ]
-    else:
-        raw = record.get(text_field)
-        if not isinstance(raw, str) and isinstance(messages, list):
-            raw = "\n".join(str(m.get("content", "")) for m in messages)
-        if not isinstance(raw, str) or not raw.strip():
-            return None
-        text = raw
-        ids = list(tokenizer(text, add_special_tokens=True)["input_ids"])[:max_len]
-        labels = list(ids)
-    # The first token has no left context, so it is never a target.
+    """Token ids and labels of one record exactly as training builds them, or None when
+    nothing in it can be scored.
+
+    Chat records (``messages``, or ``prompt`` + ``response``) go through the training
+    package's SFT tokenisation (chat template, assistant tokens only); other records through
+    its causal-LM tokenisation (BOS + text + EOS), truncated to ``max_len`` tokens.
+    """
+    from shoestring.train.data import build_examples
+
+    msgs = record.get(messages_field)
+    chat = (isinstance(msgs, list) and bool(msgs)) or ("prompt" in record and ("response" in record or "completion" in record))
+    task = "sft" if chat and getattr(tokenizer, "chat_template", None) else "causal-lm"
+    rec = record
+    if task == "causal-lm" and not isinstance(record.get(text_field), str) and isinstance(msgs, list):
+        rec = {text_field: "\n".join(str(m.get("content", "")) for m in msgs)}
+    examples, _ = build_examples(
+        [rec], tokenizer, task=task, seq_len=max_len, text_field=text_field, messages_field=messages_field,
+        label_field="label",
+    )
+    if not examples:
+        return None
+    ids = list(examples[0]["input_ids"])
+    labels = list(examples[0]["labels"])
     if len(ids) < 2 or all(lab == IGNORE_INDEX for lab in labels[1:]):
         return None
-    return TokenizedRecord(str(record.get("id")), ids, labels, len(text))
+    reply: int | None = None
+    prompt_tokens = len(ids)
+    if task == "sft":
+        # The last reply is the last run of scored tokens; what precedes it is the prompt.
+        end = max(i for i, lab in enumerate(labels) if lab != IGNORE_INDEX) + 1
+        start = end
+        while start > 0 and labels[start - 1] != IGNORE_INDEX:
+            start -= 1
+        prompt_tokens, reply = start, end - start
+    prompt_chars = len(str(tokenizer.decode(ids[:prompt_tokens])))
+    n_chars = len(str(tokenizer.decode(ids)))
+    return TokenizedRecord(str(record.get("id")), ids, labels, n_chars, prompt_tokens, prompt_chars, reply)
 
 
 def _batches(items: list[TokenizedRecord], token_budget: int) -> list[list[int]]:
@@ -207,6 +206,9 @@ def record_losses(
         nll_sum=nll,
         tokens=count,
         input_tokens=np.array([len(it.input_ids) for it in items], dtype=np.int64),
+        prompt_tokens=np.array([it.prompt_tokens for it in items], dtype=np.int64),
+        prompt_chars=np.array([it.prompt_chars for it in items], dtype=np.int64),
+        reply_tokens=[it.reply_tokens for it in items],
     )
 
 
