@@ -112,7 +112,7 @@ def test_clear_errors_for_bad_tabular_input(tmp_path: Path) -> None:
 def test_shipped_recipes_validate(repo_root: Path) -> None:
     from shoestring.core.recipe import load_recipe
 
-    for name in ("tabular_digits.yaml", "recsys_movielens.yaml"):
+    for name in ("tabular_digits.yaml", "recsys_movielens.yaml", "recsys_logs.yaml"):
         load_recipe(repo_root / "recipes" / name)  # every stage config is validated here
 
 
