@@ -51,4 +51,4 @@ class ServeConfig(StageConfig):
     drain_timeout_s: float = Field(30.0, ge=0)
     """On SIGTERM, how long in-flight requests may take to finish before the server exits (seconds)."""
     threads: int | None = Field(None, ge=1)
-    """CPU threads for the model (default: torch's choice)."""
+    """CPU threads for the model (default: CPU cores - 1, leaving one core to the HTTP event loop)."""
