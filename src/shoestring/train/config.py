@@ -80,6 +80,9 @@ class TrainConfig(StageConfig):
     """method=frozen: number of top transformer layers left trainable (the head always trains)."""
 
     # -- data ---------------------------------------------------------------------------
+    text_source: Literal["dataset", "python-docs"] = "dataset"
+    """Where text comes from: the dataset artifact, or Python's own reference documentation
+    (pydoc_data.topics, ~80 topics, no internet) as a built-in pretraining corpus (5% held out)."""
     text_field: str = "text"
     """Record field holding plain text (causal-lm, masked-lm, classification)."""
     messages_field: str = "messages"

@@ -29,7 +29,10 @@ __all__ = [
     "chat_example",
     "collate",
     "pack_examples",
+    "iter_microbatches",
+    "mask_tokens",
     "pad_rows",
+    "python_docs_records",
     "read_records",
 ]
 
@@ -67,6 +70,27 @@ def read_records(path: Path, limit: int | None = None) -> list[dict[str, Any]]:
             if limit is not None and len(out) >= limit:
                 break
     return out
+
+
+def python_docs_records() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Python's reference documentation (``pydoc_data.topics``) as text records, split by paragraph.
+
+    Returns (train, validation); every 20th paragraph is held out, so both sides cover
+    all topics. A real English+code corpus that ships with CPython (no download).
+    """
+    from pydoc_data.topics import topics
+
+    train: list[dict[str, Any]] = []
+    val: list[dict[str, Any]] = []
+    n = 0
+    for key in sorted(topics):
+        for para in str(topics[key]).split("\n\n"):
+            text = " ".join(para.split())
+            if len(text) < 40:
+                continue
+            (val if n % 20 == 19 else train).append({"id": f"{key}-{n}", "text": text})
+            n += 1
+    return train, val
 
 
 def chat_example(
@@ -123,7 +147,9 @@ def _text_examples(
         # Encoder models want [CLS] ... [SEP]; leave room for both in every chunk.
         body = seq_len - 2
         pieces = [ids[i : i + body] for i in range(0, len(ids), body)] if chunk else [ids[:body]]
-        pieces = [list(tok.build_inputs_with_special_tokens(p)) for p in pieces if p]
+        first = tok.cls_token_id if tok.cls_token_id is not None else tok.bos_token_id
+        last = tok.sep_token_id if tok.sep_token_id is not None else tok.eos_token_id
+        pieces = [[t for t in (first, *p, last) if t is not None] for p in pieces if p]
     else:
         bos = [tok.bos_token_id] if tok.bos_token_id is not None and not chunk else []
         eos = [tok.eos_token_id] if tok.eos_token_id is not None else []

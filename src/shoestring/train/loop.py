@@ -76,12 +76,17 @@ def _all_sum(values: list[float]) -> list[float]:
 
 
 def _load_data(cfg: TrainConfig, s: Settings, tok: Any, dataset: Path | None) -> dict[str, Any]:
-    if dataset is None:
+    if cfg.text_source == "python-docs":
+        train_recs, val_recs = D.python_docs_records()
+        train_recs = train_recs[: cfg.max_examples] if cfg.max_examples else train_recs
+        val_recs = val_recs[: cfg.val_max_examples]
+    elif dataset is None:
         raise ShoestringError("train: no dataset; set `dataset:` to a curate stage id or a dataset artifact folder")
-    train_recs = D.read_records(dataset / "train.jsonl", cfg.max_examples)
-    if not train_recs:
-        raise ShoestringError(f"{dataset}/train.jsonl has no records; check the curate stage's output")
-    val_recs = D.read_records(dataset / "validation.jsonl", cfg.val_max_examples) if cfg.val_max_examples else []
+    else:
+        train_recs = D.read_records(dataset / "train.jsonl", cfg.max_examples)
+        if not train_recs:
+            raise ShoestringError(f"{dataset}/train.jsonl has no records; check the curate stage's output")
+        val_recs = D.read_records(dataset / "validation.jsonl", cfg.val_max_examples) if cfg.val_max_examples else []
     label_to_id = None
     if s.task == "classification":
         labels = sorted({str(r[cfg.label_field]) for r in train_recs if r.get(cfg.label_field) is not None})
@@ -206,7 +211,9 @@ def train_language_model(cfg: TrainConfig, s: Settings, paths: Paths, console: C
             f"{len(rows)} training rows cannot feed {world} processes; use fewer devices or more data"
         )
     per_step = s.micro_batch_size * s.grad_accum * world
-    steps_per_epoch = max(1, len(rows) // per_step)
+    # One process: the last, partial step is kept so every row is seen once per epoch. Several
+    # processes: whole steps only, so no rank ever waits on a rank that has no batch.
+    steps_per_epoch = max(1, len(rows) // per_step if world > 1 else math.ceil(len(rows) / per_step))
     total_steps = max(1, math.ceil(steps_per_epoch * cfg.epochs))
     if cfg.max_steps is not None:
         total_steps = min(total_steps, cfg.max_steps)
@@ -223,7 +230,10 @@ def train_language_model(cfg: TrainConfig, s: Settings, paths: Paths, console: C
     )  # fmt: skip
     if s.activation_checkpointing:
         core: Any = getattr(model, "get_base_model", lambda: model)()
-        core.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if hasattr(core, "activation_checkpointing_enable"):  # transformers >= 5 name
+            core.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            core.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     trainable, total_params = count_trainable(model)
     model.train()
     lossmod = LossModule.create(model, s.task)
