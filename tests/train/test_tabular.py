@@ -149,3 +149,13 @@ def test_cli_runs_the_shipped_digits_recipe_plus_a_recommender(tmp_path: Path, r
     assert "privacy" not in plain and (ws / "mlp" / "loss.png").is_file()
     assert private["privacy"]["mode"] == "target-epsilon" and private["privacy"]["epsilon_spent"] <= 3.0 + 1e-6
     assert rec["task"] == "sequential-recommendation" and rec["stats"]["users"] == 20 and rec["stats"]["items"] == 12
+
+
+def test_unsupported_common_knobs_are_named() -> None:
+    from shoestring.train.tabular_fit import warn_unsupported
+
+    console = Console(record=True, width=200)
+    warn_unsupported(TrainConfig(task="tabular-classification", device="cuda", grad_accum=4, epochs=3), console)
+    warn_unsupported(TrainConfig(task="tabular-classification", device="cpu", epochs=3), console)
+    out = console.export_text()
+    assert out.count("ignores") == 1 and "device=cuda" in out and "grad_accum" in out

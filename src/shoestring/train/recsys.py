@@ -176,8 +176,9 @@ def _load_log(cfg: Any, ctx: StageContext) -> EventLog:
 
 def train_recommender(cfg: Any, ctx: StageContext) -> dict[str, Any]:
     """Train a next-item recommender from ``cfg.recsys``; write ``model/`` and return stats."""
-    from shoestring.train.tabular_fit import torch_threads
+    from shoestring.train.tabular_fit import torch_threads, warn_unsupported
 
+    warn_unsupported(cfg, ctx.console)
     with torch_threads(cfg.threads):
         return _train_recommender(cfg, ctx)
 

@@ -197,8 +197,9 @@ def _classification_metrics(logits: torch.Tensor, y: torch.Tensor) -> dict[str, 
 
 def train_tabular(cfg: Any, ctx: StageContext) -> dict[str, Any]:
     """Train an MLP classifier from ``cfg.tabular``; write ``model/`` and return stats."""
-    from shoestring.train.tabular_fit import torch_threads
+    from shoestring.train.tabular_fit import torch_threads, warn_unsupported
 
+    warn_unsupported(cfg, ctx.console)
     with torch_threads(cfg.threads):
         return _train_tabular(cfg, ctx)
 

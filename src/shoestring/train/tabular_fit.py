@@ -31,7 +31,16 @@ if TYPE_CHECKING:
 
     from shoestring.train.privacy import PrivacyOptions
 
-__all__ = ["FitResult", "FitSettings", "fit", "fit_settings", "torch_threads", "write_loss_png", "write_metrics_jsonl"]
+__all__ = [
+    "FitResult",
+    "FitSettings",
+    "fit",
+    "fit_settings",
+    "torch_threads",
+    "warn_unsupported",
+    "write_loss_png",
+    "write_metrics_jsonl",
+]
 
 
 @contextmanager
@@ -101,6 +110,24 @@ def fit_settings(cfg: Any, *, lr: float, batch_size: int, patience: int | None,
         keep_checkpoints=cfg.keep_checkpoints,
         log_every=cfg.log_every,
     )
+
+
+def warn_unsupported(cfg: Any, console: Console | None) -> None:
+    """Say which common TrainConfig knobs these small-model tasks do not use, if the user set them."""
+    if console is None:
+        return
+    explicit: set[str] = set(getattr(cfg, "model_fields_set", set()))
+    notes = []
+    if "device" in explicit and cfg.device == "cuda":
+        notes.append("device=cuda (these models train on CPU)")
+    if "grad_accum" in explicit and (cfg.grad_accum or 1) > 1:
+        notes.append("grad_accum (raise micro_batch_size instead)")
+    if "executor" in explicit and cfg.executor != "local":
+        notes.append(f"executor={cfg.executor} (single process)")
+    if "precision" in explicit and cfg.precision not in ("auto", "fp32"):
+        notes.append(f"precision={cfg.precision} (fp32)")
+    if notes:
+        console.print(f"[yellow]warning:[/] {cfg.task} ignores: {'; '.join(notes)}")
 
 
 @dataclass
