@@ -100,3 +100,28 @@ def test_psi_thresholds_and_reference_parsing(tmp_path: Path) -> None:
         load_reference(tmp_path)
     with pytest.raises(ShoestringError, match="not found"):
         load_reference(tmp_path / "nope")
+
+
+def test_lora_adapter_artifact_is_merged_and_served(tiny_llama: Path, tmp_path: Path) -> None:
+    """The quickstart's output is a LoRA adapter artifact: serve it merged, same greedy tokens."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    art = tmp_path / "train-artifact"
+    base = AutoModelForCausalLM.from_pretrained(tiny_llama)
+    peft_model = get_peft_model(base, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    peft_model.save_pretrained(art / "adapter")
+    manifest = {"kind": "model", "task": "sft", "base_model": str(tiny_llama)}
+    (art / "manifest.json").write_text(json.dumps(manifest))
+    assert detect_task(str(art)) == "causal-lm"
+    cfg = ServeConfig(model=str(art), model_name="tuned")
+    loaded = load_for_serving(cfg)
+    assert not hasattr(loaded.model, "peft_config")  # merged into plain weights
+    prompt = loaded.tokenizer("The adapter says")["input_ids"]
+    with torch.no_grad():
+        expected = peft_model.eval().generate(torch.tensor([prompt]), max_new_tokens=6, do_sample=False, min_new_tokens=6)
+    with TestClient(create_app(cfg, loaded)) as c:
+        r = c.post("/v1/completions", json={"model": "tuned", "prompt": "The adapter says", "max_tokens": 6, "temperature": 0})
+    assert r.status_code == 200, r.text
+    assert r.json()["choices"][0]["text"] == loaded.tokenizer.decode(expected[0, len(prompt) :], skip_special_tokens=True)
