@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import copy
 import statistics
 import sys
 import tempfile
@@ -72,7 +73,10 @@ def bench_shoestring(model: Any, tok: Any, ids: list[int], n_new: int, runs: int
         sched.submit(req)
         out: list[int] = []
         while True:
-            kind, value = await req.events.get()
+            try:
+                kind, value = await asyncio.wait_for(req.events.get(), timeout=120)
+            except TimeoutError:
+                raise RuntimeError(f"scheduler gave no event in 120 s: {sched.fatal_error}") from None
             if kind == "token":
                 out.append(int(value))
             elif kind == "done":
@@ -124,7 +128,7 @@ def main() -> None:
     tok = load_tokenizer("smollm2-135m-instruct")
     model = load_model("smollm2-135m-instruct").eval()
     ids = tok.apply_chat_template([{"role": "user", "content": PROMPT}], add_generation_prompt=True)
-    ids = list(ids["input_ids"] if isinstance(ids, dict) else ids)
+    ids = [int(t) for t in (ids["input_ids"] if hasattr(ids, "keys") else ids)]
     files = [("SmolLM2-135M Q4_1 (packaged)", Path(q4))]
     tmp = Path(tempfile.mkdtemp(prefix="ss-bench-"))
     if args.export_f16:
@@ -134,16 +138,23 @@ def main() -> None:
 
     rows = []
     for label, path in files:
-        from shoestring.models import load_model as lm
+        if path.name.endswith("f16.gguf"):
+            # The f16 file holds our float32 weights rounded to f16: build that model directly
+            # instead of converting the file again (the same values transformers would load).
+            from shoestring.compress.gguf_export import roundtrip
 
-        # transformers dequantises the GGUF to float32, so both PyTorch paths run the same weights.
-        m = lm(str(path)).eval()
+            m = copy.deepcopy(model)
+            with torch.no_grad():
+                for p in m.parameters():
+                    p.copy_(roundtrip(p.detach(), "f16"))
+        else:
+            m = model  # load_model already dequantised this very GGUF to float32
         r_ss, t_ss = bench_shoestring(m, tok, ids, args.new_tokens, args.runs)
         r_tf, t_tf = bench_transformers(m, ids, args.new_tokens, args.runs)
         r_cpp, t_cpp = bench_llama_cpp(path, ids, args.new_tokens, args.runs, args.threads)
         same = "yes" if t_ss == t_tf == t_cpp else f"ss=tf:{t_ss == t_tf} tf=cpp:{t_tf == t_cpp}"
         rows.append((label, path.stat().st_size / 1e6, r_ss, r_tf, r_cpp, same))
-        del m
+        print(rows[-1], flush=True)
 
     print(
         f"\nprompt {len(ids)} tokens, {args.new_tokens} new tokens, greedy, {args.threads} threads, "

@@ -126,7 +126,7 @@ def distill(
     for p in params:
         p.requires_grad_(True)
     opt = torch.optim.AdamW(params, lr=settings.learning_rate, weight_decay=0.0)
-    start, losses = (0, [])
+    start, losses = 0, list[float]()
     if work_dir is not None:
         start, losses = _load_ckpt(work_dir, student, opt)
     g = torch.Generator().manual_seed(settings.seed)

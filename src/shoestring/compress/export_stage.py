@@ -37,7 +37,7 @@ class ExportConfig(StageConfig):
 
     model: Annotated[str, ArtifactInput("model", external_ok=True)]
     """Model to export: a model artifact (incl. compressed or LoRA adapter), packaged name, folder, .gguf or hub id."""
-    formats: list[Literal["hf", "onnx", "gguf"]] = Field(default_factory=lambda: ["hf", "onnx", "gguf"], min_length=1)
+    formats: list[Literal["hf", "onnx", "gguf"]] = Field(["hf", "onnx", "gguf"], min_length=1)
     """Formats to write: hf, onnx, gguf."""
     task: Literal["causal-lm", "masked-lm", "classification", "embedding"] | None = None
     """Model head; default: the source artifact's task, else causal-lm."""
@@ -72,6 +72,7 @@ def _load_float_model(cfg: ExportConfig, ctx: StageContext) -> tuple[Any, Any, s
 
     art = ctx.inputs.get("model")
     spec = str(art.path) if art is not None else cfg.model
+    task: str
     if cfg.task:
         task = cfg.task
     elif art is not None:
@@ -103,6 +104,7 @@ def build(cfg: ExportConfig, ctx: StageContext) -> dict[str, Any]:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     say = ctx.console.print
+    model: Any
     model, tokenizer, task, report = _load_float_model(cfg, ctx)
     report["task"] = task
     formats = list(dict.fromkeys(cfg.formats))

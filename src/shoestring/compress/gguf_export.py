@@ -187,7 +187,7 @@ def write_gguf(model: nn.Module, tokenizer: Any, path: Path, dtype: GgufType = "
     import torch
     from gguf import GGUFWriter, LlamaFileType
 
-    config = model.config  # type: ignore[union-attr]
+    config: Any = model.config
     _check_supported(config)
     n_layers = int(config.num_hidden_layers)
     n_head = int(config.num_attention_heads)

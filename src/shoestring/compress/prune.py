@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 __all__ = ["drop_layers", "keep_layers", "layer_list", "prune_heads", "prune_mlp"]
 
 
-def layer_list(model: nn.Module) -> tuple[nn.ModuleList, str]:
+def layer_list(model: Any) -> tuple[Any, str]:
     """The model's list of transformer blocks and its layout name (``llama`` or ``bert``)."""
     for path, layout in (
         ("model.layers", "llama"),
@@ -82,7 +82,7 @@ def keep_layers(model: nn.Module, keep: list[int]) -> None:
         cfg.layer_types = [cfg.layer_types[i] for i in keep]
 
 
-def _calibrate(model: nn.Module, blocks: torch.Tensor, hooks: list[tuple[nn.Module, Callable[..., None]]]) -> None:
+def _calibrate(model: Any, blocks: torch.Tensor, hooks: list[tuple[Any, Callable[..., None]]]) -> None:
     import torch
 
     handles = [m.register_forward_pre_hook(fn) for m, fn in hooks]
@@ -118,13 +118,13 @@ def drop_layers(model: nn.Module, n_drop: int, blocks: torch.Tensor) -> list[int
     return dropped
 
 
-def _mlp_parts(block: nn.Module, layout: str) -> tuple[list[nn.Linear], nn.Linear]:
+def _mlp_parts(block: Any, layout: str) -> tuple[list[Any], Any]:
     """(linears whose *rows* are MLP channels, the linear whose *columns* are)."""
     if layout == "llama":
         mlp = block.mlp
         ins = [m for m in (getattr(mlp, "gate_proj", None), mlp.up_proj) if m is not None]
-        return ins, mlp.down_proj  # type: ignore[return-value]
-    return [block.intermediate.dense], block.output.dense  # type: ignore[return-value]
+        return ins, mlp.down_proj
+    return [block.intermediate.dense], block.output.dense
 
 
 def _slice_rows(lin: nn.Linear, idx: torch.Tensor) -> None:

@@ -77,6 +77,8 @@ def _make_classes() -> dict[str, type]:
     class _QuantLinear(nn.Module):
         in_features: int
         out_features: int
+        bias: Any
+        qweight: torch.Tensor
 
         def __init__(self, in_features: int, out_features: int, has_bias: bool) -> None:
             super().__init__()
@@ -97,6 +99,8 @@ def _make_classes() -> dict[str, type]:
 
     class Int8DynamicLinear(_QuantLinear):
         """int8 weights per output channel; activations quantised at run time."""
+
+        scale: torch.Tensor
 
         def __init__(self, in_features: int, out_features: int, has_bias: bool) -> None:
             super().__init__(in_features, out_features, has_bias)
@@ -192,6 +196,9 @@ def _make_classes() -> dict[str, type]:
     class Int4WeightLinear(_QuantLinear):
         """4-bit weights, asymmetric per group of ``group_size`` input columns."""
 
+        scales: torch.Tensor
+        mins: torch.Tensor
+
         def __init__(self, in_features: int, out_features: int, has_bias: bool, group_size: int = 32) -> None:
             super().__init__(in_features, out_features, has_bias)
             if in_features % group_size or in_features % 2:
@@ -281,13 +288,13 @@ def _quant_int8_per_channel(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor
     return q, scale
 
 
-def _set_module(root: nn.Module, dotted: str, new: nn.Module) -> None:
+def _set_module(root: Any, dotted: str, new: Any) -> None:
     parent_name, _, child = dotted.rpartition(".")
     parent = root.get_submodule(parent_name) if parent_name else root
     setattr(parent, child, new)
 
 
-def _default_targets(model: nn.Module, quantize_head: bool) -> list[str]:
+def _default_targets(model: Any, quantize_head: bool) -> list[str]:
     """Every ``nn.Linear`` except the output head (tied to the embeddings in most LMs)."""
     from torch import nn
 
@@ -308,7 +315,7 @@ def quantize_model(model: nn.Module, method: str, *, group_size: int = 32, quant
     cls = quant_class(method)
     names = _default_targets(model, quantize_head)
     for name in names:
-        lin = model.get_submodule(name)
+        lin: Any = model.get_submodule(name)
         if method == "int4-weight" and lin.in_features % group_size:
             continue  # odd shapes stay float rather than failing the whole model
         _set_module(model, name, cls.from_linear(lin, group_size))
@@ -318,7 +325,7 @@ def quantize_model(model: nn.Module, method: str, *, group_size: int = 32, quant
     return QuantSpec(method=method, group_size=group_size, modules=done)
 
 
-def apply_spec_empty(model: nn.Module, spec: QuantSpec) -> None:
+def apply_spec_empty(model: Any, spec: QuantSpec) -> None:
     """Swap in empty quantised modules named by ``spec`` (before loading saved weights)."""
     cls = quant_class(spec.method)
     for name in spec.modules:
@@ -329,13 +336,13 @@ def apply_spec_empty(model: nn.Module, spec: QuantSpec) -> None:
         _set_module(model, name, cls(*args))
 
 
-def quantized_modules(model: nn.Module) -> dict[str, Any]:
+def quantized_modules(model: Any) -> dict[str, Any]:
     """Name -> quantised module, for reports (backend actually used, ...)."""
     classes = tuple(_CLASSES.values())
     return {n: m for n, m in model.named_modules() if classes and isinstance(m, classes)}
 
 
-def dequantize_model(model: nn.Module) -> int:
+def dequantize_model(model: Any) -> int:
     """Turn quantised layers back into ``nn.Linear`` holding the dequantised weights.
 
     Used by export: the values are exactly the quantisation grid, so a float export of a
