@@ -25,13 +25,16 @@ def _plan(tmp_path: Path, cfg: PlanConfig, inputs: dict | None = None) -> dict:
 
 
 def test_plan_json_has_the_contract_keys_and_memory_terms(tmp_path: Path, tiny_llama: Path) -> None:
-    plan = _plan(tmp_path, PlanConfig(model=str(tiny_llama), dataset_tokens=100_000, device="cpu", seq_len=128))
+    plan = _plan(tmp_path, PlanConfig(model=str(tiny_llama), dataset_tokens=100_000, device="cpu", seq_len=128,
+                                      lora_rank=8, lora_targets=["q_proj", "v_proj"]))
     for key in CONTRACT:
         assert key in plan, key
     pred = plan["predicted"]
     for key in ("peak_memory_bytes", "step_seconds", "total_seconds", "cost_usd"):
         assert pred[key] > 0, key
-    assert sum(pred["memory_terms"].values()) == pred["peak_memory_bytes"]
+    terms = pred["memory_terms"]
+    # Not all terms are live at once (activations are gone by the optimizer step).
+    assert terms["weights"] + terms["activations"] < pred["peak_memory_bytes"] <= sum(terms.values())
     assert plan["fits"] and plan["precision"] == "fp32"
     assert plan["micro_batch_size"] * plan["grad_accum"] == 8
     # LoRA on q_proj+v_proj of a 64-wide, 2-layer GQA model: r·(in+out) per adapted Linear.

@@ -70,6 +70,8 @@ class ModelShape:
     """Module name -> (in_features, out_features) of every Linear in the model."""
     layer_param_counts: tuple[int, ...] = field(default=(), compare=False, hash=False)
     """Parameters of each transformer block, bottom to top (for frozen-layer plans)."""
+    input_embedding_params: int = 0
+    """The word-embedding matrix alone (frozen under method=frozen; tied heads share it)."""
 
     @property
     def kv_bytes_per_token(self) -> int:
@@ -171,7 +173,14 @@ def describe_model(config: PretrainedConfig, task: str) -> ModelShape:
         max_positions=_first(text_cfg, "max_position_embeddings", "n_positions", "max_seq_len"),
         linear_shapes=linears,
         layer_param_counts=tuple(sum(p.numel() for p in b.parameters()) for b in blocks),
+        input_embedding_params=_input_embedding_params(model),
     )
+
+
+def _input_embedding_params(model: torch.nn.Module) -> int:
+    get = getattr(model, "get_input_embeddings", None)
+    emb = get() if callable(get) else None
+    return int(emb.weight.numel()) if emb is not None and hasattr(emb, "weight") else 0
 
 
 def _layer_blocks(model: torch.nn.Module, n_layers: int) -> list[torch.nn.Module]:
@@ -346,7 +355,7 @@ def _trace(config: PretrainedConfig, task: str, batch: int, seq_len: int, traina
 
 
 def _set_trainable(model: torch.nn.Module, trainable: str) -> None:
-    """``all`` / ``none`` / ``lora:<rank>:<dropout>:<t1,t2>`` / ``freeze:<n_bottom_layers>``."""
+    """``all`` / ``none`` / ``lora:<rank>:<dropout>:<t1,t2>`` / ``frozen:<n_top_layers_trainable>``."""
     if trainable == "all":
         return
     for p in model.parameters():
@@ -354,12 +363,21 @@ def _set_trainable(model: torch.nn.Module, trainable: str) -> None:
     if trainable.startswith("lora:"):
         _, rank_s, dropout_s, targets_s = trainable.split(":", 3)
         _add_meta_lora(model, int(rank_s), float(dropout_s), targets_s.split(","))
-    elif trainable.startswith("freeze:"):
+    elif trainable.startswith("frozen:"):
+        # Same rule as the trainer: the top N blocks and everything after the block stack
+        # (final norm, pooler, head) train; the word embeddings and lower blocks do not.
         n = int(trainable.split(":")[1])
         n_layers = int(getattr(getattr(model, "config", None), "num_hidden_layers", 0) or 0)
         blocks = _layer_blocks(model, n_layers)
-        for b in blocks[n:]:
+        for b in blocks[len(blocks) - n:] if n else []:
             for p in b.parameters():
+                p.requires_grad_(True)
+        in_blocks = {id(p) for b in blocks for p in b.parameters()}
+        get = getattr(model, "get_input_embeddings", None)
+        emb = get() if callable(get) else None
+        emb_ids = {id(p) for p in emb.parameters()} if emb is not None else set()
+        for p in model.parameters():
+            if id(p) not in in_blocks and id(p) not in emb_ids:
                 p.requires_grad_(True)
 
 

@@ -31,9 +31,9 @@ def training_flops_per_token(shape: ModelShape, seq_len: int, trainable: int, *,
     if shape.task in ("causal-lm",):
         attn /= 2  # causal: each position attends to half the context on average (fused kernels skip the rest)
     forward = 2.0 * n + attn
-    frozen = trainable < n
-    # backward: activation gradients (≈ forward) + weight gradients of trainable weights
-    backward = forward + (2.0 * min(trainable, n) if frozen else 2.0 * n)
+    # backward: activation gradients through every weight (2N) and through attention
+    # (dQ, dK, dV: twice its forward), plus weight gradients for the trainable weights only.
+    backward = 2.0 * n + 2.0 * attn + 2.0 * min(trainable, n)
     recompute = forward if checkpointing else 0.0
     return forward + backward + recompute
 

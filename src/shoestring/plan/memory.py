@@ -14,7 +14,11 @@ Training memory on one device is the sum of
   of backward, usually the largest transient of a small LM;
 * **temporary buffers** - optimizer-step scratch and autocast weight copies;
 * **framework overhead** - on CPU, resident memory the process gains beyond tensors
-  (allocator arenas, thread pools, kernels' scratch); measured by ``--calibrate``.
+  (imports after the baseline, thread pools, kernels' scratch); measured by ``--calibrate``.
+
+Not every term is live at once: the peak is the larger of the start of backward
+(activations + logits gradients) and the optimizer step (gradients + states + scratch),
+on top of weights, optimizer states and overhead.
 
 ZeRO stages shard optimizer states (1), gradients (2) and weights (3) over the data-parallel
 devices; FSDP full-shard equals ZeRO-3; CPU offload moves optimizer states and gradients to
@@ -38,20 +42,22 @@ __all__ = [
     "TrainingSetup",
     "estimate_inference_memory",
     "estimate_training_memory",
+    "deepspeed_zero2_model_states",
+    "deepspeed_zero3_model_states",
     "kv_cache_bytes",
     "trainable_parameters",
     "zero_model_states_bytes",
 ]
 
-Method = Literal["full", "lora", "qlora", "freeze"]
+Method = Literal["full", "lora", "qlora", "frozen"]
 Precision = Literal["fp32", "bf16-mixed", "fp16-mixed", "bf16", "fp16", "int8", "int4"]
 Optimizer = Literal["adamw", "adamw-8bit", "sgd", "adafactor"]
 Parallelism = Literal["single", "ddp", "zero1", "zero2", "zero3", "fsdp", "zero3-offload"]
 
-CPU_FRAMEWORK_OVERHEAD_BYTES = 160 * 1024**2
+CPU_FRAMEWORK_OVERHEAD_BYTES = 256 * 1024**2
 """Default CPU overhead until ``--calibrate`` measures it: RSS a training process gains
-beyond its tensors (glibc arenas, OpenMP thread stacks and oneDNN scratch). Measured on
-the reference machine; see RESULTS.md."""
+beyond its tensors after the meter's baseline (model-code and peft imports, OpenMP thread
+stacks, oneDNN scratch, small-object heap). Measured on the reference machine; see RESULTS.md."""
 CUDA_CONTEXT_BYTES = 600 * 1024**2
 """CUDA context + cuBLAS workspace: real device memory outside ``max_memory_allocated``."""
 
@@ -62,14 +68,17 @@ class TrainingSetup:
 
     task: str = "causal-lm"
     method: Method = "lora"
-    lora_rank: int = 8
-    lora_targets: tuple[str, ...] = ("q_proj", "v_proj")
+    lora_rank: int = 16
+    lora_targets: tuple[str, ...] = ("all-linear",)
     lora_dropout: float = 0.05
-    frozen_layers: int = 0
+    trainable_layers: int = 2
+    """method=frozen: top transformer blocks that train (the head trains too)."""
     precision: Precision = "fp32"
     optimizer: Optimizer = "adamw"
     activation_checkpointing: bool = False
     micro_batch_size: int = 1
+    grad_accum: int = 1
+    """Micro-batches per optimizer step: above 1, gradients stay allocated through the next forward."""
     seq_len: int = 256
     devices: int = 1
     parallelism: Parallelism = "single"
@@ -99,10 +108,12 @@ class MemoryBreakdown:
     """What the device must hold: ``peak_bytes`` plus the CUDA context on GPUs."""
     trainable_params: int
     total_params: int
+    peak_phase: str = "backward"
+    """When the peak happens: ``backward`` (activations + logits gradients) or ``optimizer step``."""
 
     def terms(self) -> dict[str, int]:
         d = asdict(self)
-        for k in ("peak_bytes", "required_bytes", "trainable_params", "total_params"):
+        for k in ("peak_bytes", "required_bytes", "trainable_params", "total_params", "peak_phase"):
             d.pop(k)
         return d
 
@@ -117,11 +128,13 @@ def trainable_parameters(shape: ModelShape, s: TrainingSetup) -> int:
         return shape.n_params
     if s.method in ("lora", "qlora"):
         return lora_trainable_parameters(shape, list(s.lora_targets), s.lora_rank)[0]
-    if s.method == "freeze":
-        if s.frozen_layers > shape.n_layers:
-            raise ShoestringError(f"--frozen-layers {s.frozen_layers} exceeds the model's {shape.n_layers} layers")
-        return sum(shape.layer_param_counts[s.frozen_layers:])
-    raise ShoestringError(f"unknown method '{s.method}'; choose full, lora, qlora or freeze")
+    if s.method == "frozen":
+        if s.trainable_layers > shape.n_layers:
+            raise ShoestringError(f"--trainable-layers {s.trainable_layers} exceeds the model's {shape.n_layers} layers")
+        top = sum(shape.layer_param_counts[shape.n_layers - s.trainable_layers:]) if s.trainable_layers else 0
+        outside = shape.n_params - sum(shape.layer_param_counts) - shape.input_embedding_params
+        return top + max(outside, 0)
+    raise ShoestringError(f"unknown method '{s.method}'; choose full, lora, qlora or frozen")
 
 
 def _weights_bytes(shape: ModelShape, s: TrainingSetup, trainable: int) -> int:
@@ -165,7 +178,7 @@ def _trainable_spec(s: TrainingSetup) -> str:
         return "all"
     if s.method in ("lora", "qlora"):
         return f"lora:{s.lora_rank}:{s.lora_dropout}:{','.join(s.lora_targets)}"
-    return f"freeze:{s.frozen_layers}"
+    return f"frozen:{s.trainable_layers}"
 
 
 def estimate_training_memory(
@@ -200,27 +213,39 @@ def estimate_training_memory(
         activations = tr.layer_input_bytes * shape.n_layers + tr.per_layer_bytes + tr.head_bytes
     else:
         activations = tr.saved_bytes
-    # Backward starts with the logits held by the model output and two logits-sized
-    # gradient buffers (d log_softmax, d logits) in fp32, the loss's precision.
-    fp32_logits = tr.logits_bytes * 4 // max(1, {"float32": 4}.get(act_dtype, 2))
-    logits = tr.logits_bytes + 2 * fp32_logits if tr.logits_bytes else 0
-    # Optimizer scratch: the CPU loop works one tensor at a time, CUDA's foreach path
-    # materialises one temporary per parameter; autocast caches low-precision weight copies.
-    largest = max((a * b for a, b in shape.linear_shapes.values()), default=0)
-    if s.method != "full":
-        largest = min(largest, trainable)
-    temps = 2 * 4 * largest if s.device_kind == "cpu" else 4 * trainable
+    # Backward starts with two vocabulary-sized fp32 gradient buffers (d log_softmax and
+    # d logits) next to everything saved; with autocast the logits' bf16 gradient is a third.
+    # Masked-LM scatters the masked positions' gradient back into a full (B, T, V) tensor.
+    fp32_logits = tr.logits_bytes * 4 // _itemsize(act_dtype)
+    if s.task == "masked-lm":
+        logits = fp32_logits
+    else:
+        logits = 2 * fp32_logits + (tr.logits_bytes if act_dtype != "float32" else 0)
+    # The optimizer step: torch's foreach AdamW (what the trainer uses) keeps one temporary
+    # per trainable parameter; autocast caches a low-precision copy of every Linear weight
+    # for the duration of the forward.
+    temps = 4 * trainable
     if s.precision in ("bf16-mixed", "fp16-mixed"):
         temps += 2 * sum(a * b for a, b in shape.linear_shapes.values()) // (n if par in ("zero3", "fsdp") else 1)
     overhead = framework_overhead if framework_overhead is not None else (
         CPU_FRAMEWORK_OVERHEAD_BYTES if s.device_kind == "cpu" else 0)
-    peak = weights + grads + opt + activations + logits + temps + overhead
+    # Two moments bound the peak: the start of backward (everything saved plus the logits'
+    # gradients; earlier micro-batches' gradients too when accumulating) and the optimizer
+    # step (gradients + states + the step's temporaries, activations already freed).
+    backward_peak = activations + logits + (grads if s.grad_accum > 1 else 0)
+    step_peak = grads + temps
+    peak = overhead + weights + opt + max(backward_peak, step_peak)
+    phase = "backward" if backward_peak >= step_peak else "optimizer step"
     required = peak + (CUDA_CONTEXT_BYTES if s.device_kind == "cuda" else 0)
     return MemoryBreakdown(
         weights=weights, gradients=grads, optimizer_states=opt, activations=activations, logits_buffers=logits,
         temporary_buffers=temps, framework_overhead=overhead, peak_bytes=peak, required_bytes=required,
-        trainable_params=trainable, total_params=shape.n_params,
+        trainable_params=trainable, total_params=shape.n_params, peak_phase=phase,
     )
+
+
+def _itemsize(dtype: str) -> int:
+    return 4 if dtype == "float32" else 2
 
 
 def zero_model_states_bytes(n_params: float, n_devices: int, stage: int, *, k: float = 12.0,
@@ -242,6 +267,45 @@ def zero_model_states_bytes(n_params: float, n_devices: int, stage: int, *, k: f
     if stage == 3:
         return (w + g + o) / nd
     raise ValueError(f"ZeRO stage must be 0-3, got {stage}")
+
+
+def deepspeed_zero2_model_states(total_params: int, *, gpus_per_node: int = 1, nodes: int = 1,
+                                 cpu_offload: bool = False, buffer_factor: float = 1.5) -> tuple[int, int]:
+    """(CPU bytes, GPU bytes) of DeepSpeed's documented ZeRO-2 model-state estimate.
+
+    Mirrors ``estimate_zero2_model_states_mem_needs``: without offload a GPU holds fp16
+    weights + fp16 gradients (4Ψ) and its 1/N share of 16Ψ of fp32 states; with offload
+    only the fp16 weights (2Ψ) stay on the GPU.
+    """
+    gpus = gpus_per_node * nodes
+    if cpu_offload:
+        return int(total_params * max(4 * gpus, 16) * buffer_factor), int(2 * total_params)
+    return int(total_params * 4 * gpus_per_node * buffer_factor), int(4 * total_params + int(16 * total_params / gpus))
+
+
+def deepspeed_zero3_model_states(total_params: int, largest_layer_params: int, *, gpus_per_node: int = 1,
+                                 nodes: int = 1, offload_optimizer: bool = False, offload_params: bool = False,
+                                 zero_init: bool = True, buffer_factor: float = 1.5) -> tuple[int, int]:
+    """(CPU bytes, GPU bytes) of DeepSpeed's documented ZeRO-3 model-state estimate.
+
+    Mirrors ``estimate_zero3_model_states_mem_needs``: a GPU always holds the largest
+    layer gathered in fp32-sized buffers (4 B/param) plus its shard of 18Ψ (or 2Ψ of
+    fp16 weights when the optimizer is offloaded).
+    """
+    gpus = gpus_per_node * nodes
+    per_node = 1 / nodes
+    largest = 4 * largest_layer_params
+    if offload_optimizer:
+        if offload_params:
+            gpu = largest
+            cpu = total_params * (18 * per_node if zero_init else max(4 * gpus_per_node, 18 * per_node))
+        else:
+            gpu = largest + int(2 * total_params / gpus)
+            cpu = total_params * (16 * per_node if zero_init else max(4 * gpus_per_node, 16 * per_node))
+    else:
+        gpu = largest + int(18 * total_params / gpus)
+        cpu = (largest_layer_params if zero_init else total_params) * 4 * gpus_per_node
+    return int(cpu * buffer_factor), int(gpu)
 
 
 def kv_cache_bytes(shape: ModelShape, batch: int, context: int, bytes_per_element: float = 2) -> int:

@@ -86,6 +86,7 @@ def evaluate(config: PretrainedConfig, shape: ModelShape, setup: TrainingSetup, 
     """Cost one setup: memory, time, money; decide whether it fits and why not."""
     per_step = setup.micro_batch_size * max(setup.devices, 1)
     accum = grad_accum or max(1, math.ceil(work.batch_size / per_step))
+    setup = replace(setup, grad_accum=accum)
     mem = estimate_training_memory(config, shape, setup, framework_overhead=framework_overhead)
     tokens_per_micro = setup.micro_batch_size * min(work.tokens_per_sequence, setup.seq_len)
     seqs_per_step = per_step * accum
@@ -93,9 +94,11 @@ def evaluate(config: PretrainedConfig, shape: ModelShape, setup: TrainingSetup, 
     fpt = training_flops_per_token(shape, setup.seq_len, mem.trainable_params,
                                    checkpointing=setup.activation_checkpointing)
     comm = _comm_seconds(setup, shape, mem, device)
-    run = estimate_run(flops_per_token=fpt, tokens_per_step=tokens_per_micro * accum * max(setup.devices, 1) // max(
-        setup.devices, 1), steps=steps, peak_flops=device.flops_for(setup.compute_dtype), utilisation=device.utilisation,
-        devices=1, usd_per_hour=device.usd_per_hour * max(setup.devices, 1), comm_seconds=comm)
+    # Every device runs `accum` micro-batches per step in parallel with the others, so the
+    # step time is one device's work; the bill is for all devices.
+    run = estimate_run(flops_per_token=fpt, tokens_per_step=tokens_per_micro * accum, steps=steps,
+                       peak_flops=device.flops_for(setup.compute_dtype), utilisation=device.utilisation, devices=1,
+                       usd_per_hour=device.usd_per_hour * max(setup.devices, 1), comm_seconds=comm)
     reason = ""
     if mem.required_bytes > memory_limit:
         reason = f"needs {_gib(mem.required_bytes)} per device > {_gib(memory_limit)} usable"

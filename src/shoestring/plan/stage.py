@@ -34,8 +34,8 @@ class PlanConfig(StageConfig):
 
     model: Annotated[str, ArtifactInput("model", external_ok=True)] = "smollm2-135m-instruct"
     """Model to plan for: packaged name, hub id (config only), local folder, .gguf, model artifact or a config.json path."""
-    task: Literal["causal-lm", "masked-lm", "classification"] = "causal-lm"
-    """What the model is trained for (decides the head and the loss)."""
+    task: Literal["causal-lm", "sft", "masked-lm", "classification"] = "causal-lm"
+    """What the model is trained for (decides the head and the loss); sft costs the same as causal-lm."""
     dataset: Annotated[str | None, ArtifactInput("dataset")] = None
     """Curated dataset artifact (recipe stage id or folder); its train.jsonl is tokenised with the model's tokenizer."""
     dataset_tokens: int | None = Field(default=None, ge=1)
@@ -44,18 +44,18 @@ class PlanConfig(StageConfig):
     """Passes over the training data."""
     seq_len: int = Field(default=256, ge=8)
     """Sequence length in tokens (longer records are truncated; packed sequences have exactly this length)."""
-    packing: bool = False
+    packing: bool = True
     """Pack several records into each sequence (no padding); otherwise one record per sequence."""
-    method: Literal["full", "lora", "qlora", "freeze"] = "lora"
-    """full = every weight trains; lora = low-rank adapters; qlora = adapters on a 4-bit base; freeze = bottom layers frozen."""
-    lora_rank: int = Field(default=8, ge=1)
-    """LoRA rank r (trainable parameters per adapted Linear = r·(in + out))."""
-    lora_targets: list[str] = Field(default_factory=lambda: ["q_proj", "v_proj"])
-    """Linear layer names that get adapters (e.g. q_proj v_proj, or all-linear)."""
+    method: Literal["full", "lora", "qlora", "frozen"] = "lora"
+    """full = every weight trains; lora = low-rank adapters; qlora = adapters on a 4-bit base; frozen = only the top layers and head train."""
+    lora_rank: int = Field(default=16, ge=1)
+    """LoRA rank r (trainable parameters per adapted Linear = r·(in + out)); the trainer's default is 16."""
+    lora_targets: list[str] = Field(default_factory=lambda: ["all-linear"])
+    """Linear layer names that get adapters (e.g. q_proj v_proj), or all-linear (every Linear but the head; the trainer's default)."""
     lora_dropout: float = Field(default=0.05, ge=0, lt=1)
     """Dropout on the adapter input (it saves a mask and a copy for backward)."""
-    frozen_layers: int = Field(default=0, ge=0)
-    """method=freeze: number of bottom transformer blocks that do not train."""
+    trainable_layers: int = Field(default=2, ge=0)
+    """method=frozen: number of top transformer blocks that train (final norm and head train too)."""
     precision: Literal["auto", "fp32", "bf16-mixed", "fp16-mixed", "bf16", "fp16", "int8", "int4"] = "auto"
     """Weights/compute precision; auto = fp32 on CPU, bf16-mixed on GPUs with bf16, fp16-mixed otherwise."""
     optimizer: Literal["adamw", "adamw-8bit", "sgd", "adafactor"] = "adamw"
@@ -184,8 +184,9 @@ def make_plan(cfg: PlanConfig, ctx: StageContext | None = None) -> dict[str, Any
         from shoestring.plan.calibrate import calibrate
 
         calibrate()
+    task = "causal-lm" if cfg.task == "sft" else cfg.task
     config = load_model_config(spec)
-    shape = describe_model(config, cfg.task)
+    shape = describe_model(config, task)
     device = resolve_device(cfg.device)
     if cfg.price_per_hour is not None:
         device = replace(device, usd_per_hour=cfg.price_per_hour)
@@ -204,8 +205,8 @@ def make_plan(cfg: PlanConfig, ctx: StageContext | None = None) -> dict[str, Any
     precision = _precision(cfg, device.kind, device.bf16)
     work, data_info = _workload(cfg, ctx, spec)
     base = TrainingSetup(
-        task=cfg.task, method=cfg.method, lora_rank=cfg.lora_rank, lora_targets=tuple(cfg.lora_targets),
-        lora_dropout=cfg.lora_dropout, frozen_layers=cfg.frozen_layers, precision=precision,  # type: ignore[arg-type]
+        task=task, method=cfg.method, lora_rank=cfg.lora_rank, lora_targets=tuple(cfg.lora_targets),
+        lora_dropout=cfg.lora_dropout, trainable_layers=cfg.trainable_layers, precision=precision,  # type: ignore[arg-type]
         optimizer=cfg.optimizer, seq_len=cfg.seq_len, devices=cfg.devices, device_kind=device.kind,
         attn_implementation=cfg.attn_implementation, micro_batch_size=cfg.micro_batch_size or 1,
     )
@@ -232,7 +233,7 @@ def make_plan(cfg: PlanConfig, ctx: StageContext | None = None) -> dict[str, Any
         "method": cfg.method,
         "lora": {"rank": cfg.lora_rank, "targets": list(cfg.lora_targets), "dropout": cfg.lora_dropout}
         if cfg.method in ("lora", "qlora") else None,
-        "frozen_layers": cfg.frozen_layers if cfg.method == "freeze" else 0,
+        "trainable_layers": cfg.trainable_layers if cfg.method == "frozen" else None,
         "seq_len": cfg.seq_len,
         "packing": cfg.packing,
         "micro_batch_size": s.micro_batch_size,

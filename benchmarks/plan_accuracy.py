@@ -1,0 +1,228 @@
+"""Predicted vs measured peak memory and step time, through the real `shoestring train` path.
+
+Each configuration trains for a few optimizer steps in a *fresh subprocess* (so memory starts
+clean) through ``Workspace.run(get_stage("train"), TrainConfig(...))``: the trainer's own
+``PeakMemoryMeter`` (CPU: peak RSS above the pre-model baseline) and median step time are
+read from the model artifact's stats. The planner predicts both in the parent process from
+the same config. ``accelerate estimate-memory``'s figure (its "Training using Adam" column,
+computed by accelerate's own ``calculate_maximum_sizes`` + ``estimate_training_usage`` on the
+same meta-device model, because its CLI needs the hub) is reported beside ours.
+
+Models: the packaged SmolLM2-135M (Llama) and all-MiniLM-L6-v2 (BERT) configs, resized
+with config overrides and written to temporary folders with their real tokenizers; trained
+``from_scratch`` (random init) except the rows marked ``pretrained``. Data: Python's own
+docs (``pydoc_data.topics``), packed into rows.
+
+    .venv/bin/python benchmarks/plan_accuracy.py            # all configurations (~10 min on 2 cores)
+    .venv/bin/python benchmarks/plan_accuracy.py --only 0 3 # some of them
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+SMOL = "smollm2-135m-instruct"
+MINILM = "all-minilm-l6-v2"
+
+# name, base, overrides, task, method, seq_len, micro-batch, precision, checkpointing, pretrained
+CONFIGS: list[dict[str, Any]] = [
+    {"name": "llama-4L-h256 full fp32", "base": SMOL, "over": {"num_hidden_layers": 4, "hidden_size": 256,
+     "intermediate_size": 688, "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 64},
+     "task": "causal-lm", "method": "full", "seq_len": 256, "mbs": 4, "precision": "fp32", "ckpt": False},
+    {"name": "llama-4L-h256 full fp32 seq1024", "base": SMOL, "over": {"num_hidden_layers": 4, "hidden_size": 256,
+     "intermediate_size": 688, "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 64},
+     "task": "causal-lm", "method": "full", "seq_len": 1024, "mbs": 2, "precision": "fp32", "ckpt": False},
+    {"name": "llama-4L-h256 full fp32 ckpt", "base": SMOL, "over": {"num_hidden_layers": 4, "hidden_size": 256,
+     "intermediate_size": 688, "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 64},
+     "task": "causal-lm", "method": "full", "seq_len": 1024, "mbs": 2, "precision": "fp32", "ckpt": True},
+    {"name": "llama-4L-h256 full bf16", "base": SMOL, "over": {"num_hidden_layers": 4, "hidden_size": 256,
+     "intermediate_size": 688, "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 64},
+     "task": "causal-lm", "method": "full", "seq_len": 512, "mbs": 4, "precision": "bf16", "ckpt": False},
+    {"name": "llama-8L-h512 full fp32", "base": SMOL, "over": {"num_hidden_layers": 8, "hidden_size": 512,
+     "intermediate_size": 1376, "num_attention_heads": 8, "num_key_value_heads": 4, "head_dim": 64},
+     "task": "causal-lm", "method": "full", "seq_len": 512, "mbs": 2, "precision": "fp32", "ckpt": False},
+    {"name": "llama-8L-h512 lora fp32", "base": SMOL, "over": {"num_hidden_layers": 8, "hidden_size": 512,
+     "intermediate_size": 1376, "num_attention_heads": 8, "num_key_value_heads": 4, "head_dim": 64},
+     "task": "causal-lm", "method": "lora", "seq_len": 512, "mbs": 4, "precision": "fp32", "ckpt": False},
+    {"name": "llama-8L-h512 lora ckpt", "base": SMOL, "over": {"num_hidden_layers": 8, "hidden_size": 512,
+     "intermediate_size": 1376, "num_attention_heads": 8, "num_key_value_heads": 4, "head_dim": 64},
+     "task": "causal-lm", "method": "lora", "seq_len": 512, "mbs": 4, "precision": "fp32", "ckpt": True},
+    {"name": "smollm2-135M lora fp32 (quickstart)", "base": SMOL, "over": {}, "pretrained": True,
+     "task": "causal-lm", "method": "lora", "seq_len": 256, "mbs": 4, "precision": "fp32", "ckpt": False},
+    {"name": "smollm2-135M lora bf16", "base": SMOL, "over": {}, "pretrained": True,
+     "task": "causal-lm", "method": "lora", "seq_len": 256, "mbs": 2, "precision": "bf16", "ckpt": False},
+    {"name": "llama-8L-h512 frozen top-2", "base": SMOL, "over": {"num_hidden_layers": 8, "hidden_size": 512,
+     "intermediate_size": 1376, "num_attention_heads": 8, "num_key_value_heads": 4, "head_dim": 64},
+     "task": "causal-lm", "method": "frozen", "seq_len": 512, "mbs": 2, "precision": "fp32", "ckpt": False},
+    {"name": "bert-6L mlm full fp32", "base": MINILM, "over": {},
+     "task": "masked-lm", "method": "full", "seq_len": 256, "mbs": 8, "precision": "fp32", "ckpt": False},
+    {"name": "bert-12L-h512 mlm full fp32", "base": MINILM, "over": {"num_hidden_layers": 12, "hidden_size": 512,
+     "intermediate_size": 2048, "num_attention_heads": 8},
+     "task": "masked-lm", "method": "full", "seq_len": 128, "mbs": 8, "precision": "fp32", "ckpt": False},
+    {"name": "bert-6L classifier full fp32", "base": MINILM, "over": {},
+     "task": "classification", "method": "full", "seq_len": 128, "mbs": 16, "precision": "fp32", "ckpt": False},
+    {"name": "bert-6L classifier lora", "base": MINILM, "over": {},
+     "task": "classification", "method": "lora", "seq_len": 256, "mbs": 16, "precision": "fp32", "ckpt": False},
+]
+STEPS = 3
+
+
+def _model_folder(base: str, over: dict[str, Any], root: Path) -> Path:
+    """A local HF folder: the base config with overrides + the base's real tokenizer files."""
+    from shoestring.models.loading import hf_folder
+
+    src = Path(hf_folder(base))
+    if base == MINILM and not (src / "config.json").is_file():
+        src = next(p.parent for p in src.rglob("config.json"))
+    key = base + json.dumps(over, sort_keys=True)
+    dst = root / f"model-{abs(hash(key)) % 10**8}"
+    if dst.exists():
+        return dst
+    dst.mkdir(parents=True)
+    for f in src.iterdir():
+        if f.is_file() and not f.name.endswith((".safetensors", ".bin", ".gguf", ".onnx")):
+            shutil.copy(f, dst / f.name)
+    cfg = json.loads((src / "config.json").read_text())
+    cfg.update(over)
+    (dst / "config.json").write_text(json.dumps(cfg))
+    return dst
+
+
+def _dataset(root: Path, with_labels: bool) -> Path:
+    """A dataset artifact folder from Python's docs (real English + code), as curate writes it."""
+    import pydoc_data.topics as topics
+
+    d = root / ("dataset-labels" if with_labels else "dataset")
+    if d.exists():
+        return d
+    d.mkdir(parents=True)
+    recs = []
+    for i, (name, text) in enumerate(sorted(topics.topics.items())):
+        for j, chunk in enumerate(text.split("\n\n")):
+            if len(chunk) > 200:
+                recs.append({"id": f"{name}-{j}", "text": chunk[:4000], "label": ["a", "b"][(i + j) % 2]})
+    lines = [json.dumps(r) for r in recs]
+    (d / "train.jsonl").write_text("\n".join(lines[:600]) + "\n")
+    (d / "validation.jsonl").write_text("")
+    (d / "test.jsonl").write_text("")
+    (d / "manifest.json").write_text(json.dumps({"kind": "dataset", "hash": f"{abs(hash(d)):064d}"[-64:], "stats": {}}))
+    return d
+
+
+def run_one(spec: dict[str, Any]) -> dict[str, Any]:
+    """Child process: train a few steps through the real train stage; return its stats."""
+    from shoestring.plan.allocator import bound_cpu_allocator
+
+    if spec.get("bounded_allocator", True):
+        bound_cpu_allocator()
+    from shoestring.core.artifact import Artifact
+    from shoestring.core.registry import get_stage
+    from shoestring.core.workspace import Workspace
+    from shoestring.train.config import TrainConfig
+
+    ws = Workspace(spec["workspace"])
+    cfg = TrainConfig(
+        dataset=spec["dataset"], model=spec["model"], task=spec["task"], method=spec["method"],
+        from_scratch=not spec.get("pretrained", False), seq_len=spec["seq_len"], micro_batch_size=spec["mbs"],
+        grad_accum=1, precision=spec["precision"], activation_checkpointing=spec["ckpt"], max_steps=STEPS,
+        val_max_examples=0, progress=False, tracking={"tensorboard": False}, max_examples=spec.get("max_examples"),
+        checkpoint_every=1000,
+    )
+    res = ws.run(get_stage("train"), cfg, {"dataset": Artifact.load(spec["dataset"])}, force=True)
+    st = res.artifact.stats
+    return {"peak_memory_bytes": st["peak_memory_bytes"], "step_seconds": st["step_seconds"],
+            "trainable": st.get("trainable_parameters"), "parameters": st.get("parameters")}
+
+
+def predict(spec: dict[str, Any], overhead: int | None) -> dict[str, Any]:
+    """Parent process: the planner's prediction for the same configuration."""
+    from accelerate.commands.estimate import estimate_training_usage
+    from accelerate.utils import calculate_maximum_sizes
+
+    from shoestring.plan.arch import describe_model, load_model_config, meta_model
+    from shoestring.plan.flops import training_flops_per_token
+    from shoestring.plan.hardware import cpu_device
+    from shoestring.plan.memory import TrainingSetup, estimate_training_memory
+
+    config = load_model_config(spec["model"])
+    task = spec["task"]
+    if task == "classification":
+        config.num_labels = 2
+    shape = describe_model(config, task)
+    setup = TrainingSetup(
+        task=task, method=spec["method"], trainable_layers=2, precision="bf16-mixed" if spec["precision"] == "bf16" else "fp32",
+        activation_checkpointing=spec["ckpt"], micro_batch_size=spec["mbs"], seq_len=spec["seq_len"],
+        device_kind="cpu",
+    )
+    mem = estimate_training_memory(config, shape, setup, framework_overhead=overhead)
+    dev = cpu_device()
+    fpt = training_flops_per_token(shape, spec["seq_len"], mem.trainable_params, checkpointing=spec["ckpt"])
+    step = fpt * spec["mbs"] * spec["seq_len"] / (dev.flops_for(setup.compute_dtype) * dev.utilisation)
+    total, _largest = calculate_maximum_sizes(meta_model(config, task))
+    acc = max(estimate_training_usage(total, "bfloat16" if spec["precision"] == "bf16" else "float32").values())
+    return {"peak_memory_bytes": mem.peak_bytes, "terms": mem.terms(), "step_seconds": step,
+            "accelerate_bytes": int(acc), "trainable": mem.trainable_params}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--only", type=int, nargs="*", help="indices of CONFIGS to run")
+    ap.add_argument("--child", help=argparse.SUPPRESS)
+    ap.add_argument("--json", type=Path, help="also write the raw rows here")
+    args = ap.parse_args()
+    if args.child:
+        print("RESULT " + json.dumps(run_one(json.loads(args.child))), flush=True)
+        return
+    from shoestring.plan.hardware import load_hardware
+
+    hw = load_hardware()
+    overhead = hw.get("calibration", {}).get("framework_overhead_bytes")
+    root = Path(tempfile.mkdtemp(prefix="plan-acc-"))
+    rows = []
+    chosen = args.only if args.only else range(len(CONFIGS))
+    for i in chosen:
+        spec = dict(CONFIGS[i])
+        model = SMOL if spec.get("pretrained") else str(_model_folder(spec["base"], spec["over"], root))
+        spec.update(model=model, workspace=str(root / f"ws{i}"),
+                    dataset=str(_dataset(root, spec["task"] == "classification")))
+        pred = predict(spec, overhead)
+        t0 = time.time()
+        env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
+        out = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], capture_output=True, text=True,
+                             env=env, timeout=900)
+        line = [x for x in out.stdout.splitlines() if x.startswith("RESULT ")]
+        if out.returncode != 0 or not line:
+            print(f"[{i}] {spec['name']}: FAILED\n{out.stderr[-2000:]}", file=sys.stderr)
+            continue
+        meas = json.loads(line[-1][7:])
+        rows.append({"i": i, "name": spec["name"], "pred": pred, "meas": meas, "wall": time.time() - t0})
+        err = pred["peak_memory_bytes"] / meas["peak_memory_bytes"] - 1
+        print(f"[{i}] {spec['name']}: measured {meas['peak_memory_bytes'] / 2**20:.0f} MiB, predicted "
+              f"{pred['peak_memory_bytes'] / 2**20:.0f} MiB ({err:+.1%}); step {meas['step_seconds']:.3f}s vs "
+              f"{pred['step_seconds']:.3f}s", file=sys.stderr, flush=True)
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=1))
+    print("| # | configuration | measured peak MiB | ours MiB | ours err | accelerate MiB | accelerate err |"
+          " measured step s | predicted step s | step err |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for r in rows:
+        m, p = r["meas"], r["pred"]
+        mp = m["peak_memory_bytes"]
+        print(f"| {r['i']} | {r['name']} | {mp / 2**20:.0f} | {p['peak_memory_bytes'] / 2**20:.0f} | "
+              f"{p['peak_memory_bytes'] / mp - 1:+.1%} | {p['accelerate_bytes'] / 2**20:.0f} | "
+              f"{p['accelerate_bytes'] / mp - 1:+.1%} | {m['step_seconds']:.3f} | {p['step_seconds']:.3f} | "
+              f"{p['step_seconds'] / m['step_seconds'] - 1:+.1%} |")
+    shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,48 @@
+"""Keep a CPU training process's resident memory equal to what its tensors really hold.
+
+glibc's malloc serves mid-sized blocks (up to a *dynamic* mmap threshold that grows to
+32 MiB) from heap arenas and keeps freed blocks there for reuse. A training step frees
+and re-allocates hundreds of activation-sized tensors, so the arenas fragment and the
+process's RSS drifts far above the bytes actually live: on the quickstart (SmolLM2-135M,
+LoRA, 4×256 tokens) peak RSS was 5.2 GiB with the default allocator and 3.4 GiB with a
+fixed 64 KiB mmap threshold (benchmarks/RESULTS.md, "Compute planner"). A fixed threshold
+sends every block of 64 KiB or more to its own ``mmap`` and gives it back to the kernel on
+``free``, so peak RSS tracks live tensor bytes, which is what the planner predicts.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import sys
+
+__all__ = ["DEFAULT_MMAP_THRESHOLD", "bound_cpu_allocator"]
+
+DEFAULT_MMAP_THRESHOLD = 64 * 1024
+"""Bytes: allocations at least this large bypass the heap arenas (glibc's initial default is 128 KiB)."""
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_THRESHOLD = -3
+_applied: list[int] = []
+
+
+def bound_cpu_allocator(threshold: int = DEFAULT_MMAP_THRESHOLD) -> bool:
+    """Fix glibc's mmap threshold (and trim threshold) for this process; True when applied.
+
+    Call it before the model is built. A no-op (False) off Linux/glibc. Setting the
+    threshold explicitly also disables glibc's dynamic growth of it.
+    """
+    if _applied:
+        return True
+    if not sys.platform.startswith("linux"):
+        return False
+    name = ctypes.util.find_library("c") or "libc.so.6"
+    try:
+        libc = ctypes.CDLL(name)
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    ok = mallopt(_M_MMAP_THRESHOLD, int(threshold)) == 1 and mallopt(_M_TRIM_THRESHOLD, int(2 * threshold)) == 1
+    if ok:
+        _applied.append(threshold)
+    return ok
