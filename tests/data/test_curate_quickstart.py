@@ -106,7 +106,7 @@ def test_cli_runs_the_quickstart_config(tmp_path: Path) -> None:
             "-w",
             str(tmp_path),
             "--workers",
-            "2",
+            "1",
         ],
         capture_output=True,
         text=True,

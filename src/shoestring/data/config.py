@@ -278,3 +278,11 @@ class CurateConfig(StageConfig):
     """Records per work unit; also the checkpoint granularity for resume."""
     limit: int | None = None
     """Read at most this many records per source (quick trials)."""
+
+    @model_validator(mode="after")
+    def _needs_data(self) -> CurateConfig:
+        if not self.sources and self.input is None:
+            raise ValueError(
+                "no data to curate: pass --input FILE, or list `sources:` in the recipe or a --config YAML"
+            )
+        return self

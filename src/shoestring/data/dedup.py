@@ -22,7 +22,6 @@ from __future__ import annotations
 import hashlib
 import re
 import zlib
-from collections.abc import Iterable
 
 import numpy as np
 
@@ -133,21 +132,29 @@ class LSHIndex:
     """Representatives' signatures in LSH buckets; ``query_or_add`` decides duplicate vs new.
 
     Memory grows with the number of *kept* records only: per representative, its signature
-    (4 bytes x num_perm) and one bucket entry per band.
+    (4 bytes x num_perm, in one growing array) and one int -> int bucket entry per band
+    (a band's rows are folded into one 64-bit key; a list only where keys collide).
     """
 
     def __init__(self, num_perm: int, threshold: float) -> None:
         self.threshold = threshold
         self.bands, self.rows = lsh_params(threshold, num_perm)
-        self.buckets: list[dict[bytes, list[int]]] = [{} for _ in range(self.bands)]
-        self.signatures: list[np.ndarray] = []
+        self.buckets: list[dict[int, int | list[int]]] = [{} for _ in range(self.bands)]
+        self._sigs = np.zeros((1024, num_perm), dtype=np.uint32)
+        self.n = 0
         self.candidates_checked = 0
         self.candidates_rejected = 0
+        self._pow = np.uint64(0x100000001B3) ** np.arange(self.rows, dtype=np.uint64)
 
-    def _keys(self, sig: np.ndarray) -> Iterable[tuple[int, bytes]]:
-        r = self.rows
-        for band in range(self.bands):
-            yield band, sig[band * r : (band + 1) * r].tobytes()
+    @property
+    def signatures(self) -> np.ndarray:
+        """(n, num_perm) signatures of the representatives, in the order they were added."""
+        return self._sigs[: self.n]
+
+    def _keys(self, sig: np.ndarray) -> list[int]:
+        bands = sig[: self.bands * self.rows].reshape(self.bands, self.rows).astype(np.uint64)  # (B, R)
+        with np.errstate(over="ignore"):
+            return [int(k) for k in (bands * self._pow).sum(axis=1, dtype=np.uint64)]  # (B,) keys mod 2^64
 
     def query_or_add(self, sig: np.ndarray) -> tuple[int, float]:
         """(representative index, estimated Jaccard) if ``sig`` duplicates one, else (-1, 0.0) after adding it.
@@ -156,22 +163,35 @@ class LSHIndex:
         """
         seen: set[int] = set()
         best, best_j = -1, 0.0
-        keys = list(self._keys(sig))
-        for band, key in keys:
-            for idx in self.buckets[band].get(key, ()):
+        keys = self._keys(sig)
+        for band, key in enumerate(keys):
+            hit = self.buckets[band].get(key)
+            if hit is None:
+                continue
+            for idx in (hit,) if isinstance(hit, int) else hit:
                 if idx in seen:
                     continue
                 seen.add(idx)
                 self.candidates_checked += 1
-                j = estimated_jaccard(sig, self.signatures[idx])
+                j = estimated_jaccard(sig, self._sigs[idx])
                 if j >= self.threshold and (j > best_j or (j == best_j and idx < best)):
                     best, best_j = idx, j
                 elif j < self.threshold:
                     self.candidates_rejected += 1
         if best >= 0:
             return best, best_j
-        idx = len(self.signatures)
-        self.signatures.append(sig)
-        for band, key in keys:
-            self.buckets[band].setdefault(key, []).append(idx)
+        idx = self.n
+        if idx == len(self._sigs):
+            self._sigs = np.concatenate([self._sigs, np.zeros_like(self._sigs)])
+        self._sigs[idx] = sig
+        self.n += 1
+        for band, key in enumerate(keys):
+            bucket = self.buckets[band]
+            hit = bucket.get(key)
+            if hit is None:
+                bucket[key] = idx
+            elif isinstance(hit, int):
+                bucket[key] = [hit, idx]
+            else:
+                hit.append(idx)
         return -1, 0.0

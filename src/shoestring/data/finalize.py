@@ -4,8 +4,8 @@ Runs in one process over the finished shards, twice, streaming:
 
 * pass 1 decides per record (kept / exact dup / near dup / k-anonymity / unlabelled) and
   builds the groups; only compact per-record arrays and the LSH index stay in memory;
-* pass 2 writes ``train/validation/test.jsonl`` and ``quarantine.jsonl`` and gathers the
-  data card's examples.
+* pass 2 writes ``train/validation/test.jsonl``, ``quarantine.jsonl`` and ``duplicates.jsonl``
+  (each removed duplicate's id and cluster id) and gathers the data card's examples.
 """
 
 from __future__ import annotations
@@ -68,7 +68,7 @@ def _label_of(rec: Record, cfg: CurateConfig, weights: dict[str, float]) -> str 
 def decide(cfg: CurateConfig, work_dir: Path, n_chunks: int, label_counters: Counter[str]) -> Decisions:
     """Pass 1: dedup, k-anonymity, labels and split assignment."""
     d = Decisions(weights=label_weights(cfg.labels, label_counters))
-    exact_group: dict[str, int] = {}
+    exact_group: dict[int, int] = {}  # first 64 bits of the exact key -> group (ints are compact)
     lsh = LSHIndex(cfg.dedup.num_perm, cfg.dedup.threshold)
     lsh_group: list[int] = []
     strata: list[str] = []  # per group: the stratum of its representative
@@ -80,10 +80,11 @@ def decide(cfg: CurateConfig, work_dir: Path, n_chunks: int, label_counters: Cou
         for pos, (item, sig, emb) in enumerate(_records(work_dir, c)):
             assert sig is not None
             st, g = KEPT, -1
-            key = item["_exact"]
+            key = int(item["_exact"][:16], 16)
             if key in exact_group:
                 g = exact_group[key]
-                st = EXACT if cfg.dedup.exact else KEPT
+                # Exact copies are near-duplicates too (Jaccard 1) when only near dedup is on.
+                st = EXACT if cfg.dedup.exact else NEAR if cfg.dedup.near else KEPT
             else:
                 rep, j = lsh.query_or_add(sig)
                 if rep >= 0:
@@ -173,6 +174,9 @@ def _k_anonymity(cfg: CurateConfig, d: Decisions, qi: list[tuple[int, int, tuple
         "k": cfg.pii.k,
         "classes": len(counts),
         "min_class_size": min(counts.values()) if counts else None,
+        "min_class_size_kept": min(
+            (v for v in counts.values() if v >= cfg.pii.k or not cfg.pii.enforce_k), default=None
+        ),
         "records_below_k": len(small),
         "satisfied": not small or cfg.pii.enforce_k,
         "enforced": cfg.pii.enforce_k,
@@ -210,6 +214,8 @@ def write_dataset(cfg: CurateConfig, work_dir: Path, out_dir: Path, n_chunks: in
     """Pass 2: write splits and quarantine; return counts and examples for the data card."""
     files: dict[str, IO[str]] = {s: open(out_dir / f"{s}.jsonl", "w", encoding="utf-8") for s in SPLITS}  # noqa: SIM115
     quarantine = open(out_dir / "quarantine.jsonl", "w", encoding="utf-8")  # noqa: SIM115
+    # Every removed duplicate with the cluster (= kept representative's id) it belongs to.
+    duplicates = open(out_dir / "duplicates.jsonl", "w", encoding="utf-8")  # noqa: SIM115
     top = sorted(range(len(d.group_size)), key=lambda g: (-d.group_size[g], g))[:10]
     top_groups = {g: [] for g in top if d.group_size[g] > 1}  # type: dict[int, list[dict[str, Any]]]
     split_sizes: Counter[str] = Counter()
@@ -235,7 +241,11 @@ def write_dataset(cfg: CurateConfig, work_dir: Path, out_dir: Path, n_chunks: in
                         {"id": item["id"], "kept": st == KEPT, "text": full_text(item)[:EXAMPLE_CHARS]}
                     )
                 if st != KEPT:
-                    global_drops[STATUS_REASON[st]] += 1
+                    op, reason = STATUS_REASON[st]
+                    global_drops[(op, reason)] += 1
+                    if op == "dedup":
+                        dup = {"id": item["id"], "cluster_id": d.group_key[g], "reason": reason}
+                        duplicates.write(json.dumps(dup, ensure_ascii=False) + "\n")
                     continue
                 split = SPLITS[d.group_split[g]]
                 rec = finish_record(item, cfg, d, g)
@@ -251,7 +261,7 @@ def write_dataset(cfg: CurateConfig, work_dir: Path, out_dir: Path, n_chunks: in
                         files[split].write(json.dumps(aug, ensure_ascii=False, default=str) + "\n")
                         augmented += 1
     finally:
-        for fh in (*files.values(), quarantine):
+        for fh in (*files.values(), quarantine, duplicates):
             fh.close()
     return {
         "split_sizes": {s: split_sizes.get(s, 0) for s in SPLITS},

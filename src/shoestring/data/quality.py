@@ -6,10 +6,12 @@ Defaults (see :class:`~shoestring.data.config.QualityConfig`) are Gopher's publi
 
 from __future__ import annotations
 
-import itertools
-from collections import Counter
+import re
 from typing import Any
 
+import numpy as np
+
+from shoestring.core.artifact import atomic_write_bytes
 from shoestring.data.config import QualityConfig
 from shoestring.data.records import Drop, OpStats, Record, full_text
 
@@ -22,57 +24,92 @@ STOP_WORDS = frozenset(_STOP.split(" "))
 _langid: Any = None
 
 
+def _load_langid() -> Any:
+    """langid.py's bundled model; decoded once (bz2 + pickle, slow) and cached as a plain pickle."""
+    import pickle
+
+    from langid.langid import LanguageIdentifier, model
+
+    from shoestring.models.loading import cache_dir
+
+    cached = cache_dir() / "langid-model-v1.pkl"
+    try:
+        with open(cached, "rb") as fh:
+            parts = pickle.load(fh)  # our own cache file, written below
+        return LanguageIdentifier(*parts, norm_probs=True)
+    except (OSError, pickle.UnpicklingError, EOFError, TypeError):
+        pass
+    ident = LanguageIdentifier.from_modelstring(model, norm_probs=True)
+    parts = (ident.nb_ptc, ident.nb_pc, ident.nb_numfeats, ident.nb_classes, ident.tk_nextmove, ident.tk_output)
+    try:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(cached, pickle.dumps(parts, protocol=pickle.HIGHEST_PROTOCOL))
+    except OSError:
+        pass  # a read-only cache only costs speed
+    return ident
+
+
 def detect_language(text: str) -> tuple[str, float]:
     """(ISO 639-1 code, probability) from langid.py's bundled model (no network)."""
     global _langid
     if _langid is None:
-        from langid.langid import LanguageIdentifier, model
-
-        _langid = LanguageIdentifier.from_modelstring(model, norm_probs=True)
+        _langid = _load_langid()
     lang, prob = _langid.classify(text[:5000])
     return str(lang), float(prob)
 
 
+_DIGIT = re.compile(r"\d")
+# A whitespace-delimited word with no letter in it (numbers, punctuation, symbols).
+_NO_LETTER_WORD = re.compile(r"(?<!\S)(?:(?![^\W\d_])\S)+(?!\S)")
+_STRIP = ".,;:!?\"'()"
+
+
 def _ngram_fractions(words: list[str], total_chars: int) -> tuple[float, float]:
-    """(chars in the most frequent 2-gram / total, chars in repeated 5-grams / total)."""
-    if total_chars == 0 or len(words) < 2:
+    """(chars in the most frequent 2-gram / total, chars in repeated 5-grams / total).
+
+    Vectorised: words become integer ids, n-grams become one int64 key each.
+    """
+    n = len(words)
+    if total_chars == 0 or n < 2:
         return 0.0, 0.0
-    bigrams = Counter(itertools.pairwise(words))
-    (top, top_count) = bigrams.most_common(1)[0]
-    top_frac = (len(top[0]) + len(top[1])) * top_count / total_chars if top_count > 1 else 0.0
-    if len(words) < 5:
+    vocab: dict[str, int] = {}
+    ids = np.fromiter((vocab.setdefault(w, len(vocab)) for w in words), dtype=np.int64, count=n)
+    lens = np.fromiter((len(w) for w in words), dtype=np.int64, count=n)
+    v = np.int64(len(vocab) + 1)
+    bigrams = ids[:-1] * v + ids[1:]  # (n-1,) one key per 2-gram; exact while v^2 < 2^63
+    _, first, counts = np.unique(bigrams, return_index=True, return_counts=True)
+    top = int(np.argmax(counts))
+    top_count = int(counts[top])
+    i = int(first[top])
+    top_frac = float(lens[i] + lens[i + 1]) * top_count / total_chars if top_count > 1 else 0.0
+    if n < 5:
         return top_frac, 0.0
-    grams = [tuple(words[i : i + 5]) for i in range(len(words) - 4)]
-    counts = Counter(grams)
-    covered = [False] * len(words)
-    for i, g in enumerate(grams):
-        if counts[g] > 1:
-            for j in range(i, i + 5):
-                covered[j] = True
-    dup_chars = sum(len(w) for w, c in zip(words, covered, strict=True) if c)
-    return top_frac, dup_chars / total_chars
+    with np.errstate(over="ignore"):
+        keys = ids[:-4].astype(np.uint64)
+        for j in range(1, 5):  # polynomial key of 5 consecutive ids (collisions are negligible)
+            keys = keys * np.uint64(1_000_003) + ids[j : n - 4 + j].astype(np.uint64)
+    _, inverse, counts5 = np.unique(keys, return_inverse=True, return_counts=True)
+    starts = (counts5[inverse] > 1).astype(np.int64)  # (n-4,) 1 where a repeated 5-gram starts
+    covered = np.convolve(starts, np.ones(5, dtype=np.int64))[:n] > 0  # (n,) words inside one
+    return top_frac, float(lens[covered].sum()) / total_chars
 
 
 def text_signals(text: str) -> dict[str, float]:
     """The numbers the rules test, for one text (also used by the data card)."""
     words = text.split()
     n = len(words)
-    chars = sum(len(w) for w in words)
+    chars = sum(map(len, words))
     lines = [line.strip() for line in text.split("\n") if line.strip()]
-    seen: set[str] = set()
-    dup_lines = 0
-    for line in lines:
-        if line in seen:
-            dup_lines += 1
-        seen.add(line)
-    lowered = [w.lower().strip(".,;:!?\"'()") for w in words]
+    dup_lines = len(lines) - len(set(lines))
+    lowered = text.lower().split()
+    lowered = [w.strip(_STRIP) for w in lowered]
     top2, dup5 = _ngram_fractions(lowered, chars)
     return {
         "words": n,
         "mean_word_length": chars / n if n else 0.0,
         "symbol_ratio": (text.count("#") + text.count("...") + text.count("\u2026")) / n if n else 0.0,
-        "digit_ratio": sum(ch.isdigit() for ch in text) / len(text) if text else 0.0,
-        "alpha_word_fraction": sum(any(ch.isalpha() for ch in w) for w in words) / n if n else 0.0,
+        "digit_ratio": len(_DIGIT.findall(text)) / len(text) if text else 0.0,
+        "alpha_word_fraction": (n - len(_NO_LETTER_WORD.findall(text))) / n if n else 0.0,
         "stop_words": sum(w in STOP_WORDS for w in lowered),
         "duplicate_line_fraction": dup_lines / len(lines) if lines else 0.0,
         "top_2gram_fraction": top2,

@@ -40,16 +40,16 @@ class UnionFind:
             self.parent[max(ra, rb)] = min(ra, rb)
 
 
-def leak_pairs(signatures: Sequence[np.ndarray], threshold: float, rows: int = 4) -> list[tuple[int, int]]:
-    """Pairs (i < j) of signatures whose estimated Jaccard is >= threshold.
+def leak_pairs(signatures: np.ndarray, threshold: float, rows: int = 4) -> list[tuple[int, int]]:
+    """Pairs (i < j) of rows of ``signatures`` (n, num_perm) whose estimated Jaccard is >= threshold.
 
     Uses bands of ``rows`` (4 -> P(candidate | J=0.7) ~ 0.997 at 128 permutations), far more
     sensitive than the dedup LSH, so pairs the dedup banding missed are still found. Each
     pair is reported once.
     """
-    if not signatures:
+    if len(signatures) == 0:
         return []
-    num_perm = signatures[0].size
+    num_perm = signatures.shape[1]
     found: set[tuple[int, int]] = set()
     checked: set[tuple[int, int]] = set()
     for band in range(num_perm // rows):
@@ -59,7 +59,7 @@ def leak_pairs(signatures: Sequence[np.ndarray], threshold: float, rows: int = 4
         for members in buckets.values():
             if len(members) < 2:
                 continue
-            block = np.stack([signatures[i] for i in members])  # (M, P)
+            block = signatures[np.asarray(members)]  # (M, P)
             for j in range(1, len(members)):
                 sims = (block[:j] == block[j]).mean(axis=1)  # (j,) estimated Jaccard with earlier members
                 for k in range(j):
