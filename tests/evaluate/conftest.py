@@ -120,3 +120,9 @@ def chat_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     lines.append("{not json")  # malformed: must be counted, not silently dropped
     (out / "test.jsonl").write_text("\n".join(lines) + "\n")
     return write_artifact(out, "dataset")
+
+
+@pytest.fixture(scope="session")
+def make_artifact() -> Any:
+    """:func:`write_artifact` for test modules (tests/ is not a package)."""
+    return write_artifact

@@ -102,7 +102,7 @@ class _ScoreLookup(ClassifierMixin, BaseEstimator):  # type: ignore[misc]
     model's stored probabilities, so fairlearn post-processes exactly that model."""
 
     def __init__(self, proba: np.ndarray) -> None:
-        self.proba = proba
+        self.proba = np.asarray(proba, dtype=np.float64)  # fairlearn writes into float64 frames
         self.classes_ = np.array([0, 1])
 
     def fit(self, x: Any, y: Any = None, **kw: Any) -> _ScoreLookup:

@@ -132,7 +132,17 @@ def build(cfg: EvaluateConfig, ctx: StageContext) -> dict[str, Any]:
         from shoestring.evaluate.causal import evaluate_causal_lm
 
         return evaluate_causal_lm(cfg, ctx)
-    raise ShoestringError(f"evaluate: task '{task}' is not supported yet; use --task causal-lm")
+    if task in ("classification", "tabular"):
+        from shoestring.evaluate.classifier import evaluate_classifier
+
+        return evaluate_classifier(cfg, ctx, task)
+    if task == "recommendation":
+        from shoestring.evaluate.recommend import evaluate_recommender
+
+        return evaluate_recommender(cfg, ctx)
+    raise ShoestringError(
+        f"evaluate: task '{task}' is not supported yet; supported: causal-lm/sft, classification, tabular, recommendation"
+    )
 
 
 def summarize(artifact: Artifact, console: Console) -> None:
