@@ -30,8 +30,8 @@ def length_histogram(lengths: list[int]) -> dict[str, Any]:
         "bins": labels,
         "counts": [int(c) for c in counts],
         "min": int(arr.min()),
-        "median": float(np.median(arr)),
-        "p95": float(np.percentile(arr, 95)),
+        "median": round(float(np.median(arr)), 1),
+        "p95": round(float(np.percentile(arr, 95)), 1),
         "max": int(arr.max()),
     }
 
