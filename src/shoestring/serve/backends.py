@@ -55,6 +55,8 @@ class LoadedModel:
     tokenizer: Any = None
     context_length: int = 2048
     recommender: Recommender | None = None
+    device: str = "cpu"
+    """Where the model runs ('cpu' or 'cuda')."""
 
 
 def detect_task(spec: str) -> str:
@@ -108,12 +110,19 @@ def load_for_serving(cfg: ServeConfig) -> LoadedModel:
     if hasattr(model, "merge_and_unload"):  # a PEFT adapter: fold it into the weights for speed
         model = model.merge_and_unload()  # type: ignore[operator]
     model.eval()
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ShoestringError("--device cuda was asked for but torch sees no CUDA GPU; use --device cpu")
+    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}.get(
+        cfg.dtype, torch.bfloat16 if device == "cuda" else torch.float32
+    )
+    model = model.to(device=device, dtype=dtype)  # type: ignore[call-arg]
     tok = load_tokenizer(cfg.model)
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token or tok.unk_token
     ctx = int(getattr(model.config, "max_position_embeddings", 0) or getattr(tok, "model_max_length", 2048))
     ctx = min(ctx, cfg.max_context) if cfg.max_context else ctx
-    return LoadedModel(task, name, model=model, tokenizer=tok, context_length=ctx)
+    return LoadedModel(task, name, model=model, tokenizer=tok, context_length=ctx, device=device)
 
 
 # ---------------------------------------------------------------------- task functions
@@ -121,7 +130,7 @@ def embed(lm: LoadedModel, texts: list[str]) -> list[tuple[list[float], int]]:
     """Mean-pooled, L2-normalised sentence vectors and the token count of each text."""
     import torch
 
-    enc = lm.tokenizer(texts, padding=True, truncation=True, max_length=lm.context_length, return_tensors="pt")
+    enc = lm.tokenizer(texts, padding=True, truncation=True, max_length=lm.context_length, return_tensors="pt").to(lm.device)
     with torch.inference_mode():
         hidden = lm.model(**enc).last_hidden_state  # (B, T, H)
     mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)  # (B, T, 1)
@@ -135,7 +144,7 @@ def classify(lm: LoadedModel, texts: list[str]) -> list[dict[str, Any]]:
     """Label, probability and all class probabilities per text."""
     import torch
 
-    enc = lm.tokenizer(texts, padding=True, truncation=True, max_length=lm.context_length, return_tensors="pt")
+    enc = lm.tokenizer(texts, padding=True, truncation=True, max_length=lm.context_length, return_tensors="pt").to(lm.device)
     with torch.inference_mode():
         probs = torch.softmax(lm.model(**enc).logits.float(), -1)  # (B, C)
     id2label = getattr(lm.model.config, "id2label", None) or {}
@@ -152,7 +161,7 @@ def fill_mask(lm: LoadedModel, items: list[tuple[str, int]]) -> list[list[list[d
     import torch
 
     tok = lm.tokenizer
-    enc = tok([t for t, _ in items], padding=True, truncation=True, max_length=lm.context_length, return_tensors="pt")
+    enc = tok([t for t, _ in items], padding=True, truncation=True, max_length=lm.context_length, return_tensors="pt").to(lm.device)
     with torch.inference_mode():
         probs = torch.softmax(lm.model(**enc).logits.float(), -1)  # (B, T, V)
     out = []

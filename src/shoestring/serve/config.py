@@ -50,5 +50,9 @@ class ServeConfig(StageConfig):
     """Requests needed in the window before drift is reported (requests)."""
     drain_timeout_s: float = Field(30.0, ge=0)
     """On SIGTERM, how long in-flight requests may take to finish before the server exits (seconds)."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """Where the model runs; 'auto' picks the GPU when torch sees one."""
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    """Weight precision; 'auto' is bfloat16 on GPU and float32 on CPU."""
     threads: int | None = Field(None, ge=1)
     """CPU threads for the model (default: CPU cores - 1, leaving one core to the HTTP event loop)."""

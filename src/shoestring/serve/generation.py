@@ -100,6 +100,8 @@ class GenerationScheduler:
         observer: Any = None,
     ) -> None:
         self.model = model
+        self.device = next(model.parameters()).device
+        """Where the model's weights are; batch tensors are built there."""
         self.eos_ids = eos_ids
         self.pad_id = pad_id
         self.context_length = context_length
@@ -237,7 +239,8 @@ class GenerationScheduler:
             mask[i, width - len(r.prompt_ids) :] = 1
             r.started_at = time.monotonic()
             if r.seed is not None:
-                r._generator = torch.Generator().manual_seed(r.seed)
+                r._generator = torch.Generator(device=self.device).manual_seed(r.seed)
+        ids, mask = ids.to(self.device), mask.to(self.device)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)  # (n, L)
         cache = DynamicCache()
         out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True)
@@ -258,7 +261,7 @@ class GenerationScheduler:
         b = self._running
         assert b is not None
         t0 = time.perf_counter()
-        mask = torch.cat([b.mask, torch.ones((len(b.rows), 1), dtype=b.mask.dtype)], dim=1)  # (B, T+1)
+        mask = torch.cat([b.mask, torch.ones((len(b.rows), 1), dtype=b.mask.dtype, device=b.mask.device)], dim=1)  # (B, T+1)
         out = self.model(
             input_ids=b.next_tokens[:, None],
             attention_mask=mask,
@@ -328,7 +331,7 @@ class GenerationScheduler:
             self._running = None
             return
         if len(keep) < len(b.rows):
-            idx = torch.tensor(keep)
+            idx = torch.tensor(keep, device=b.mask.device)
             b.cache.batch_select_indices(idx)
             b.rows = [b.rows[i] for i in keep]
             b.mask, b.next_tokens, b.positions = b.mask[idx], b.next_tokens[idx], b.positions[idx]
