@@ -1,10 +1,24 @@
-"""Where a language-model run executes: this process, torchrun processes, or Ray Train workers."""
+"""Where a language-model run executes: this process, torchrun processes, or Ray Train workers.
+
+All three run the same :func:`~shoestring.train.loop.train_language_model`; the multi-process
+executors only set up ``torch.distributed`` (gloo on CPU, NCCL on CUDA) around it. The parent
+hands the job to the workers as a JSON file in the durable work folder and reads rank 0's
+stats back from another, so a killed multi-process run resumes like a local one.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from shoestring.core.errors import NotBuiltError
+from shoestring.core.artifact import atomic_write_json
+from shoestring.core.errors import ShoestringError
 from shoestring.train.config import TrainConfig
 from shoestring.train.loop import Paths, train_language_model
 from shoestring.train.settings import Settings
@@ -12,10 +26,10 @@ from shoestring.train.settings import Settings
 if TYPE_CHECKING:
     from shoestring.core.workspace import StageContext
 
-__all__ = ["run_training"]
+__all__ = ["run_training", "worker_main"]
 
 
-def _paths(cfg: TrainConfig, ctx: StageContext) -> Paths:
+def _paths(ctx: StageContext) -> Paths:
     ds = ctx.inputs.get("dataset")
     return Paths(
         dataset=ds.path if ds is not None else None,
@@ -27,6 +41,108 @@ def _paths(cfg: TrainConfig, ctx: StageContext) -> Paths:
 
 def run_training(cfg: TrainConfig, s: Settings, ctx: StageContext, meter: Any) -> dict[str, Any]:
     """Run the loop with ``cfg.executor`` and return rank 0's stats."""
-    if cfg.executor == "local" or (cfg.devices == 1 and cfg.executor != "ray"):
-        return train_language_model(cfg, s, _paths(cfg, ctx), ctx.console, meter)
-    raise NotBuiltError(f"executor {cfg.executor} is not built yet")
+    if cfg.executor == "local":
+        if cfg.devices > 1:
+            raise ShoestringError("devices > 1 needs executor: torchrun or executor: ray")
+        return train_language_model(cfg, s, _paths(ctx), ctx.console, meter)
+    job = ctx.work_dir / "job.json"
+    p = _paths(ctx)
+    atomic_write_json(
+        job,
+        {
+            "config": cfg.model_dump(mode="json"),
+            "settings": dataclasses.asdict(s),
+            "paths": {k: (str(v) if v is not None else None) for k, v in dataclasses.asdict(p).items()},
+        },
+    )
+    result = ctx.work_dir / "rank0-stats.json"
+    result.unlink(missing_ok=True)
+    if cfg.executor == "torchrun":
+        _launch_torchrun(job, cfg.devices, ctx)
+    else:
+        _launch_ray(job, cfg.devices, s.device == "cuda")
+    if not result.is_file():
+        raise ShoestringError(f"the {cfg.executor} workers exited without results; see the log above")
+    stats = json.loads(result.read_text())
+    digests = [json.loads(f.read_text())["weights_sha256"] for f in sorted(ctx.work_dir.glob("rank*-weights.json"))]
+    stats["rank_weight_digests"] = digests
+    stats["executor"] = cfg.executor
+    return stats
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _launch_torchrun(job: Path, n: int, ctx: StageContext) -> None:
+    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={n}", "--nnodes=1",
+           f"--master_port={_free_port()}", "-m", "shoestring.train.executors", str(job)]  # fmt: skip
+    ctx.console.print(f"launching {n} processes: torchrun --nproc_per_node={n}")
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    proc = subprocess.run(cmd, env=env, check=False)
+    if proc.returncode != 0:
+        raise ShoestringError(f"torchrun workers failed (exit {proc.returncode}); see their output above")
+
+
+def _launch_ray(job: Path, n: int, use_gpu: bool) -> None:
+    try:
+        import ray
+        from ray.train import RunConfig, ScalingConfig
+        from ray.train.torch import TorchTrainer
+    except ImportError:
+        raise ShoestringError("executor ray needs Ray Train; run `pip install 'shoestring[ray]'`") from None
+    if not ray.is_initialized():
+        ray.init(num_cpus=max(n, os.cpu_count() or 1), include_dashboard=False, log_to_driver=True)
+    trainer = TorchTrainer(
+        _ray_worker,
+        train_loop_config={"job": str(job)},
+        scaling_config=ScalingConfig(num_workers=n, use_gpu=use_gpu),
+        run_config=RunConfig(storage_path=str(job.parent / "ray"), name="train"),
+    )
+    trainer.fit()
+
+
+def _ray_worker(config: dict[str, Any]) -> None:
+    """Ray Train has already initialised torch.distributed in this worker."""
+    worker_main(Path(config["job"]))
+
+
+def worker_main(job: Path) -> None:
+    """One rank of a multi-process run: train, then record the rank's weights digest."""
+    import torch
+    import torch.distributed as dist
+    from rich.console import Console
+
+    from shoestring.core.metering import PeakMemoryMeter
+
+    spec = json.loads(job.read_text())
+    cfg = TrainConfig.model_validate(spec["config"])
+    s = Settings(**spec["settings"])
+    raw = spec["paths"]
+    paths = Paths(
+        dataset=Path(raw["dataset"]) if raw["dataset"] else None,
+        out_dir=Path(raw["out_dir"]),
+        work_dir=Path(raw["work_dir"]),
+        mlflow_default=raw.get("mlflow_default"),
+    )
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if s.device == "cuda" else "gloo")
+    rank = dist.get_rank()
+    if s.device == "cuda":
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", rank)))
+    with PeakMemoryMeter("cuda" if s.device == "cuda" else "cpu") as meter:
+        stats = train_language_model(cfg, s, paths, Console(stderr=True), meter)
+    digest = stats.pop("_weights_sha256", None)
+    atomic_write_json(paths.work_dir / f"rank{rank}-weights.json", {"weights_sha256": digest})
+    if rank == 0:
+        stats["peak_memory_bytes"] = meter.peak_bytes
+        atomic_write_json(paths.work_dir / "rank0-stats.json", stats)
+    dist.barrier()
+    if dist.is_initialized() and "TORCHELASTIC_RUN_ID" in os.environ:
+        dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    worker_main(Path(sys.argv[1]))

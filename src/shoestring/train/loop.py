@@ -187,7 +187,11 @@ def evaluate_loss(
 
 
 def train_language_model(cfg: TrainConfig, s: Settings, paths: Paths, console: Console, meter: Any) -> dict[str, Any]:
-    """Train ``s.model`` for ``s.task`` and write the model artifact payload (rank 0)."""
+    """Train ``s.model`` for ``s.task`` and write the model artifact payload (rank 0).
+
+    When distributed, every rank returns ``_weights_sha256`` (a digest of its final
+    weights: ranks must agree); rank 0 also returns the stats.
+    """
     import numpy as np
     import torch
 
@@ -238,7 +242,10 @@ def train_language_model(cfg: TrainConfig, s: Settings, paths: Paths, console: C
     model.train()
     lossmod = LossModule.create(model, s.task)
     runner: Any = wrap_distributed(lossmod, cfg.strategy, s.device) if world > 1 else lossmod
-    optimizer = _optimizer(cfg, model, s.lr)
+    fsdp = world > 1 and cfg.strategy == "fsdp"
+    if fsdp and rank == 0:
+        console.print("[yellow]note:[/] FSDP runs write no resumable checkpoints (sharded optimizer state); use ddp")
+    optimizer = _optimizer(cfg, runner if fsdp else model, s.lr)
     scaler = torch.amp.GradScaler("cuda") if s.precision == "fp16" else None
 
     ckpt_root = paths.work_dir / "checkpoints"
@@ -305,7 +312,9 @@ def train_language_model(cfg: TrainConfig, s: Settings, paths: Paths, console: C
                 loss_total += float(loss_sum.detach())
             if scaler:
                 scaler.unscale_(optimizer)
-            if cfg.max_grad_norm:
+            if cfg.max_grad_norm and fsdp:
+                runner.clip_grad_norm_(cfg.max_grad_norm)  # the norm must span every rank's shard
+            elif cfg.max_grad_norm:
                 torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], cfg.max_grad_norm)
             if scaler:
                 scaler.step(optimizer)
@@ -342,7 +351,7 @@ def train_language_model(cfg: TrainConfig, s: Settings, paths: Paths, console: C
             (stop_f,) = _all_sum([1.0 if stop else 0.0])  # every rank stops if any rank must
             stop = stop_f > 0
             progress.update(task_id, advance=1, tps=f"{real_tokens / dt:,.0f}")
-            if step % cfg.checkpoint_every == 0 and step < total_steps and not stop:
+            if step % cfg.checkpoint_every == 0 and step < total_steps and not stop and not fsdp:
                 state.update(rows=log.rows if log else [], train_seconds=train_seconds, tokens=tokens_seen)
                 if rank == 0:
                     save_checkpoint(ckpt_root, step, model, optimizer, state, cfg.keep_checkpoints)
@@ -356,9 +365,13 @@ def train_language_model(cfg: TrainConfig, s: Settings, paths: Paths, console: C
                 log.rows[-1]["val_loss"] = val
             else:
                 log.log({"step": step, "val_loss": val})
+    with _full_params(runner, fsdp):  # collective under FSDP: every rank enters
+        extra = {"_weights_sha256": _weights_digest(model)} if world > 1 else {}
+        if rank == 0:
+            assert log is not None
+            save_outputs(model, tok, s, data, log, paths.out_dir)
     if rank != 0:
-        _barrier()
-        return {}
+        return extra
     assert log is not None
     losses = [r["loss"] for r in log.rows if "loss" in r]
     vals = [r["val_loss"] for r in log.rows if "val_loss" in r]
@@ -382,9 +395,26 @@ def train_language_model(cfg: TrainConfig, s: Settings, paths: Paths, console: C
     for key in ("peak_memory_bytes", "step_seconds", "total_seconds", "cost_usd"):
         if key in s.predicted:
             stats[f"predicted_{key}"] = s.predicted[key]
-    save_outputs(model, tok, s, data, log, paths.out_dir)
-    _barrier()
-    return stats
+    return {**stats, **extra}
+
+
+def _full_params(runner: Any, fsdp: bool) -> Any:
+    """Under FSDP, gather the full parameters (for saving and digests)."""
+    if not fsdp:
+        return _null()
+    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+
+    return FSDP.summon_full_params(runner, writeback=False)
+
+
+def _weights_digest(model: torch.nn.Module) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    for name, p in sorted(model.named_parameters()):
+        h.update(name.encode())
+        h.update(p.detach().float().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
 
 
 def _label_count(batch: dict[str, torch.Tensor], task: str) -> float:

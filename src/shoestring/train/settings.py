@@ -137,6 +137,10 @@ def resolve_settings(cfg: TrainConfig, plan: dict[str, Any] | None, cuda_availab
             "method qlora needs a CUDA GPU (bitsandbytes 4-bit kernels); on CPU use method: lora "
             "(same adapter, full-precision base)"
         )
+    if cfg.strategy == "fsdp" and cfg.devices > 1 and device != "cuda":
+        raise ShoestringError(
+            "strategy fsdp needs CUDA GPUs (torch's FSDP has no CPU backend); on CPU use strategy: ddp"
+        )
     precision = chosen["precision"]
     if precision is None:
         precision = "bf16" if device == "cuda" else "fp32"
