@@ -120,6 +120,18 @@ def test_openai_client_sees_auth_validation_and_rate_limit_errors(server: Server
     assert server.metric("shoestring_generated_tokens_total") < 3 * 240
 
 
+def test_non_streaming_client_timeout_cancels_generation(server: Server) -> None:
+    before = server.metric("shoestring_generated_tokens_total")
+    body = {"model": "tiny", "prompt": "x", "max_tokens": 250, "temperature": 0}
+    with pytest.raises(httpx.TimeoutException):
+        httpx.post(f"{server.url}/v1/completions", json=body, headers={"Authorization": f"Bearer {KEY}"}, timeout=0.2)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and server.metric("shoestring_running_requests") > 0:
+        time.sleep(0.05)
+    assert server.metric("shoestring_running_requests") == 0
+    assert server.metric("shoestring_generated_tokens_total") - before < 250
+
+
 def test_cli_errors_are_one_line(
     tmp_path: Path, tiny_llama: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
