@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -45,6 +46,11 @@ def test_fsdp_on_cpu_is_a_clear_error(tmp_path: Path, tiny_llama: Path, chat_dat
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(
+    os.environ.get("SHOESTRING_RAY_TESTS") != "1",
+    reason="starting a local Ray cluster takes 1-5 min on 2 cores (over this package's test budget); "
+    "set SHOESTRING_RAY_TESTS=1 to run",
+)
 def test_ray_train_executor(tmp_path: Path, tiny_llama: Path, chat_dataset: Path) -> None:
     pytest.importorskip("ray.train")
     art = _train(tmp_path / "ws", chat_dataset, tiny_llama, executor="ray", max_steps=2)
