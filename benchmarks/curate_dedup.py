@@ -191,10 +191,14 @@ def run_measured(cmd: list[str], cwd: Path) -> tuple[float, int, str]:
     return wall, peak, out
 
 
+CHUNK_SIZE = 1000
+
+
 def shoestring_config(corpus: Path, full: bool, workers: int) -> dict[str, Any]:
     cfg: dict[str, Any] = {
         "sources": [{"path": str(corpus), "name": "corpus", "max_record_bytes": 1_000_000}],
         "workers": workers,
+        "chunk_size": CHUNK_SIZE,
         "dedup": {"exact": full, "near": True, "threshold": THRESHOLD},
         "split": {"validation": 0.0, "test": 0.0},
     }
@@ -297,8 +301,12 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--scale", type=int, default=10)
     ap.add_argument("--work", type=Path, default=Path("/tmp/shoestring-curate-bench"))
+    ap.add_argument("--chunk-size", type=int, default=1000, help="shoestring records per chunk")
+    ap.add_argument("--scaling-only", action="store_true", help="only the 1x vs Nx memory comparison")
     ap.add_argument("--datatrove-stage", nargs=2, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    global CHUNK_SIZE
+    CHUNK_SIZE = args.chunk_size
     if args.datatrove_stage:
         datatrove_main(args.datatrove_stage[0], args.datatrove_stage[1], args.workers)
         return
@@ -310,6 +318,9 @@ def main() -> None:
     n = build_corpus(corpus, args.max_docs)
     size_mb = corpus.stat().st_size / 1e6
     print(f"corpus: {n} documents, {size_mb:.1f} MB, load average {os.getloadavg()[0]:.1f}", flush=True)
+    if args.scaling_only:
+        scaling(corpus, n, size_mb, args, *run_shoestring(corpus, args.work, True, args.workers)[:2])
+        return
     t0 = time.perf_counter()
     truth, sets = true_pairs(corpus)
     print(
@@ -339,18 +350,21 @@ def main() -> None:
             quality = f"{q['removed']} | {q['precision']:.3f} | {q['recall']:.3f} | {q['f1']:.3f}"
         print(f"| {name} | {wall:.1f} | {n / wall:.0f} | {peak / 2**20:.0f} | {quality} |")
     if args.scale > 1:
-        big = args.work / "corpus_x.jsonl"
-        n_big = scale_corpus(corpus, big, args.scale)
-        wall_big, peak_big, _ = run_shoestring(big, args.work, True, args.workers)
-        base = rows[1]
-        print(f"\nMemory scaling, shoestring full chain ({args.workers} workers)\n")
-        print("| corpus | documents | MB | wall s | docs/s | peak RSS MiB |")
-        print("|---|---:|---:|---:|---:|---:|")
-        print(f"| 1x | {n} | {size_mb:.1f} | {base[1]:.1f} | {n / base[1]:.0f} | {base[2] / 2**20:.0f} |")
-        print(
-            f"| {args.scale}x | {n_big} | {big.stat().st_size / 1e6:.1f} | {wall_big:.1f} | {n_big / wall_big:.0f} | "
-            f"{peak_big / 2**20:.0f} |"
-        )
+        scaling(corpus, n, size_mb, args, rows[1][1], rows[1][2])
+
+
+def scaling(corpus: Path, n: int, size_mb: float, args: argparse.Namespace, wall: float, peak: int) -> None:
+    big = args.work / "corpus_x.jsonl"
+    n_big = scale_corpus(corpus, big, args.scale)
+    wall_big, peak_big, _ = run_shoestring(big, args.work, True, args.workers)
+    print(f"\nMemory scaling, shoestring full chain ({args.workers} workers, chunk_size {CHUNK_SIZE})\n")
+    print("| corpus | documents | MB | wall s | docs/s | peak RSS MiB |")
+    print("|---|---:|---:|---:|---:|---:|")
+    print(f"| 1x | {n} | {size_mb:.1f} | {wall:.1f} | {n / wall:.0f} | {peak / 2**20:.0f} |")
+    print(
+        f"| {args.scale}x | {n_big} | {big.stat().st_size / 1e6:.1f} | {wall_big:.1f} | {n_big / wall_big:.0f} | "
+        f"{peak_big / 2**20:.0f} |"
+    )
 
 
 if __name__ == "__main__":
