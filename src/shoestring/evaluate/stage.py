@@ -136,12 +136,16 @@ def build(cfg: EvaluateConfig, ctx: StageContext) -> dict[str, Any]:
         from shoestring.evaluate.classifier import evaluate_classifier
 
         return evaluate_classifier(cfg, ctx, task)
+    if task == "masked-lm":
+        from shoestring.evaluate.masked import evaluate_masked_lm
+
+        return evaluate_masked_lm(cfg, ctx)
     if task == "recommendation":
         from shoestring.evaluate.recommend import evaluate_recommender
 
         return evaluate_recommender(cfg, ctx)
     raise ShoestringError(
-        f"evaluate: task '{task}' is not supported yet; supported: causal-lm/sft, classification, tabular, recommendation"
+        f"evaluate: task '{task}' is not supported yet; supported: causal-lm/sft, masked-lm, classification, tabular, recommendation"
     )
 
 
