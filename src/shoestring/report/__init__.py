@@ -1,0 +1,1 @@
+"""The run report stage: one HTML page and summary.json over a recipe's artifacts."""
