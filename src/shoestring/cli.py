@@ -31,7 +31,16 @@ app = typer.Typer(
 err_console = Console(stderr=True)
 
 # Packages that add verbs of their own (models list, serve, fill-mask, ...).
-EXTRA_VERBS = ("models", "data", "plan", "train", "evaluate", "compress", "serve")
+EXTRA_VERBS = (
+    "models.cli",
+    "data.cli",
+    "plan.cli",
+    "train.cli",
+    "train.recsys_cli",
+    "evaluate.cli",
+    "compress.cli",
+    "serve.cli",
+)
 
 
 @app.command("run")
@@ -97,11 +106,11 @@ for _name in STAGES:
 
 for _pkg in EXTRA_VERBS:
     try:
-        _mod = importlib.import_module(f"shoestring.{_pkg}.cli")
+        _mod = importlib.import_module(f"shoestring.{_pkg}")
     except ModuleNotFoundError as _err:
-        if _err.name != f"shoestring.{_pkg}.cli":
+        if _err.name != f"shoestring.{_pkg}":
             raise
-        if _pkg == "serve":
+        if _pkg == "serve.cli":
             not_built_command(app, "serve", "the 'serve' verb is not built yet in this version of shoestring")
         continue
     _mod.register(app)
