@@ -174,7 +174,7 @@ def test_kill_9_then_rerun_is_byte_identical(tmp_path: Path) -> None:
 def test_ray_executor_matches_local(tmp_path: Path) -> None:
     pytest.importorskip("ray")
     corpus = tmp_path / "c.jsonl"
-    make_corpus(corpus, 600)
+    make_corpus(corpus, 300)
     local = run_stage(tmp_path / "ws1", config(corpus, workers=1, chunk_size=100))
     ray_art = run_stage(tmp_path / "ws2", config(corpus, executor="ray", workers=2, chunk_size=100))
     assert payload(local) == payload(ray_art)
