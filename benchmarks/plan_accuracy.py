@@ -178,6 +178,7 @@ def main() -> None:
     ap.add_argument("--only", type=int, nargs="*", help="indices of CONFIGS to run")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--json", type=Path, help="also write the raw rows here")
+    ap.add_argument("--rescore", type=Path, help="re-predict the measurements saved by --json (no training)")
     args = ap.parse_args()
     if args.child:
         print("RESULT " + json.dumps(run_one(json.loads(args.child))), flush=True)
@@ -189,6 +190,13 @@ def main() -> None:
     root = Path(tempfile.mkdtemp(prefix="plan-acc-"))
     rows = []
     chosen = args.only if args.only else range(len(CONFIGS))
+    if args.rescore:
+        rows = json.loads(args.rescore.read_text())
+        for r in rows:
+            spec = dict(CONFIGS[r["i"]])
+            spec["model"] = SMOL if spec.get("pretrained") else str(_model_folder(spec["base"], spec["over"], root))
+            r["pred"] = predict(spec, overhead)
+        chosen = []
     for i in chosen:
         spec = dict(CONFIGS[i])
         model = SMOL if spec.get("pretrained") else str(_model_folder(spec["base"], spec["over"], root))

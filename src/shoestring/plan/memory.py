@@ -214,13 +214,11 @@ def estimate_training_memory(
     else:
         activations = tr.saved_bytes
     # Backward starts with two vocabulary-sized fp32 gradient buffers (d log_softmax and
-    # d logits) next to everything saved; with autocast the logits' bf16 gradient is a third.
-    # Masked-LM scatters the masked positions' gradient back into a full (B, T, V) tensor.
+    # d logits) next to everything saved (the loss runs in fp32 under autocast too). For
+    # masked-LM the second is the scatter of the masked positions' gradient back into a full
+    # (B, T, V) tensor, so the same two buffers (measured: RESULTS.md, rows bert-*).
     fp32_logits = tr.logits_bytes * 4 // _itemsize(act_dtype)
-    if s.task == "masked-lm":
-        logits = fp32_logits
-    else:
-        logits = 2 * fp32_logits + (tr.logits_bytes if act_dtype != "float32" else 0)
+    logits = 2 * fp32_logits
     # The optimizer step: torch's foreach AdamW (what the trainer uses) keeps one temporary
     # per trainable parameter; autocast caches a low-precision copy of every Linear weight
     # for the duration of the forward.

@@ -134,8 +134,14 @@ def search(config: PretrainedConfig, shape: ModelShape, base: TrainingSetup, wor
                 out.append(evaluate(config, shape, s, work, device, memory_limit=memory_limit,
                                     budget_hours=budget_hours, budget_usd=budget_usd,
                                     framework_overhead=framework_overhead, grad_accum=grad_accum))
-    key = (lambda c: (c.run.cost_usd, c.memory.peak_bytes)) if rank_by == "cost" else (
-        lambda c: (c.run.total_seconds, c.memory.peak_bytes))
+    # The FLOP model gives equal times to every micro-batch size; break the tie the way the
+    # hardware does: GPUs run large micro-batches closer to peak (fewer, bigger kernels), so
+    # prefer the largest that fits; on CPU, where it makes no difference, the least memory.
+    def tie(c: Candidate) -> tuple[int, ...]:
+        return (-c.setup.micro_batch_size, c.memory.peak_bytes) if device.kind == "cuda" else (c.memory.peak_bytes,)
+
+    key = (lambda c: (round(c.run.cost_usd, 6), *tie(c))) if rank_by == "cost" else (
+        lambda c: (round(c.run.total_seconds, 3), *tie(c)))
     return sorted(out, key=lambda c: (not c.fits, *key(c)))
 
 

@@ -88,6 +88,8 @@ class PlanConfig(StageConfig):
     """Before planning, run a short real training step on this machine and store its measured utilisation and overhead."""
     jobs: Annotated[Path | None, HashedPath()] = None
     """YAML file of several jobs to schedule on the available devices (see docs); replaces the single-job plan."""
+    inference_batch: int = Field(default=1, ge=1)
+    """For the inference estimate in plan.json: concurrent sequences (KV cache at seq_len tokens each)."""
     attn_implementation: Literal["sdpa", "eager"] = "sdpa"
     """Attention implementation the trainer will use (eager materialises seq×seq scores)."""
 
@@ -266,8 +268,19 @@ def make_plan(cfg: PlanConfig, ctx: StageContext | None = None) -> dict[str, Any
             "flops_per_step": best.run.flops_per_step,
             "tokens_per_second": best.run.tokens_per_second,
         },
+        "inference": _inference(shape, cfg, device.kind),
         "candidates": [c.row() for c in cands],
     }
+
+
+def _inference(shape: Any, cfg: PlanConfig, kind: str) -> dict[str, Any]:
+    """Serving memory at ``inference_batch`` × ``seq_len``: weights + GQA-aware KV cache + activations."""
+    from shoestring.plan.memory import estimate_inference_memory
+
+    wb = 4 if kind == "cpu" else 2  # fp32 on CPU, bf16/fp16 on GPUs
+    est = estimate_inference_memory(shape, batch=cfg.inference_batch, context=cfg.seq_len, weight_bytes=wb,
+                                    kv_bytes=wb)
+    return {"batch": cfg.inference_batch, "context": cfg.seq_len, "bytes_per_weight": wb, **est}
 
 
 def _human_bytes(n: float) -> str:
