@@ -7,8 +7,9 @@ double the steps until the relative gap (gap / max(|f(x) - f(baseline)|, 1e-3)) 
 the tolerance, or the step cap is hit (then the explanation says so).
 
 Token attributions: the input is the sequence of token embeddings, the baseline is the
-all-zeros embedding sequence, and a token's attribution is the sum over embedding
-dimensions of its embedding's attribution.
+pad-token embedding at every position, and a token's attribution is the sum over embedding
+dimensions of its embedding's attribution. Tabular inputs use the all-zeros baseline in
+standardised space (the training mean of every feature).
 """
 
 from __future__ import annotations
@@ -105,9 +106,13 @@ def explain_embeddings(
 
     emb_layer = model.get_input_embeddings()
     ids = torch.tensor([input_ids], device=emb_layer.weight.device)
+    # Baseline: every position holds the pad token's embedding (EOS/UNK if there is no pad).
+    # An all-zeros vector is far outside what RMSNorm/LayerNorm layers see; on SmolLM2-135M
+    # it left a completeness gap of 0.8-7.9x |f(x) - f(baseline)| at 16-64 steps.
+    ref = next((t for t in (tokenizer.pad_token_id, tokenizer.eos_token_id, tokenizer.unk_token_id) if t is not None), None)
     with torch.no_grad():
         embeds = emb_layer(ids).detach().float()  # (1, T, C)
-    baseline = torch.zeros_like(embeds)
+        baseline = emb_layer(torch.full_like(ids, ref)).detach().float() if ref is not None else torch.zeros_like(embeds)
 
     def forward(e: torch.Tensor) -> torch.Tensor:
         mask = torch.ones(e.shape[:2], dtype=torch.long, device=e.device)
@@ -146,7 +151,7 @@ def explain_next_token(
 def render_explanations(groups: dict[str, list[dict[str, Any]]]) -> str:
     """Highlighted tokens per explanation, with the completeness check beside each."""
     parts = [
-        '<p class="note">Integrated Gradients from an all-zeros embedding baseline. Green tokens raise the '
+        '<p class="note">Integrated Gradients from a pad-token (text) or training-mean (tabular) baseline. Green tokens raise the '
         "explained output, red lower it. Completeness gap = |sum(attributions) - (f(x) - f(baseline))|; steps "
         "are doubled until the gap relative to |f(x) - f(baseline)| is within the tolerance.</p>"
     ]
