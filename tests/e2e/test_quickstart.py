@@ -16,7 +16,9 @@ import pytest
 pytestmark = pytest.mark.slow
 
 SMALL = [
-    "--set", "train.max_steps=4",
+    "--set", "budget.batch_size=2",
+    "--set", "budget.seq_len=128",
+    "--set", "train.max_steps=3",
     "--set", "train.checkpoint_every=1",
     "--set", "train.val_max_examples=4",
     "--set", "train.progress=false",
@@ -60,7 +62,7 @@ def test_quickstart_runs_end_to_end_then_is_cached(tmp_path: Path, repo_root: Pa
 def test_kill_during_training_then_rerun_completes(tmp_path: Path, repo_root: Path) -> None:
     ws = tmp_path / "ws"
     proc = subprocess.Popen(
-        _cmd(ws, "--set", "train.max_steps=8"),
+        _cmd(ws, "--set", "train.max_steps=6"),
         cwd=repo_root,
         env=_env(),
         stdout=subprocess.DEVNULL,
@@ -81,7 +83,7 @@ def test_kill_during_training_then_rerun_completes(tmp_path: Path, repo_root: Pa
         proc.wait()
     assert not (ws / "report").exists()
     rerun = subprocess.run(
-        _cmd(ws, "--set", "train.max_steps=8"), cwd=repo_root, env=_env(), capture_output=True, text=True, timeout=900
+        _cmd(ws, "--set", "train.max_steps=6"), cwd=repo_root, env=_env(), capture_output=True, text=True, timeout=900
     )
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert "resuming" in rerun.stderr
