@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # real CLI subprocesses: ~4 model loads each
+
 FAST = [
     "--eval-blocks",
     "2",

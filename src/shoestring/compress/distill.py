@@ -160,7 +160,7 @@ def distill(
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
         if log is not None and (step + 1) % max(1, settings.steps // 10) == 0:
             log(f"distill step {step + 1}/{settings.steps} loss {float(loss):.4f}")
         if work_dir is not None and (step + 1) % settings.ckpt_every == 0 and step + 1 < settings.steps:
