@@ -57,3 +57,9 @@ def test_unwritable_workspace(tmp_path: Path, repo_root: Path) -> None:
 def test_recipes_list(repo_root: Path) -> None:
     out = sh("recipes", "list", cwd=repo_root)
     assert out.returncode == 0 and "quickstart" in out.stdout
+
+
+def test_usage_errors_exit_2_without_traceback() -> None:
+    out = sh("plan", "unexpected-extra-argument")
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert "unexpected extra argument" in out.stderr

@@ -6,6 +6,7 @@ their typed configs; packages add extra verbs through ``shoestring.<pkg>.cli.reg
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import sys
 from pathlib import Path
@@ -116,21 +117,30 @@ for _pkg in EXTRA_VERBS:
     _mod.register(app)
 
 
+def _click_exceptions() -> tuple[tuple[type[BaseException], ...], ...]:
+    """(Exit, Abort, ClickException) from click and from Typer's vendored copy of it."""
+    mods = [click.exceptions]
+    with contextlib.suppress(ImportError):  # Typer >= 0.20 ships its own click under typer._click
+        mods.append(importlib.import_module("typer._click.exceptions"))
+    return tuple(tuple(getattr(m, n) for m in mods if hasattr(m, n)) for n in ("Exit", "Abort", "ClickException"))
+
+
 def main() -> None:
     """Entry point: user errors become one line on stderr and exit code 2."""
+    exit_types, abort_types, click_errors = _click_exceptions()
     try:
         app(standalone_mode=False)
     except ShoestringError as err:
         err_console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
         sys.exit(err.exit_code)
-    except click.exceptions.Exit as ex:
+    except exit_types as ex:
         sys.exit(ex.exit_code)
-    except click.exceptions.Abort:
+    except abort_types:
         err_console.print("aborted; re-run the same command to resume from the last finished step")
         sys.exit(130)
-    except click.ClickException as ex:
-        ex.show()
-        sys.exit(ex.exit_code)
+    except click_errors as ex:
+        ex.show()  # type: ignore[attr-defined]
+        sys.exit(ex.exit_code)  # type: ignore[attr-defined]
     except KeyboardInterrupt:
         err_console.print("interrupted; re-run the same command to resume from the last finished step")
         sys.exit(130)

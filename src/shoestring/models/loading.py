@@ -232,6 +232,11 @@ def load_model(
     ref = resolve_model(spec) if isinstance(spec, str) else spec
     if task not in _AUTO:
         raise ShoestringError(f"unknown task '{task}'; choose one of {', '.join(_AUTO)}")
+    if ref.kind in ("artifact", "folder") and (Path(ref.location) / "shoestring_quant.json").is_file():
+        # int8/int4 weights from `shoestring compress`: rebuilt by its loader, never unpickled.
+        from shoestring.compress import load_compressed
+
+        return load_compressed(ref.location, task)  # type: ignore[return-value]
     loader = getattr(transformers, _AUTO[task])
     if dtype is not None:
         kwargs["dtype"] = dtype
