@@ -134,7 +134,7 @@ def main() -> None:
         err_console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
         sys.exit(err.exit_code)
     except exit_types as ex:
-        sys.exit(ex.exit_code)
+        sys.exit(ex.exit_code)  # type: ignore[attr-defined]
     except abort_types:
         err_console.print("aborted; re-run the same command to resume from the last finished step")
         sys.exit(130)
