@@ -29,7 +29,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-err_console = Console(stderr=True)
+err_console = Console(stderr=True, soft_wrap=True)  # never break artifact paths
 
 # Packages that add verbs of their own (models list, serve, fill-mask, ...).
 EXTRA_VERBS = (

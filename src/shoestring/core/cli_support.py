@@ -118,7 +118,7 @@ def add_stage_command(app: typer.Typer, name: str, console: Console | None = Non
     except NotBuiltError as err:
         not_built_command(app, name, str(err))
         return
-    console = console or Console(stderr=True)
+    console = console or Console(stderr=True, soft_wrap=True)
     sig, flag_names = _signature_for(stage.config)
 
     def command(**kwargs: Any) -> None:

@@ -108,7 +108,7 @@ class Workspace:
 
     def __init__(self, root: str | Path, console: Console | None = None) -> None:
         self.root = Path(root).expanduser().resolve()
-        self.console = console or Console(stderr=True)
+        self.console = console or Console(stderr=True, soft_wrap=True)
         try:
             for sub in ("artifacts", "tmp", "work"):
                 (self.root / sub).mkdir(parents=True, exist_ok=True)
