@@ -88,7 +88,7 @@ def _load_float_model(cfg: ExportConfig, ctx: StageContext) -> tuple[Any, Any, s
         info["dequantized_from"] = QuantSpec.read(model_folder(spec)).method
         info["dequantized_layers"] = dequantize_model(model)
     if hasattr(model, "merge_and_unload"):
-        model = model.merge_and_unload()
+        model = model.merge_and_unload()  # type: ignore[operator]
         info["merged_adapter"] = True
     model.eval()
     return model, load_tokenizer(spec), task, info
