@@ -1,0 +1,61 @@
+"""Tiny Hugging Face models built from configs, with the packaged models' real tokenizers.
+
+Shared by the test packages' conftests (importable because pytest puts tests/ on sys.path
+for tests/conftest.py). Each package picks its own sizes; the building is the same.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from shoestring.models import hf_folder
+
+
+def save_tiny_llama(out: Path, *, hidden: int, intermediate: int, layers: int, **extra: Any) -> Path:
+    """A Llama (4 query heads, 2 KV heads: GQA) with SmolLM2's tokenizer, saved to ``out``."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tok = AutoTokenizer.from_pretrained(hf_folder("smollm2-135m-instruct"))
+    cfg = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=hidden,
+        intermediate_size=intermediate,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        tie_word_embeddings=True,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+        **extra,
+    )
+    torch.manual_seed(0)
+    LlamaForCausalLM(cfg).save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+def save_tiny_bert(
+    out: Path, model_cls: str, *, hidden: int, intermediate: int, layers: int, max_positions: int
+) -> Path:
+    """A BERT (``model_cls`` from transformers, e.g. BertModel) with all-MiniLM's tokenizer."""
+    import torch
+    import transformers
+    from transformers import AutoTokenizer, BertConfig
+
+    tok = AutoTokenizer.from_pretrained(hf_folder("all-minilm-l6-v2"))
+    cfg = BertConfig(
+        vocab_size=len(tok),
+        hidden_size=hidden,
+        intermediate_size=intermediate,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        max_position_embeddings=max_positions,
+    )
+    torch.manual_seed(0)
+    getattr(transformers, model_cls)(cfg).save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
