@@ -54,6 +54,23 @@ def test_same_config_is_cached_and_changes_invalidate(tmp_path: Path, src: Path)
     assert not edited.cached and edited.artifact.stats["count"] == 4
 
 
+def test_not_hashed_fields_reuse_the_cache(tmp_path: Path, src: Path) -> None:
+    ws = Workspace(tmp_path / "ws")
+    first = ws.run(STAGE, toy_stage.ToyConfig(source=src))
+    more_threads = ws.run(STAGE, toy_stage.ToyConfig(source=src, threads=8))
+    assert more_threads.cached and more_threads.artifact.hash == first.artifact.hash
+
+
+def test_drop_dotted_reaches_nested_lists() -> None:
+    from shoestring.core.workspace import _drop_dotted
+
+    tree = {"a": [{"b": 1, "c": 2}, {"b": 3}], "d": {"e": 4}}
+    _drop_dotted(tree, "a[0].b")
+    _drop_dotted(tree, "d.e")
+    _drop_dotted(tree, "x.y[3].z")  # missing steps are ignored
+    assert tree == {"a": [{"c": 2}, {"b": 3}], "d": {}}
+
+
 def test_input_artifact_hash_enters_the_hash(tmp_path: Path, src: Path) -> None:
     ws = Workspace(tmp_path / "ws")
     up = ws.run(STAGE, toy_stage.ToyConfig(source=src)).artifact

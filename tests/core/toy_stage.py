@@ -7,7 +7,7 @@ import signal
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from shoestring.core.config import ArtifactInput, HashedPath, StageConfig
+from shoestring.core.config import ArtifactInput, HashedPath, NotHashed, StageConfig
 from shoestring.core.workspace import StageContext
 
 KIND = "toy"
@@ -24,6 +24,8 @@ class ToyConfig(StageConfig):
     """Multiply the count by this."""
     mode: Literal["plain", "double"] = "plain"
     """How to count."""
+    threads: Annotated[int, NotHashed()] = 1
+    """How many threads to count with (does not change the count, so not hashed)."""
     crash_after: int | None = None
     """Kill this process with SIGKILL after this many lines (crash test)."""
 

@@ -9,6 +9,9 @@ Two markers tell the framework how a field takes part in caching:
   artifact folder). Its *content hash*, not its spelling, enters the stage hash.
 * ``HashedPath()`` - the field is a file or folder whose *contents* enter the stage hash
   (raw data sources, a jobs file, ...), so editing the data invalidates the cache.
+* ``NotHashed()`` - the field changes how a stage runs but not what it produces (worker
+  count, executor, chunk size), so it is left out of the stage hash: rerunning with more
+  workers reuses the cached artifact. Only mark fields whose output is proven identical.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from shoestring.core.errors import ShoestringError
 __all__ = [
     "ArtifactInput",
     "HashedPath",
+    "NotHashed",
     "StageConfig",
     "format_validation_error",
     "load_yaml",
@@ -52,6 +56,11 @@ class ArtifactInput:
 @dataclass(frozen=True)
 class HashedPath:
     """Marks a path field whose file (or folder) contents enter the stage hash."""
+
+
+@dataclass(frozen=True)
+class NotHashed:
+    """Marks a field that does not change a stage's output; it stays out of the stage hash."""
 
 
 class StageConfig(BaseModel):

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 import time
 from collections.abc import Mapping
@@ -33,7 +34,7 @@ from shoestring.core.artifact import (
     hash_path,
     library_versions,
 )
-from shoestring.core.config import ArtifactInput, HashedPath, StageConfig, iter_marked_fields
+from shoestring.core.config import ArtifactInput, HashedPath, NotHashed, StageConfig, iter_marked_fields
 from shoestring.core.errors import ShoestringError
 from shoestring.core.registry import Stage
 
@@ -85,6 +86,8 @@ def stage_hash(stage: Stage, cfg: StageConfig, inputs: Mapping[str, Artifact]) -
     for name in inp:
         if name in inputs:
             config.pop(name, None)
+    for dotted, _, _ in iter_marked_fields(cfg, NotHashed):
+        _drop_dotted(config, dotted)
     files = {}
     for dotted, value, _ in iter_marked_fields(cfg, HashedPath):
         if value is None:
@@ -101,6 +104,21 @@ def stage_hash(stage: Stage, cfg: StageConfig, inputs: Mapping[str, Artifact]) -
         "files": files,
     }
     return hashlib.sha256(canonical_json(payload).encode()).hexdigest(), payload
+
+
+def _drop_dotted(tree: Any, dotted: str) -> None:
+    """Delete ``a.b[2].c`` from a nested dict/list dump (no-op when a step is missing)."""
+    steps = [p for p in re.split(r"\.|\[(\d+)\]", dotted) if p]
+    node = tree
+    for step in steps[:-1]:
+        if isinstance(node, list) and step.isdigit() and int(step) < len(node):
+            node = node[int(step)]
+        elif isinstance(node, dict) and step in node:
+            node = node[step]
+        else:
+            return
+    if isinstance(node, dict):
+        node.pop(steps[-1], None)
 
 
 class Workspace:

@@ -11,7 +11,7 @@ from typing import Annotated, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from shoestring.core.config import HashedPath, StageConfig
+from shoestring.core.config import HashedPath, NotHashed, StageConfig
 
 __all__ = [
     "AugmentConfig",
@@ -270,9 +270,9 @@ class CurateConfig(StageConfig):
     """Augmentation settings."""
     split: SplitConfig = Field(default_factory=SplitConfig)
     """Split settings."""
-    executor: Literal["local", "ray"] = "local"
+    executor: Annotated[Literal["local", "ray"], NotHashed()] = "local"
     """Where the per-record ops run: local processes or a Ray cluster (a local one if none is running)."""
-    workers: int = 2
+    workers: Annotated[int, NotHashed()] = 2
     """Worker processes (local) or Ray tasks in flight; 1 runs in this process."""
     chunk_size: int = 1000
     """Records per work unit; also the checkpoint granularity for resume."""
