@@ -165,8 +165,10 @@ def predict(spec: dict[str, Any], overhead: int | None) -> dict[str, Any]:
     )
     mem = estimate_training_memory(config, shape, setup, framework_overhead=overhead)
     dev = cpu_device()
-    fpt = training_flops_per_token(shape, spec["seq_len"], mem.trainable_params, checkpointing=spec["ckpt"])
-    step = fpt * spec["mbs"] * spec["seq_len"] / (dev.flops_for(setup.compute_dtype) * dev.utilisation)
+    fpt = training_flops_per_token(shape, spec["seq_len"], mem.trainable_params, checkpointing=spec["ckpt"],
+                                   lora=spec["method"] == "lora")
+    rate = dev.flops_for(setup.compute_dtype) * dev.utilisation_for(setup.compute_dtype)
+    step = fpt * spec["mbs"] * spec["seq_len"] / rate
     total, _largest = calculate_maximum_sizes(meta_model(config, task))
     acc = max(estimate_training_usage(total, "bfloat16" if spec["precision"] == "bf16" else "float32").values())
     return {"peak_memory_bytes": mem.peak_bytes, "terms": mem.terms(), "step_seconds": step,

@@ -242,28 +242,55 @@ class ActivationTrace:
     """One copy of the output logits (batch·seq·vocab for LMs) at the compute dtype."""
 
 
-def _flash_like_sdpa() -> Any:
-    """An SDPA stand-in for meta tracing that saves what the fused CPU/GPU kernels save.
+def _sdpa_stand_in(device_kind: str, padded: bool) -> Any:
+    """An SDPA stand-in for meta tracing that saves what the real device's kernel saves.
 
-    On meta, ``scaled_dot_product_attention`` falls back to the math path and would
-    materialise the (seq × seq) attention weights; the fused kernels used on CPU and GPU
-    keep only q, k, v, the output and a per-row log-sum-exp, so we trace that instead.
+    On meta, ``scaled_dot_product_attention`` always takes the math path. The real kernels
+    differ: the fused ones (CPU flash, CUDA flash / memory-efficient) keep only q, k, v, the
+    output and a per-row log-sum-exp. But torch's CPU flash kernel does not support
+    dropout, so a model with attention dropout in training mode (BERT-family
+    ``attention_probs_dropout_prob=0.1``, GPT-2 ``attn_pdrop``) runs the *math* kernel on
+    CPU, which saves the scaled q and k, the softmax probabilities, the dropout noise and
+    the dropped probabilities: three (batch, heads, seq, seq) tensors per layer
+    (measured against a real CPU forward in tests/plan/test_arch.py; it was the cause of
+    the -24%/-42% BERT-classifier misses in RESULTS.md). CUDA's fused kernels support
+    dropout (they keep only the RNG state), so there the fused trace is used.
     """
+    import math
+
     import torch
 
     class FusedAttention(torch.autograd.Function):
         @staticmethod
-        def forward(ctx: Any, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        def forward(ctx: Any, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Any) -> torch.Tensor:
             b, h, s, _ = q.shape
             out = torch.empty(b, s, h, v.shape[-1], dtype=q.dtype, device=q.device).transpose(1, 2)
             lse = torch.empty(b, h, s, dtype=torch.float32, device=q.device)
-            ctx.save_for_backward(q, k, v, out, lse)
+            ctx.save_for_backward(*(t for t in (q, k, v, out, lse, mask) if t is not None))
             return out
 
         @staticmethod
-        def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, ...]:
-            q, k, v, _, _ = ctx.saved_tensors
-            return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+        def backward(ctx: Any, grad: torch.Tensor) -> tuple[Any, ...]:
+            q, k, v = ctx.saved_tensors[:3]
+            return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), None
+
+    def padding_mask(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor | None:
+        # A padded batch (classification, masked-LM) reaches SDPA with a (batch, 1, seq, seq)
+        # mask; the fused CPU kernel saves its own additive copy at the compute dtype in
+        # every layer (measured: one such tensor per layer, not one shared).
+        if not padded:
+            return None
+        return torch.empty(q.shape[0], 1, q.shape[2], k.shape[2], dtype=q.dtype, device=q.device)
+
+    def math_kernel(q: Any, k: Any, v: Any, dropout_p: float, scale: Any) -> Any:
+        # The same autograd graph as aten's _scaled_dot_product_attention_math: sqrt(scale)
+        # applied to q and k, matmul, softmax, dropout as a multiply by a noise tensor, matmul.
+        # (A padding mask is added before the softmax; the add saves nothing.)
+        root = math.sqrt(scale if scale is not None else 1.0 / math.sqrt(q.shape[-1]))
+        attn = torch.matmul(q * root, (k * root).transpose(-2, -1)).softmax(-1)
+        if dropout_p > 0:
+            attn = attn * torch.empty_like(attn)
+        return torch.matmul(attn, v)
 
     def sdpa(q: Any, k: Any, v: Any, attn_mask: Any = None, dropout_p: float = 0.0, is_causal: bool = False,
              scale: Any = None, enable_gqa: bool = False) -> Any:
@@ -271,13 +298,15 @@ def _flash_like_sdpa() -> Any:
             rep = q.shape[1] // k.shape[1]
             k = k.repeat_interleave(rep, dim=1)
             v = v.repeat_interleave(rep, dim=1)
-        return FusedAttention.apply(q, k, v)
+        if device_kind == "cpu" and dropout_p > 0:
+            return math_kernel(q, k, v, dropout_p, scale)
+        return FusedAttention.apply(q, k, v, padding_mask(q, k))
 
     return sdpa
 
 
 def _trace(config: PretrainedConfig, task: str, batch: int, seq_len: int, trainable: str, dtype_name: str,
-           attn: str) -> ActivationTrace:
+           attn: str, device_kind: str) -> ActivationTrace:
     import copy
 
     import torch
@@ -329,7 +358,7 @@ def _trace(config: PretrainedConfig, task: str, batch: int, seq_len: int, traina
     elif task == "classification":
         kwargs["labels"] = torch.zeros(batch, dtype=torch.long, device="meta")
     original = F.scaled_dot_product_attention
-    F.scaled_dot_product_attention = _flash_like_sdpa()
+    F.scaled_dot_product_attention = _sdpa_stand_in(device_kind, task in ("classification", "masked-lm"))
     try:
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
             out = model(**kwargs)
@@ -395,16 +424,21 @@ def _add_meta_lora(model: torch.nn.Module, rank: int, dropout: float, targets: l
 
 
 def trace_activations(config: PretrainedConfig, task: str, batch: int, seq_len: int, *, trainable: str = "all",
-                      dtype: str = "float32", attn_implementation: str = "sdpa") -> ActivationTrace:
-    """Saved-for-backward bytes of one forward at ``batch × seq_len`` (meta device, cached)."""
+                      dtype: str = "float32", attn_implementation: str = "sdpa",
+                      device_kind: str = "cpu") -> ActivationTrace:
+    """Saved-for-backward bytes of one forward at ``batch × seq_len`` (meta device, cached).
+
+    ``device_kind`` (``cpu`` / ``cuda``) picks which SDPA kernel the trace mirrors.
+    """
     import json
 
+    kernel = "cpu" if device_kind == "cpu" else "fused"
     key = (json.dumps(config.to_dict(), sort_keys=True, default=str), task, batch, seq_len, trainable, dtype,
-           attn_implementation)
+           attn_implementation, kernel)
     if key not in _TRACES:
         if len(_TRACES) > 256:
             _TRACES.clear()
-        _TRACES[key] = _trace(config, task, batch, seq_len, trainable, dtype, attn_implementation)
+        _TRACES[key] = _trace(config, task, batch, seq_len, trainable, dtype, attn_implementation, kernel)
     return _TRACES[key]
 
 

@@ -6,7 +6,11 @@ runs one warm-up and a few timed optimizer steps under :class:`PeakMemoryMeter`,
 reports the median step time and the peak. From them:
 
 * ``utilisation`` = achieved training FLOP/s (the planner's FLOP count for that step divided
-  by the measured time) / the probe's fp32 matmul FLOP/s;
+  by the measured time) / the probe's fp32 matmul FLOP/s; the same step under bf16
+  autocast (the trainer's ``precision: bf16``) gives ``utilisation_by_dtype["bf16"]``
+  against the bf16 matmul rate, because on a CPU autocast's casts and the non-matmul
+  work do not speed up with the bf16 matmul units (one fp32 figure would predict a bf16
+  step 2-3x too fast);
 * ``framework_overhead_bytes`` = measured peak - the planner's prediction without overhead.
 
 Both are stored in the hardware cache and used by every later plan on this machine.
@@ -14,6 +18,7 @@ Both are stored in the hardware cache and used by every later plan on this machi
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import statistics
@@ -33,7 +38,7 @@ CALIBRATION_MODEL: dict[str, Any] = {
 BATCH, SEQ, STEPS = 4, 256, 4
 
 
-def _child(method: str) -> dict[str, Any]:
+def _child(method: str, precision: str = "fp32") -> dict[str, Any]:
     """Runs in the subprocess: real steps through the trainer's modules; returns measurements."""
     from shoestring.plan.allocator import bound_cpu_allocator
 
@@ -75,11 +80,14 @@ def _child(method: str) -> dict[str, Any]:
     times = []
     for _ in range(STEPS + 1):
         t0 = time.perf_counter()
-        if lossmod is not None:
-            loss_sum, n = lossmod(**batch)
-            loss = loss_sum / n
-        else:
-            loss = model(input_ids=ids, labels=ids).loss
+        cast = (torch.autocast(device_type="cpu", dtype=torch.bfloat16) if precision == "bf16"
+                else contextlib.nullcontext())
+        with cast:  # the trainer's bf16 = autocast around the forward and loss
+            if lossmod is not None:
+                loss_sum, n = lossmod(**batch)
+                loss = loss_sum / n
+            else:
+                loss = model(input_ids=ids, labels=ids).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
@@ -101,29 +109,35 @@ def calibrate(method: str = "full") -> dict[str, Any]:
     from shoestring.plan.memory import TrainingSetup, estimate_training_memory
 
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
-    out = subprocess.run([sys.executable, "-m", "shoestring.plan.calibrate", method], capture_output=True, text=True,
-                         env=env, timeout=900)
-    lines = [x for x in out.stdout.splitlines() if x.startswith("CALIBRATION ")]
-    if out.returncode != 0 or not lines:
-        tail = (out.stderr.strip().splitlines() or ["no output"])[-1]
-        raise ShoestringError(f"calibration step failed ({tail}); run `shoestring plan` without --calibrate")
-    measured = json.loads(lines[-1][len("CALIBRATION "):])
+    hw = load_hardware()
+    precisions = ["fp32"] + (["bf16"] if hw.get("cpu_bf16_flops") else [])
+    measured: dict[str, dict[str, Any]] = {}
+    for precision in precisions:
+        out = subprocess.run([sys.executable, "-m", "shoestring.plan.calibrate", method, precision], capture_output=True,
+                             text=True, env=env, timeout=900)
+        lines = [x for x in out.stdout.splitlines() if x.startswith("CALIBRATION ")]
+        if out.returncode != 0 or not lines:
+            tail = (out.stderr.strip().splitlines() or ["no output"])[-1]
+            raise ShoestringError(f"calibration step failed ({tail}); run `shoestring plan` without --calibrate")
+        measured[precision] = json.loads(lines[-1][len("CALIBRATION "):])
     config = LlamaConfig(**{k: v for k, v in CALIBRATION_MODEL.items() if k != "model_type"})
     shape = describe_model(config, "causal-lm")
     setup = TrainingSetup(method=method, micro_batch_size=BATCH, seq_len=SEQ)  # type: ignore[arg-type]
     mem = estimate_training_memory(config, shape, setup, framework_overhead=0)
-    fpt = training_flops_per_token(shape, SEQ, mem.trainable_params)
-    hw = load_hardware()
-    achieved = fpt * BATCH * SEQ / measured["step_seconds"]
+    fpt = training_flops_per_token(shape, SEQ, mem.trainable_params, lora=method in ("lora", "qlora"))
+    fp32 = measured["fp32"]
+    by_dtype = {p: fpt * BATCH * SEQ / m["step_seconds"] / float(hw[f"cpu_{p}_flops"]) for p, m in measured.items()}
     cal = {
-        "utilisation": achieved / float(hw["cpu_fp32_flops"]),
-        "achieved_flops": achieved,
-        "framework_overhead_bytes": max(0, int(measured["peak_memory_bytes"] - mem.peak_bytes)),
-        "measured_peak_bytes": int(measured["peak_memory_bytes"]),
+        "utilisation": by_dtype["fp32"],
+        "utilisation_by_dtype": by_dtype,
+        "achieved_flops": fpt * BATCH * SEQ / fp32["step_seconds"],
+        "framework_overhead_bytes": max(0, int(fp32["peak_memory_bytes"] - mem.peak_bytes)),
+        "measured_peak_bytes": int(fp32["peak_memory_bytes"]),
         "predicted_peak_without_overhead": int(mem.peak_bytes),
-        "step_seconds": measured["step_seconds"],
-        "code_path": measured["path"],
-        "threads": measured["threads"],
+        "step_seconds": fp32["step_seconds"],
+        "step_seconds_by_dtype": {p: m["step_seconds"] for p, m in measured.items()},
+        "code_path": fp32["path"],
+        "threads": fp32["threads"],
         "model": CALIBRATION_MODEL,
         "batch": BATCH,
         "seq_len": SEQ,
@@ -135,4 +149,5 @@ def calibrate(method: str = "full") -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    print("CALIBRATION " + json.dumps(_child(sys.argv[1] if len(sys.argv) > 1 else "full")), flush=True)
+    print("CALIBRATION " + json.dumps(_child(sys.argv[1] if len(sys.argv) > 1 else "full",
+                                             sys.argv[2] if len(sys.argv) > 2 else "fp32")), flush=True)

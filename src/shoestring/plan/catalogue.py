@@ -11,7 +11,7 @@ shoestring cache folder.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 __all__ = ["CATALOGUE", "DeviceSpec", "get_device", "load_price_overrides"]
@@ -41,6 +41,12 @@ class DeviceSpec:
     """Per-device bandwidth between devices (NVLink / PCIe), bytes/s, for ZeRO/DDP traffic."""
     measured: bool = False
     """True when peak/utilisation come from this machine's probe or calibration."""
+    utilisation_by_dtype: dict[str, float] = field(default_factory=dict)
+    """Measured utilisation per compute precision (``--calibrate`` on a CPU), overriding ``utilisation``."""
+
+    def utilisation_for(self, compute_dtype: str) -> float:
+        """Achievable fraction of ``flops_for(compute_dtype)``: calibrated for that precision when known."""
+        return self.utilisation_by_dtype.get(compute_dtype, self.utilisation)
 
     def flops_for(self, compute_dtype: str) -> float:
         """Peak FLOP/s for a compute precision (fp32 matmuls use TF32 where the GPU has it)."""

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from shoestring.plan.arch import ModelShape
 
-__all__ = ["RunEstimate", "chinchilla_flops", "training_flops_per_token", "estimate_run"]
+__all__ = ["RunEstimate", "chinchilla_flops", "estimate_run", "matmul_params_per_token", "training_flops_per_token"]
 
 
 def chinchilla_flops(n_params: float, n_tokens: float) -> float:
@@ -24,16 +24,40 @@ def chinchilla_flops(n_params: float, n_tokens: float) -> float:
     return 6.0 * n_params * n_tokens
 
 
-def training_flops_per_token(shape: ModelShape, seq_len: int, trainable: int, *, checkpointing: bool = False) -> float:
-    """Training FLOPs per token: forward, backward and (optional) recompute, with attention."""
-    n = shape.non_embedding_params
+def matmul_params_per_token(shape: ModelShape) -> int:
+    """Weights one token multiplies by: every ``nn.Linear`` the model runs per position.
+
+    This counts a *tied* output head (its weight is the embedding matrix, so ``6·N`` rules
+    that drop embedding parameters leave the ``hidden × vocab`` logits matmul out, which is
+    most of the work of a small model with a 49k vocabulary) and leaves out what runs once
+    per sequence (a classifier's pooler and head). Falls back to the non-embedding
+    parameter count when the Linear layers are unknown.
+    """
+    if not shape.linear_shapes:
+        return shape.non_embedding_params
+    per_sequence = ("pooler", "classifier") if shape.task == "classification" else ()
+    return sum(a * b for name, (a, b) in shape.linear_shapes.items()
+               if not any(part in per_sequence for part in name.split(".")))
+
+
+def training_flops_per_token(shape: ModelShape, seq_len: int, trainable: int, *, checkpointing: bool = False,
+                             lora: bool = False) -> float:
+    """Training FLOPs per token: forward, backward and (optional) recompute, with attention.
+
+    ``trainable`` parameters get weight gradients (capped at the matmul weights); with
+    ``lora`` they are adapters, which add their own small matmuls to the forward (2 FLOPs
+    per parameter) and to the backward (input and weight gradients: 4).
+    """
+    n = matmul_params_per_token(shape)
     attn = 2.0 * shape.n_layers * seq_len * shape.n_heads * shape.head_dim
     if shape.task in ("causal-lm",):
         attn /= 2  # causal: each position attends to half the context on average (fused kernels skip the rest)
-    forward = 2.0 * n + attn
+    adapters = float(trainable) if lora else 0.0
+    forward = 2.0 * n + attn + 2.0 * adapters
     # backward: activation gradients through every weight (2N) and through attention
     # (dQ, dK, dV: twice its forward), plus weight gradients for the trainable weights only.
-    backward = 2.0 * n + 2.0 * attn + 2.0 * min(trainable, n)
+    weight_grads = 2.0 * adapters if lora else 2.0 * min(trainable, n)
+    backward = 2.0 * n + 2.0 * attn + 2.0 * adapters + weight_grads
     recompute = forward if checkpointing else 0.0
     return forward + backward + recompute
 

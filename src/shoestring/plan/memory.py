@@ -84,6 +84,8 @@ class TrainingSetup:
     parallelism: Parallelism = "single"
     device_kind: str = "cpu"
     attn_implementation: str = "sdpa"
+    mlm_probability: float = 0.15
+    """masked-lm: fraction of tokens the loss is computed on (the trainer's ``mlm_probability``)."""
 
     @property
     def compute_dtype(self) -> str:
@@ -207,18 +209,26 @@ def estimate_training_memory(
 
     act_dtype = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}[s.compute_dtype]
     tr = trace_activations(config, s.task, s.micro_batch_size, s.seq_len, trainable=_trainable_spec(s),
-                           dtype=act_dtype, attn_implementation=s.attn_implementation)
+                           dtype=act_dtype, attn_implementation=s.attn_implementation, device_kind=s.device_kind)
     if s.activation_checkpointing and shape.n_layers > 0:
         # Each block keeps only its input; one block's activations exist during its recompute.
         activations = tr.layer_input_bytes * shape.n_layers + tr.per_layer_bytes + tr.head_bytes
     else:
         activations = tr.saved_bytes
-    # Backward starts with two vocabulary-sized fp32 gradient buffers (d log_softmax and
-    # d logits) next to everything saved (the loss runs in fp32 under autocast too). For
-    # masked-LM the second is the scatter of the masked positions' gradient back into a full
-    # (B, T, V) tensor, so the same two buffers (measured: RESULTS.md, rows bert-*).
+    # Causal LM: the trace already holds the loss's saved fp32 log-softmax (B, T, V); backward
+    # of log-softmax adds two more vocabulary-sized fp32 buffers (the incoming gradient and
+    # its own output), the loss runs in fp32 under autocast too.
     fp32_logits = tr.logits_bytes * 4 // _itemsize(act_dtype)
     logits = 2 * fp32_logits
+    if s.task == "masked-lm":
+        # The trainer's masked-LM loss (train/modeling.py) is not the one the trace runs: it
+        # takes the full (B, T, V) logits, keeps only the masked rows (N ≈ p·B·T) and runs
+        # cross-entropy on those, so what is saved is an (N, V) log-softmax, not the traced
+        # (B, T, V) one; the full logits are live at the end of the forward, and in backward
+        # the index's gradient is scattered back into a full (B, T, V) zero tensor while the
+        # (N, V) gradients are still alive. Either moment: one full buffer + ~2 (N, V) ones.
+        activations -= tr.logits_bytes
+        logits = int(fp32_logits * (1 + 2 * s.mlm_probability))
     # The optimizer step: torch's foreach AdamW (what the trainer uses) keeps one temporary
     # per trainable parameter; autocast caches a low-precision copy of every Linear weight
     # for the duration of the forward.

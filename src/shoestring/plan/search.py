@@ -92,12 +92,13 @@ def evaluate(config: PretrainedConfig, shape: ModelShape, setup: TrainingSetup, 
     seqs_per_step = per_step * accum
     steps = max(1, math.ceil(work.sequences * work.epochs / seqs_per_step))
     fpt = training_flops_per_token(shape, setup.seq_len, mem.trainable_params,
-                                   checkpointing=setup.activation_checkpointing)
+                                   checkpointing=setup.activation_checkpointing,
+                                   lora=setup.method in ("lora", "qlora"))
     comm = _comm_seconds(setup, shape, mem, device)
     # Every device runs `accum` micro-batches per step in parallel with the others, so the
     # step time is one device's work; the bill is for all devices.
     run = estimate_run(flops_per_token=fpt, tokens_per_step=tokens_per_micro * accum, steps=steps,
-                       peak_flops=device.flops_for(setup.compute_dtype), utilisation=device.utilisation, devices=1,
+                       peak_flops=device.flops_for(setup.compute_dtype), utilisation=device.utilisation_for(setup.compute_dtype), devices=1,
                        usd_per_hour=device.usd_per_hour * max(setup.devices, 1), comm_seconds=comm)
     reason = ""
     if mem.required_bytes > memory_limit:

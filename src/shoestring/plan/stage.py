@@ -247,7 +247,7 @@ def make_plan(cfg: PlanConfig, ctx: StageContext | None = None) -> dict[str, Any
         "parallelism": s.parallelism,
         "devices": s.devices,
         "device": {"name": device.name, "kind": device.kind, "memory_bytes": device.memory_bytes,
-                   "usable_bytes": limit, "usd_per_hour": device.usd_per_hour, "utilisation": device.utilisation,
+                   "usable_bytes": limit, "usd_per_hour": device.usd_per_hour, "utilisation": device.utilisation_for(s.compute_dtype),
                    "peak_flops": device.flops_for(s.compute_dtype), "calibrated": device.measured},
         "fits": best.fits,
         "reason": best.reason,
