@@ -16,7 +16,8 @@ Measured side by side, one tool at a time, each in its own process tree, same wo
   0.8 (pairs whose shingle-set sizes differ by more than 1/0.8 cannot, so they are skipped
   exactly, not approximately). A tool's *decision* is "removed doc -> kept doc of its
   cluster"; precision = decisions with true Jaccard >= 0.8; recall = true pairs that the tool
-  put in one cluster;
+  put in one cluster; plus two cluster-free counts: true pairs left among the kept documents,
+  and removed documents with no kept document at Jaccard >= 0.8;
 * memory scaling: shoestring's full chain on the corpus and on a 10x corpus (10 word-shuffled
   variants of every document, so the dedup index really grows).
 
@@ -156,7 +157,20 @@ def score(
     found = sum(clusters.get(a) is not None and clusters.get(a) == clusters.get(b) for a, b in truth)
     p = correct / decisions if decisions else 1.0
     r = found / len(truth) if truth else 1.0
-    return {"removed": decisions, "precision": p, "recall": r, "f1": 2 * p * r / (p + r) if p + r else 0.0}
+    # Two cluster-free views of the same output (added, not replacing the above):
+    # kept-set purity = true pairs with both documents kept (duplicates left in the data);
+    # over-removal = removed documents with no kept document at Jaccard >= 0.8 (data lost).
+    kept_pairs = sum(a in kept and b in kept for a, b in truth)
+    covered = {b for a, b in truth if a in kept} | {a for a, b in truth if b in kept}
+    over = sum(1 for doc in clusters if doc not in kept and doc not in covered)
+    return {
+        "removed": decisions,
+        "precision": p,
+        "recall": r,
+        "f1": 2 * p * r / (p + r) if p + r else 0.0,
+        "kept_pairs": kept_pairs,
+        "over_removed": over,
+    }
 
 
 # -- running tools -------------------------------------------------------------------------------
@@ -341,14 +355,21 @@ def main() -> None:
     print(f"  datatrove: {wall:.1f} s", flush=True)
 
     print(f"\n{n} documents ({size_mb:.1f} MB), {args.workers} workers, {len(truth)} true near-duplicate pairs\n")
-    print("| tool | wall s | docs/s | peak RSS MiB | removed | precision | recall | F1 |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    print(
+        "| tool | wall s | docs/s | peak RSS MiB | removed | precision | recall | F1 "
+        "| true pairs left among kept | removed with no kept doc >= 0.8 |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for name, wall, peak, q in rows:
         if "full chain" in name:  # other ops rewrite (PII, HTML) and drop (quality) documents first
-            quality = f"{q['removed']} | n/a | n/a | n/a"
+            quality = f"{q['removed']} | n/a | n/a | n/a | n/a | n/a"
         else:
-            quality = f"{q['removed']} | {q['precision']:.3f} | {q['recall']:.3f} | {q['f1']:.3f}"
+            quality = (
+                f"{q['removed']} | {q['precision']:.3f} | {q['recall']:.3f} | {q['f1']:.3f} "
+                f"| {q['kept_pairs']} | {q['over_removed']}"
+            )
         print(f"| {name} | {wall:.1f} | {n / wall:.0f} | {peak / 2**20:.0f} | {quality} |")
+    print(f"\nload average at the end: {os.getloadavg()[0]:.2f}")
     if args.scale > 1:
         scaling(corpus, n, size_mb, args, rows[1][1], rows[1][2])
 
@@ -365,6 +386,7 @@ def scaling(corpus: Path, n: int, size_mb: float, args: argparse.Namespace, wall
         f"| {args.scale}x | {n_big} | {big.stat().st_size / 1e6:.1f} | {wall_big:.1f} | {n_big / wall_big:.0f} | "
         f"{peak_big / 2**20:.0f} |"
     )
+    print(f"\nload average at the end: {os.getloadavg()[0]:.2f}")
 
 
 if __name__ == "__main__":

@@ -68,7 +68,11 @@ def test_records_follow_the_dataset_contract(quickstart: Path) -> None:
             ids.add(r["id"])
     stats = json.loads((quickstart / "manifest.json").read_text())["stats"]
     assert len(ids) == stats["kept"]
-    assert stats["splits"]["validation"] == stats["splits"]["test"] == round(stats["kept"] * 0.1)
+    # Splits are exact over leak units; a unit joined from several clusters (pairs whose estimate
+    # reaches 0.8 while their exact Jaccard does not) holds more than one kept record.
+    joined = stats["leak_check"]["near_pairs_joined_before_split"]
+    for split in ("validation", "test"):
+        assert abs(stats["splits"][split] - round(stats["kept"] * 0.1)) <= joined
 
 
 def test_no_raw_pii_mojibake_or_html_survives(quickstart: Path) -> None:

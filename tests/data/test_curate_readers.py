@@ -108,6 +108,36 @@ def test_sqlite_table_and_query(tmp_path: Path) -> None:
         list(read_source(SourceConfig(path=db, table="missing")))
 
 
+def test_sqlite_url_enters_the_cache_key_by_file_content(tmp_path: Path) -> None:
+    from shoestring.core.config import parse_config
+    from shoestring.core.registry import get_stage
+    from shoestring.core.workspace import stage_hash
+
+    db = tmp_path / "x.db"
+    con = sqlite3.connect(db)
+    con.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, text TEXT)")
+    con.execute("INSERT INTO t VALUES (1, 'alpha')")
+    con.commit()
+    stage = get_stage("curate")
+
+    def key(url: str) -> str:
+        cfg = parse_config(stage.config, {"sources": [{"url": url, "table": "t", "name": "s"}]}, "test")
+        return stage_hash(stage, cfg, {})[0]
+
+    before = key(f"sqlite:///{db}")
+    assert key(f"sqlite:///{db}") == before
+    con.execute("INSERT INTO t VALUES (2, 'beta')")  # same URL, new rows -> new key (no stale cache)
+    con.commit()
+    con.close()
+    assert key(f"sqlite:///{db}") != before
+    # A server URL cannot be hashed by content: its key is the URL + table/query text.
+    assert key("postgresql://u@h/db") == key("postgresql://u@h/db") != key("postgresql://u@h/db2")
+    with pytest.raises(ShoestringError, match="not found"):
+        key(f"sqlite:///{tmp_path / 'missing.db'}")
+    with pytest.raises(ShoestringError, match="sqlite_file"):
+        parse_config(stage.config, {"sources": [{"url": "postgresql://h/d", "sqlite_file": str(db)}]}, "test")
+
+
 def test_access_log_common_and_combined_with_join() -> None:
     common = parse_log_line('10.0.0.1 - bob [10/Oct/2026:13:55:36 +0000] "GET /a.html HTTP/1.1" 200 2326')
     assert common is not None and common["status"] == 200 and common["bytes"] == 2326 and common["user"] == "bob"

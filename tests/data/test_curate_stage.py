@@ -142,15 +142,33 @@ def test_local_processes_and_serial_give_identical_output(tmp_path: Path) -> Non
     assert payload(serial) == payload(pooled)
 
 
-def test_kill_9_then_rerun_is_byte_identical(tmp_path: Path) -> None:
+def test_worker_count_and_executor_stay_out_of_the_cache_key(tmp_path: Path) -> None:
+    corpus = tmp_path / "c.jsonl"
+    make_corpus(corpus, 300)
+    stage = get_stage("curate")
+    ws = Workspace(tmp_path / "ws")
+    first = ws.run(stage, parse_config(stage.config, config(corpus, workers=2, chunk_size=100), "test"))
+    assert not first.cached
+    for extra in ({"workers": 1}, {"executor": "ray", "workers": 3}):  # a cache hit never starts Ray
+        again = ws.run(stage, parse_config(stage.config, config(corpus, chunk_size=100, **extra), "test"))
+        assert again.cached and again.artifact.path == first.artifact.path
+    other = ws.run(stage, parse_config(stage.config, config(corpus, workers=1, chunk_size=150), "test"))
+    assert not other.cached  # chunk_size is the checkpoint granularity: it stays in the key
+
+
+def test_kill_9_then_rerun_with_another_worker_count_is_byte_identical(tmp_path: Path) -> None:
     corpus = tmp_path / "c.jsonl"
     make_corpus(corpus, 2000, seed=1)
-    cfg_path = tmp_path / "cfg.yaml"
-    cfg_path.write_text(yaml.safe_dump(config(corpus, chunk_size=50)))
-    cmd = [sys.executable, "-m", "shoestring.cli", "curate", "--config", str(cfg_path)]
     env = {**os.environ, "COLUMNS": "200"}
+
+    def cmd(workers: int) -> list[str]:
+        cfg_path = tmp_path / f"cfg-{workers}.yaml"
+        cfg_path.write_text(yaml.safe_dump(config(corpus, chunk_size=50, workers=workers)))
+        return [sys.executable, "-m", "shoestring.cli", "curate", "--config", str(cfg_path)]
+
     ws = tmp_path / "killed"
-    proc = subprocess.Popen([*cmd, "-w", str(ws)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    # Killed with 2 worker processes (chunks finish out of order), resumed with 1.
+    proc = subprocess.Popen([*cmd(2), "-w", str(ws)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None:
         if len(list((ws / "work").glob("*/chunks/*.stats.json"))) >= 3:
@@ -160,10 +178,12 @@ def test_kill_9_then_rerun_is_byte_identical(tmp_path: Path) -> None:
     proc.wait()
     assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
     assert not list((ws / "artifacts").glob("curate-*"))  # no half artifact
-    resumed = subprocess.run([*cmd, "-w", str(ws)], env=env, capture_output=True, text=True, timeout=300)
+    resumed = subprocess.run([*cmd(1), "-w", str(ws)], env=env, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr
     assert "resumed" in resumed.stderr
-    fresh = subprocess.run([*cmd, "-w", str(tmp_path / "fresh")], env=env, capture_output=True, text=True, timeout=300)
+    fresh = subprocess.run(
+        [*cmd(1), "-w", str(tmp_path / "fresh")], env=env, capture_output=True, text=True, timeout=300
+    )
     assert fresh.returncode == 0, fresh.stderr
     a, b = Path(resumed.stdout.strip().splitlines()[-1]), Path(fresh.stdout.strip().splitlines()[-1])
     assert a.name == b.name  # same content hash

@@ -61,7 +61,11 @@ class SourceConfig(_Section):
     file, or an access log). Its contents enter the cache key."""
     url: str | None = None
     """SQLAlchemy URL of a database (e.g. postgresql://user@host/db); used with `table` or `query`.
-    The database's contents are not hashed: pass --force after it changes."""
+    A `sqlite:///FILE` URL enters the cache key by the file's contents (like `path`). For a
+    database server the cache key is the URL + `table`/`query` text only (its data is not read
+    to hash it): pass --force to re-read after the data changed."""
+    sqlite_file: Annotated[Path | None, HashedPath()] = None
+    """Set from a `sqlite:///FILE` URL, never by hand: the database file whose contents enter the cache key."""
     name: str | None = None
     """Source name used in record ids and the data card; defaults to the file name."""
     format: Literal["auto", "jsonl", "csv", "tsv", "parquet", "text", "sql", "log"] = "auto"
@@ -88,7 +92,25 @@ class SourceConfig(_Section):
     def _needs_location(self) -> SourceConfig:
         if self.path is None and self.url is None:
             raise ValueError("a source needs `path` (a file or folder) or `url` (a SQLAlchemy URL)")
+        derived = _sqlite_file(self.url)
+        if self.sqlite_file is not None and self.sqlite_file != derived:
+            raise ValueError("`sqlite_file` is derived from a sqlite:/// `url`; remove it and set `url`")
+        self.sqlite_file = derived
         return self
+
+
+def _sqlite_file(url: str | None) -> Path | None:
+    """The database file of a file-backed SQLite URL (None for servers and in-memory databases)."""
+    if url is None or not url.startswith("sqlite"):
+        return None
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        db = make_url(url).database
+    except ArgumentError:
+        return None  # the reader reports the bad URL with its fix
+    return Path(db) if db and db != ":memory:" and not db.startswith("file:") else None
 
 
 class NormalizeConfig(_Section):

@@ -1,15 +1,17 @@
-"""Exact and near-duplicate detection.
+"""Exact and near-duplicate detection: hashing, MinHash signatures, the LSH candidate index.
 
 * Exact: SHA-1 of the case-folded, whitespace-collapsed text.
-* Near: MinHash over word n-gram shingles, LSH banding for candidates, then **verification**:
-  a candidate is a duplicate only if the Jaccard similarity estimated from the *full*
-  signature with the cluster's representative is >= the threshold. New records are compared
-  with representatives only, never with other duplicates, so chains A~B~C do not merge A and
-  C unless C itself is similar enough to A (no transitive drift).
+* Near: MinHash over word n-gram shingles and LSH banding for *candidates*; the decision
+  (verification against exact Jaccard in an uncertainty band, representative choice) is in
+  :mod:`shoestring.data.cluster`.
 
-Representative rule: the first record in input order (sources in recipe order, records in
-file order) founds a cluster and is kept; later members are dropped and written to the
-cluster table with the representative's id.
+Verification band: the MinHash estimate of Jaccard J from P permutations is a mean of P
+Bernoulli(J) draws, so its standard error is ``sqrt(J (1 - J) / P)`` (0.0354 at J = 0.8,
+P = 128). An estimate within ``z`` standard errors of the threshold (z = 3 by default:
+[0.694, 0.906] at 0.8 / 128) cannot be trusted either way and is replaced by the exact
+Jaccard of the two shingle sets; outside the band the estimate decides (a wrong call there
+needs a 3-sigma error: P < 0.0014 per pair). The LSH banding is tuned to the band's *lower*
+edge so that candidates down to it surface (P(candidate | J = 0.694) = 0.988 at 25 x 5).
 
 Hashing is deterministic across processes and machines: words are hashed with two seeded
 CRC-32s (64 bits), shingles combine word hashes with a fixed
@@ -20,12 +22,23 @@ randomised ``hash()`` is never used.
 from __future__ import annotations
 
 import hashlib
+import math
 import re
 import zlib
 
 import numpy as np
 
-__all__ = ["LSHIndex", "MinHasher", "estimated_jaccard", "exact_key", "lsh_params", "shingle_hashes", "words"]
+__all__ = [
+    "LSHIndex",
+    "MinHasher",
+    "estimated_jaccard",
+    "exact_jaccard",
+    "exact_key",
+    "lsh_params",
+    "shingle_hashes",
+    "verification_band",
+    "words",
+]
 
 _WORD = re.compile(r"\w+", re.UNICODE)
 _BLOCK = 256
@@ -86,7 +99,10 @@ class MinHasher:
 
     def signature(self, text: str) -> np.ndarray:
         """(num_perm,) uint32 signature; an empty text gets all-max values."""
-        sh = shingle_hashes(text, self.ngram)
+        return self.signature_of(shingle_hashes(text, self.ngram))
+
+    def signature_of(self, sh: np.ndarray) -> np.ndarray:
+        """(num_perm,) uint32 signature of a set of 64-bit shingle hashes (from :func:`shingle_hashes`)."""
         if sh.size == 0:
             return np.full(self.num_perm, 0xFFFFFFFF, dtype=np.uint32)
         out = np.full(self.num_perm, np.iinfo(np.uint64).max, dtype=np.uint64)
@@ -108,10 +124,28 @@ def estimated_jaccard(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.count_nonzero(a == b)) / a.size
 
 
+def exact_jaccard(a: np.ndarray, b: np.ndarray) -> float:
+    """Exact Jaccard of two sorted, duplicate-free shingle-hash arrays (two empty sets: 1.0)."""
+    inter = np.intersect1d(a, b, assume_unique=True).size
+    union = a.size + b.size - inter
+    return inter / union if union else 1.0
+
+
+def verification_band(threshold: float, num_perm: int, z: float = 3.0) -> tuple[float, float]:
+    """(low, high): estimates in [low, high) are checked against the exact Jaccard.
+
+    Half-width = ``z`` standard errors of the MinHash estimate at the threshold,
+    ``sqrt(t (1 - t) / num_perm)``; clipped to [0, 1].
+    """
+    half = z * math.sqrt(threshold * (1 - threshold) / num_perm)
+    return max(0.0, threshold - half), min(1.0, threshold + half)
+
+
 def lsh_params(threshold: float, num_perm: int, fn_weight: float = 0.98) -> tuple[int, int]:
     """(bands, rows) minimising weighted false-positive + false-negative area around ``threshold``.
 
     False negatives weigh more because verification removes false positives afterwards.
+    Called with the verification band's lower edge, so candidates surface down to it.
     """
     xs = np.linspace(0, 1, 201)
     best, best_cost = (1, num_perm), float("inf")
@@ -129,57 +163,49 @@ def lsh_params(threshold: float, num_perm: int, fn_weight: float = 0.98) -> tupl
 
 
 class LSHIndex:
-    """Representatives' signatures in LSH buckets; ``query_or_add`` decides duplicate vs new.
+    """Signatures in LSH buckets: ``candidates`` lists indexed documents sharing a band.
 
-    Memory grows with the number of *kept* records only: per representative, its signature
+    Memory grows with the number of indexed documents only: per document, its signature
     (4 bytes x num_perm, in one growing array) and one int -> int bucket entry per band
     (a band's rows are folded into one 64-bit key; a list only where keys collide).
     """
 
-    def __init__(self, num_perm: int, threshold: float) -> None:
-        self.threshold = threshold
-        self.bands, self.rows = lsh_params(threshold, num_perm)
+    def __init__(self, num_perm: int, low: float) -> None:
+        self.bands, self.rows = lsh_params(low, num_perm)
         self.buckets: list[dict[int, int | list[int]]] = [{} for _ in range(self.bands)]
         self._sigs = np.zeros((1024, num_perm), dtype=np.uint32)
         self.n = 0
-        self.candidates_checked = 0
-        self.candidates_rejected = 0
         self._pow = np.uint64(0x100000001B3) ** np.arange(self.rows, dtype=np.uint64)
 
     @property
     def signatures(self) -> np.ndarray:
-        """(n, num_perm) signatures of the representatives, in the order they were added."""
+        """(n, num_perm) signatures of the indexed documents, in the order they were added."""
         return self._sigs[: self.n]
 
-    def _keys(self, sig: np.ndarray) -> list[int]:
+    def signature(self, idx: int) -> np.ndarray:
+        return self._sigs[idx]
+
+    def keys(self, sig: np.ndarray) -> list[int]:
+        """One 64-bit key per band."""
         bands = sig[: self.bands * self.rows].reshape(self.bands, self.rows).astype(np.uint64)  # (B, R)
         with np.errstate(over="ignore"):
             return [int(k) for k in (bands * self._pow).sum(axis=1, dtype=np.uint64)]  # (B,) keys mod 2^64
 
-    def query_or_add(self, sig: np.ndarray) -> tuple[int, float]:
-        """(representative index, estimated Jaccard) if ``sig`` duplicates one, else (-1, 0.0) after adding it.
-
-        Among verified candidates the most similar wins (ties: the earliest representative).
-        """
+    def candidates(self, keys: list[int]) -> list[int]:
+        """Indexed documents sharing at least one band key, each once, in index order."""
         seen: set[int] = set()
-        best, best_j = -1, 0.0
-        keys = self._keys(sig)
         for band, key in enumerate(keys):
             hit = self.buckets[band].get(key)
             if hit is None:
                 continue
-            for idx in (hit,) if isinstance(hit, int) else hit:
-                if idx in seen:
-                    continue
-                seen.add(idx)
-                self.candidates_checked += 1
-                j = estimated_jaccard(sig, self._sigs[idx])
-                if j >= self.threshold and (j > best_j or (j == best_j and idx < best)):
-                    best, best_j = idx, j
-                elif j < self.threshold:
-                    self.candidates_rejected += 1
-        if best >= 0:
-            return best, best_j
+            if isinstance(hit, int):
+                seen.add(hit)
+            else:
+                seen.update(hit)
+        return sorted(seen)
+
+    def add(self, sig: np.ndarray, keys: list[int]) -> int:
+        """Index a signature (with its precomputed band keys); returns its index."""
         idx = self.n
         if idx == len(self._sigs):
             self._sigs = np.concatenate([self._sigs, np.zeros_like(self._sigs)])
@@ -194,4 +220,4 @@ class LSHIndex:
                 bucket[key] = [hit, idx]
             else:
                 hit.append(idx)
-        return -1, 0.0
+        return idx

@@ -20,10 +20,10 @@ from typing import IO, Any
 import numpy as np
 
 from shoestring.data.augment import augment_record
+from shoestring.data.cluster import NearDupClusterer, Recentre, ShingleStore
 from shoestring.data.config import CurateConfig
-from shoestring.data.dedup import LSHIndex
 from shoestring.data.label import combine_votes, label_weights
-from shoestring.data.pipeline import read_shard
+from shoestring.data.pipeline import read_shard, shingle_offsets
 from shoestring.data.records import Quarantined, Record, full_text
 from shoestring.data.semantic import SemanticIndex
 from shoestring.data.split import SPLITS, UnionFind, assign_splits, leak_pairs
@@ -66,70 +66,39 @@ def _label_of(rec: Record, cfg: CurateConfig, weights: dict[str, float]) -> str 
 
 
 def decide(cfg: CurateConfig, work_dir: Path, n_chunks: int, label_counters: Counter[str]) -> Decisions:
-    """Pass 1: dedup, k-anonymity, labels and split assignment."""
+    """Pass 1: dedup clustering (1a), then labels, k-anonymity and strata of the kept records (1b), then splits."""
     d = Decisions(weights=label_weights(cfg.labels, label_counters))
-    exact_group: dict[int, int] = {}  # first 64 bits of the exact key -> group (ints are compact)
-    lsh = LSHIndex(cfg.dedup.num_perm, cfg.dedup.threshold)
-    lsh_group: list[int] = []
-    strata: list[str] = []  # per group: the stratum of its representative
+    store = ShingleStore(work_dir)
+    try:
+        clus, near_js = _cluster(cfg, work_dir, n_chunks, d, store)
+    finally:
+        store.close()
+    centre_at: dict[tuple[int, int], int] = {clus.at[i]: g for g, i in clus.centre.items()}
+    strata = [""] * len(d.group_key)
     qi_of_kept: list[tuple[int, int, tuple[str, ...]]] = []  # (chunk, position, quasi-identifier combo)
-    near_js: list[float] = []
-    sem = SemanticIndex(384, cfg.dedup.semantic_threshold) if cfg.dedup.semantic else None
+    unlabelled = (cfg.labels.functions or cfg.labels.zero_shot) and not cfg.labels.keep_unlabelled
     for c in range(n_chunks):
-        status, group = [], []
-        for pos, (item, sig, emb) in enumerate(_records(work_dir, c)):
-            assert sig is not None
-            st, g = KEPT, -1
-            key = int(item["_exact"][:16], 16)
-            if key in exact_group:
-                g = exact_group[key]
-                # Exact copies are near-duplicates too (Jaccard 1) when only near dedup is on.
-                st = EXACT if cfg.dedup.exact else NEAR if cfg.dedup.near else KEPT
-            else:
-                rep, j = lsh.query_or_add(sig)
-                if rep >= 0:
-                    g = lsh_group[rep]
-                    st = NEAR if cfg.dedup.near else KEPT
-                    near_js.append(j)
-                else:
-                    owner = -1
-                    if sem is not None and emb is not None:
-                        owner, _ = sem.query(emb)
-                    if owner >= 0:
-                        g, st = owner, SEMANTIC
-                    else:
-                        g = len(d.group_key)
-                        d.group_key.append(str(item["id"]))
-                        d.group_size.append(0)
-                        strata.append(_stratum(item, cfg, d.weights))
-                        if sem is not None and emb is not None:
-                            sem.add(emb, g)
-                    lsh_group.append(g)
-                exact_group[key] = g
-            d.group_size[g] += 1
-            unlabelled = (cfg.labels.functions or cfg.labels.zero_shot) and not cfg.labels.keep_unlabelled
-            if st == KEPT and unlabelled and _label_of(item, cfg, d.weights) is None:
-                st = UNLABELLED
-            if st == KEPT and cfg.pii.k_anonymity:
+        for pos, (item, _, _) in enumerate(_records(work_dir, c)):
+            g = centre_at.get((c, pos))
+            if g is not None:
+                strata[g] = _stratum(item, cfg, d.weights)
+            if d.status[c][pos] != KEPT:
+                continue
+            if unlabelled and _label_of(item, cfg, d.weights) is None:
+                d.status[c][pos] = UNLABELLED
+            elif cfg.pii.k_anonymity:
                 qi_of_kept.append((c, pos, tuple(str(item.get(col)) for col in cfg.pii.k_anonymity)))
-            status.append(st)
-            group.append(g)
-        d.status.append(np.asarray(status, dtype=np.uint8))
-        d.group.append(np.asarray(group, dtype=np.int32))
     d.dedup = {
         "groups": len(d.group_key),
-        "lsh_bands": lsh.bands,
-        "lsh_rows": lsh.rows,
-        "candidates_checked": lsh.candidates_checked,
-        "candidates_rejected_by_verification": lsh.candidates_rejected,
+        **clus.stats(),
         "near_duplicate_mean_jaccard": round(float(np.mean(near_js)), 4) if near_js else None,
     }
     _k_anonymity(cfg, d, qi_of_kept)
-    pairs = leak_pairs(lsh.signatures, cfg.dedup.threshold)
+    pairs = leak_pairs(clus.lsh.signatures, cfg.dedup.threshold)
     uf = UnionFind(len(d.group_key))
     joined = 0
     for a, b in pairs:
-        ga, gb = lsh_group[a], lsh_group[b]
+        ga, gb = clus.group[a], clus.group[b]
         if uf.find(ga) != uf.find(gb):
             uf.union(ga, gb)
             joined += 1
@@ -145,9 +114,85 @@ def decide(cfg: CurateConfig, work_dir: Path, n_chunks: int, label_counters: Cou
     )
     split_of_root = dict(zip(units, unit_split, strict=True))
     d.group_split = [split_of_root[r] for r in roots]
-    cross = sum(d.group_split[lsh_group[a]] != d.group_split[lsh_group[b]] for a, b in pairs)
+    cross = sum(d.group_split[clus.group[a]] != d.group_split[clus.group[b]] for a, b in pairs)
     d.leak = {"near_pairs_joined_before_split": joined, "cross_split_pairs": int(cross)}
     return d
+
+
+def _cluster(
+    cfg: CurateConfig, work_dir: Path, n_chunks: int, d: Decisions, store: ShingleStore
+) -> tuple[NearDupClusterer, list[float]]:
+    """Pass 1a: exact, near and semantic dedup; fills ``d.status``, ``d.group``, ``d.group_key``, ``d.group_size``."""
+    exact_group: dict[int, int] = {}  # first 64 bits of the exact key -> group (ints are compact)
+    clus = NearDupClusterer(cfg.dedup.num_perm, cfg.dedup.threshold, store)
+    ids: dict[int, str] = {}  # indexed near-duplicate member -> record id (for a re-centred cluster's key)
+    near_js: list[float] = []
+    sem = SemanticIndex(384, cfg.dedup.semantic_threshold) if cfg.dedup.semantic else None
+    near_status = NEAR if cfg.dedup.near else KEPT
+    for c in range(n_chunks):
+        offsets = shingle_offsets(work_dir, c)
+        status: list[int] = []
+        group: list[int] = []
+        d.status.append(np.zeros(0, dtype=np.uint8))  # placeholder: re-centring may touch this chunk
+        for pos, (item, sig, emb) in enumerate(_records(work_dir, c)):
+            assert sig is not None
+            st, g = KEPT, -1
+            key = int(item["_exact"][:16], 16)
+            if key in exact_group:
+                g = exact_group[key]
+                # Exact copies are near-duplicates too (Jaccard 1) when only near dedup is on.
+                st = EXACT if cfg.dedup.exact else near_status
+            else:
+                loc = (c, int(offsets[pos]), int(offsets[pos + 1] - offsets[pos]))
+                g, j, q = clus.match(sig, loc)
+                for rc in clus.recentred:
+                    _swap_centre(d, clus, ids, rc, c, status, near_status)
+                clus.recentred.clear()
+                if g >= 0:
+                    st = near_status
+                    near_js.append(j)
+                    ids[clus.add(q, g, "member", (c, pos))] = str(item["id"])
+                else:
+                    owner = -1
+                    if sem is not None and emb is not None:
+                        owner, _ = sem.query(emb)
+                    if owner >= 0:
+                        g, st = owner, SEMANTIC
+                        clus.add(q, g, "other", (c, pos))
+                    else:
+                        g = len(d.group_key)
+                        d.group_key.append(str(item["id"]))
+                        d.group_size.append(0)
+                        clus.add(q, g, "centre", (c, pos))
+                        if sem is not None and emb is not None:
+                            sem.add(emb, g)
+                exact_group[key] = g
+            d.group_size[g] += 1
+            status.append(st)
+            group.append(g)
+        d.status[c] = np.asarray(status, dtype=np.uint8)
+        d.group.append(np.asarray(group, dtype=np.int32))
+    return clus, near_js
+
+
+def _swap_centre(
+    d: Decisions,
+    clus: NearDupClusterer,
+    ids: dict[int, str],
+    rc: Recentre,
+    chunk: int,
+    current: list[int],
+    near_status: int,
+) -> None:
+    """Apply a re-centring: the new centre is kept and names the cluster, the old one is removed."""
+    ids[rc.old] = d.group_key[rc.group]
+    d.group_key[rc.group] = ids.pop(rc.new)
+    for idx, st in ((rc.old, near_status), (rc.new, KEPT)):
+        c, pos = clus.at[idx]
+        if c == chunk:
+            current[pos] = st
+        else:
+            d.status[c][pos] = st
 
 
 def _stratum(rec: Record, cfg: CurateConfig, weights: dict[str, float]) -> str:

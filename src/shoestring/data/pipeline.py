@@ -17,8 +17,9 @@ from typing import Any
 import numpy as np
 
 from shoestring.core.artifact import atomic_write_bytes, atomic_write_json
+from shoestring.data.cluster import shingle_path
 from shoestring.data.config import CurateConfig
-from shoestring.data.dedup import MinHasher, exact_key
+from shoestring.data.dedup import MinHasher, exact_key, shingle_hashes
 from shoestring.data.label import LabelVoter
 from shoestring.data.normalize import normalize_record
 from shoestring.data.pii import PIIScrubber
@@ -26,7 +27,15 @@ from shoestring.data.quality import quality_record
 from shoestring.data.records import OpStats, Quarantined, Record, apply_op, full_text
 from shoestring.data.semantic import Embedder
 
-__all__ = ["MAP_OPS", "ChunkPaths", "chunk_paths", "load_chunk_stats", "process_chunk", "read_shard"]
+__all__ = [
+    "MAP_OPS",
+    "ChunkPaths",
+    "chunk_paths",
+    "load_chunk_stats",
+    "process_chunk",
+    "read_shard",
+    "shingle_offsets",
+]
 
 MAP_OPS = ("normalize", "quality", "pii", "label")
 
@@ -37,6 +46,9 @@ class ChunkPaths:
         self.records = stem.with_suffix(".jsonl")
         self.signatures = stem.with_suffix(".sig.npy")
         self.embeddings = stem.with_suffix(".emb.npy")
+        # Shingle hashes for exact verification, read back by offset (cluster.ShingleStore).
+        self.shingles = shingle_path(work_dir, index)
+        self.shingle_offsets = stem.with_suffix(".shoff.npy")
         self.stats = stem.with_suffix(".stats.json")
 
 
@@ -78,7 +90,8 @@ def process_chunk(
         read_by_source[src] = read_by_source.get(src, 0) + 1
     kept = list(_chain(cfg, records, stats))
     texts = [full_text(rec) for rec in kept]
-    sigs = [hasher.signature(t) for t in texts]
+    shingles = [shingle_hashes(t, cfg.dedup.ngram) for t in texts]
+    sigs = [hasher.signature_of(sh) for sh in shingles]
     embeddings = None
     if cfg.dedup.semantic or cfg.labels.zero_shot:
         embeddings = _embedder().encode(texts)  # (N, 384)
@@ -90,6 +103,11 @@ def process_chunk(
     paths.records.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(paths.records, ("\n".join(lines) + "\n").encode("utf-8") if lines else b"")
     _save_npy(paths.signatures, np.stack(sigs) if sigs else np.zeros((0, cfg.dedup.num_perm), dtype=np.uint32))
+    offsets = np.zeros(len(shingles) + 1, dtype=np.int64)
+    np.cumsum([sh.size for sh in shingles], out=offsets[1:])
+    flat = np.concatenate(shingles) if shingles else np.zeros(0, dtype=np.uint64)
+    atomic_write_bytes(paths.shingles, flat.astype("<u8").tobytes())
+    _save_npy(paths.shingle_offsets, offsets)
     if embeddings is not None and cfg.dedup.semantic:
         _save_npy(paths.embeddings, embeddings)
     result = {
@@ -144,6 +162,11 @@ def load_chunk_stats(work_dir: Path, index: int) -> dict[str, Any] | None:
     except (json.JSONDecodeError, UnicodeDecodeError):
         return None
     return data
+
+
+def shingle_offsets(work_dir: Path, index: int) -> np.ndarray:
+    """(records + 1,) int64: record k's shingles are ``[off[k], off[k+1])`` of the chunk's shingle file."""
+    return np.load(chunk_paths(work_dir, index).shingle_offsets, allow_pickle=False)
 
 
 def read_shard(

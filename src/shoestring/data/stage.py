@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 __all__ = ["CONFIG", "KIND", "SCHEMA_VERSION", "SUMMARY", "build", "summarize"]
 
 KIND = "dataset"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: exact-verified near-dup clusters with re-centring
 SUMMARY = "Curate raw multi-source data into a clean, deduplicated, PII-safe, split dataset with a data card."
 
 
