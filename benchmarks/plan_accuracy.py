@@ -15,6 +15,8 @@ docs (``pydoc_data.topics``), packed into rows.
 
     .venv/bin/python benchmarks/plan_accuracy.py            # all configurations (~10 min on 2 cores)
     .venv/bin/python benchmarks/plan_accuracy.py --only 0 3 # some of them
+    .venv/bin/python benchmarks/plan_accuracy.py --calibrate --only 4 5 --json out.json  # calibrate first
+    .venv/bin/python benchmarks/plan_accuracy.py --rescore out.json  # re-predict saved measurements
 """
 
 from __future__ import annotations
@@ -181,12 +183,21 @@ def main() -> None:
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--json", type=Path, help="also write the raw rows here")
     ap.add_argument("--rescore", type=Path, help="re-predict the measurements saved by --json (no training)")
+    ap.add_argument("--calibrate", action="store_true",
+                    help="first run `shoestring plan --calibrate`'s probe (fp32 + bf16), so the step times are predicted "
+                         "with this machine's utilisation measured right before")
     args = ap.parse_args()
     if args.child:
         print("RESULT " + json.dumps(run_one(json.loads(args.child))), flush=True)
         return
     from shoestring.plan.hardware import load_hardware
 
+    if args.calibrate:
+        from shoestring.plan.calibrate import calibrate
+
+        cal = calibrate("full")
+        print(f"calibration: {cal['step_seconds_by_dtype']} s/step, utilisation {cal['utilisation_by_dtype']}, "
+              f"overhead {cal['framework_overhead_bytes'] / 2**20:.0f} MiB", file=sys.stderr, flush=True)
     hw = load_hardware()
     overhead = hw.get("calibration", {}).get("framework_overhead_bytes")
     root = Path(tempfile.mkdtemp(prefix="plan-acc-"))

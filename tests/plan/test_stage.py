@@ -91,3 +91,32 @@ def test_cli_plan_prints_a_table_and_unknown_devices_are_named(tmp_path: Path, t
     with pytest.raises(ShoestringError, match="unknown device 'tpu-v9'; use auto, cpu, or one of: a100-40gb"):
         resolve_device("tpu-v9")
 
+
+
+@pytest.mark.parametrize("task", ["masked-lm", "classification"])
+def test_plan_works_offline_for_bare_bert_configs(tmp_path: Path, task: str) -> None:
+    """A folder holding only a BERT config.json (no weights, no tokenizer, no hub): both encoder tasks plan."""
+    cfg = {"architectures": ["BertForMaskedLM"], "model_type": "bert", "vocab_size": 1000, "hidden_size": 64,
+           "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4, "max_position_embeddings": 256}
+    folder = tmp_path / "tiny-bert"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps(cfg))
+    plan = _plan(tmp_path, PlanConfig(model=str(folder), task=task, method="full", dataset_tokens=20_000,
+                                      device="cpu", seq_len=128))
+    assert plan["task"] == task and plan["fits"]
+    terms = plan["predicted"]["memory_terms"]
+    if task == "masked-lm":  # vocabulary-sized logits buffers exist only with an LM head
+        assert terms["logits_buffers"] > 0
+        assert plan["parameters"]["total"] > 1000 * 64  # the MLM head's decoder is tied to the embeddings
+    else:
+        assert terms["logits_buffers"] == 0
+    # The CPU trace holds BERT's math-kernel attention tensors (dropout 0.1): 3·B·heads·T²·4 bytes per layer.
+    assert terms["activations"] > 2 * 3 * plan["micro_batch_size"] * 4 * 128 * 128 * 4
+
+
+def test_plan_classification_of_a_packaged_model(tmp_path: Path) -> None:
+    """A packaged name resolves offline for a task other than the one it ships for."""
+    plan = _plan(tmp_path, PlanConfig(model="all-minilm-l6-v2", task="classification", method="lora",
+                                      dataset_tokens=50_000, device="cpu", seq_len=128))
+    assert plan["fits"] and plan["method"] == "lora"
+    assert 0 < plan["parameters"]["trainable"] < plan["parameters"]["total"] / 10
