@@ -151,7 +151,7 @@ def predict(spec: dict[str, Any], overhead: int | None) -> dict[str, Any]:
     from accelerate.utils import calculate_maximum_sizes
 
     from shoestring.plan.arch import describe_model, load_model_config, meta_model
-    from shoestring.plan.flops import training_flops_per_token
+    from shoestring.plan.flops import estimate_run, streamed_bytes, training_flops_per_token
     from shoestring.plan.hardware import cpu_device
     from shoestring.plan.memory import TrainingSetup, estimate_training_memory
 
@@ -169,8 +169,11 @@ def predict(spec: dict[str, Any], overhead: int | None) -> dict[str, Any]:
     dev = cpu_device()
     fpt = training_flops_per_token(shape, spec["seq_len"], mem.trainable_params, checkpointing=spec["ckpt"],
                                    lora=spec["method"] == "lora")
-    rate = dev.flops_for(setup.compute_dtype) * dev.utilisation_for(setup.compute_dtype)
-    step = fpt * spec["mbs"] * spec["seq_len"] / rate
+    run = estimate_run(flops_per_token=fpt, tokens_per_step=spec["mbs"] * spec["seq_len"], steps=1,
+                       peak_flops=dev.flops_for(setup.compute_dtype), utilisation=dev.utilisation_for(setup.compute_dtype),
+                       devices=1, usd_per_hour=0.0, stream_bytes_per_step=sum(streamed_bytes(mem, setup, shape)),
+                       stream_rate=dev.stream_rate_for(setup.compute_dtype))
+    step = run.step_seconds
     total, _largest = calculate_maximum_sizes(meta_model(config, task))
     acc = max(estimate_training_usage(total, "bfloat16" if spec["precision"] == "bf16" else "float32").values())
     return {"peak_memory_bytes": mem.peak_bytes, "terms": mem.terms(), "step_seconds": step,

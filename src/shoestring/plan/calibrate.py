@@ -5,15 +5,16 @@ trainer's own code (``shoestring.train.modeling.build_model`` + its loss module 
 runs one warm-up and a few timed optimizer steps under :class:`PeakMemoryMeter`, and
 reports the median step time and the peak. From them:
 
-* ``utilisation`` = achieved training FLOP/s (the planner's FLOP count for that step divided
-  by the measured time) / the probe's fp32 matmul FLOP/s; the same step under bf16
-  autocast (the trainer's ``precision: bf16``) gives ``utilisation_by_dtype["bf16"]``
-  against the bf16 matmul rate, because on a CPU autocast's casts and the non-matmul
-  work do not speed up with the bf16 matmul units (one fp32 figure would predict a bf16
-  step 2-3x too fast);
+* two probe shapes (4×256 tokens: mostly matmuls; 1×32 tokens: mostly the optimizer's
+  streaming) give two equations ``time = FLOPs / R + streamed bytes / W``
+  (:mod:`shoestring.plan.flops`), solved for the matmul rate R (stored as ``utilisation`` =
+  R / the probe's matmul FLOP/s) and the streaming rate W, per precision: fp32, and bf16
+  autocast (the trainer's ``precision: bf16``), because on a CPU autocast's casts and the
+  non-matmul work do not speed up with the bf16 matmul units (one fp32 figure would
+  predict a bf16 step 2-3x too fast);
 * ``framework_overhead_bytes`` = measured peak - the planner's prediction without overhead.
 
-Both are stored in the hardware cache and used by every later plan on this machine.
+All are stored in the hardware cache and used by every later plan on this machine.
 """
 
 from __future__ import annotations
@@ -36,9 +37,12 @@ CALIBRATION_MODEL: dict[str, Any] = {
 }
 """A 4-layer GQA Llama (~5M parameters): seconds per step on 2 cores, same kernels as bigger ones."""
 BATCH, SEQ, STEPS = 4, 256, 4
+SMALL_PROBE = (1, 32)
+"""A second probe of few tokens: its step is mostly the optimizer's streaming, which separates
+the streaming rate from the matmul rate (see :mod:`shoestring.plan.flops`)."""
 
 
-def _child(method: str, precision: str = "fp32") -> dict[str, Any]:
+def _child(method: str, precision: str = "fp32", batch_size: int = BATCH, seq_len: int = SEQ) -> dict[str, Any]:
     """Runs in the subprocess: real steps through the trainer's modules; returns measurements."""
     from shoestring.plan.allocator import bound_cpu_allocator
 
@@ -75,8 +79,8 @@ def _child(method: str, precision: str = "fp32") -> dict[str, Any]:
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-4, foreach=True)
-    ids = torch.randint(0, config.vocab_size, (BATCH, SEQ), generator=torch.Generator().manual_seed(0))
-    batch = {"input_ids": ids, "labels": ids.clone(), "position_ids": torch.arange(SEQ).repeat(BATCH, 1)}
+    ids = torch.randint(0, config.vocab_size, (batch_size, seq_len), generator=torch.Generator().manual_seed(0))
+    batch = {"input_ids": ids, "labels": ids.clone(), "position_ids": torch.arange(seq_len).repeat(batch_size, 1)}
     times = []
     for _ in range(STEPS + 1):
         t0 = time.perf_counter()
@@ -104,50 +108,81 @@ def calibrate(method: str = "full") -> dict[str, Any]:
 
     from shoestring.core.errors import ShoestringError
     from shoestring.plan.arch import describe_model
-    from shoestring.plan.flops import training_flops_per_token
+    from shoestring.plan.flops import streamed_bytes, training_flops_per_token
     from shoestring.plan.hardware import load_hardware, save_hardware
     from shoestring.plan.memory import TrainingSetup, estimate_training_memory
 
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
     hw = load_hardware()
     precisions = ["fp32"] + (["bf16"] if hw.get("cpu_bf16_flops") else [])
-    measured: dict[str, dict[str, Any]] = {}
-    for precision in precisions:
-        out = subprocess.run([sys.executable, "-m", "shoestring.plan.calibrate", method, precision], capture_output=True,
-                             text=True, env=env, timeout=900)
-        lines = [x for x in out.stdout.splitlines() if x.startswith("CALIBRATION ")]
-        if out.returncode != 0 or not lines:
-            tail = (out.stderr.strip().splitlines() or ["no output"])[-1]
-            raise ShoestringError(f"calibration step failed ({tail}); run `shoestring plan` without --calibrate")
-        measured[precision] = json.loads(lines[-1][len("CALIBRATION "):])
     config = LlamaConfig(**{k: v for k, v in CALIBRATION_MODEL.items() if k != "model_type"})
     shape = describe_model(config, "causal-lm")
-    setup = TrainingSetup(method=method, micro_batch_size=BATCH, seq_len=SEQ)  # type: ignore[arg-type]
-    mem = estimate_training_memory(config, shape, setup, framework_overhead=0)
-    fpt = training_flops_per_token(shape, SEQ, mem.trainable_params, lora=method in ("lora", "qlora"))
-    fp32 = measured["fp32"]
-    by_dtype = {p: fpt * BATCH * SEQ / m["step_seconds"] / float(hw[f"cpu_{p}_flops"]) for p, m in measured.items()}
-    cal = {
-        "utilisation": by_dtype["fp32"],
-        "utilisation_by_dtype": by_dtype,
-        "achieved_flops": fpt * BATCH * SEQ / fp32["step_seconds"],
-        "framework_overhead_bytes": max(0, int(fp32["peak_memory_bytes"] - mem.peak_bytes)),
+    probes: list[dict[str, Any]] = []
+    for precision in precisions:
+        for batch_size, seq_len in ((BATCH, SEQ), SMALL_PROBE):
+            cmd = [sys.executable, "-m", "shoestring.plan.calibrate", method, precision, str(batch_size), str(seq_len)]
+            out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
+            lines = [x for x in out.stdout.splitlines() if x.startswith("CALIBRATION ")]
+            if out.returncode != 0 or not lines:
+                tail = (out.stderr.strip().splitlines() or ["no output"])[-1]
+                raise ShoestringError(f"calibration step failed ({tail}); run `shoestring plan` without --calibrate")
+            m = json.loads(lines[-1][len("CALIBRATION "):])
+            setup = TrainingSetup(method=method, micro_batch_size=batch_size, seq_len=seq_len,  # type: ignore[arg-type]
+                                  precision="fp32" if precision == "fp32" else "bf16-mixed")
+            mem = estimate_training_memory(config, shape, setup, framework_overhead=0)
+            flops = training_flops_per_token(shape, seq_len, mem.trainable_params,
+                                             lora=method in ("lora", "qlora")) * batch_size * seq_len
+            per_micro, per_step = streamed_bytes(mem, setup, shape)
+            probes.append({"precision": precision, "batch": batch_size, "seq_len": seq_len, "flops": flops,
+                           "streamed_bytes": per_micro + per_step, **m,
+                           "predicted_peak_without_overhead": int(mem.peak_bytes)})
+    cal = derive_rates(probes, hw)
+    fp32 = probes[0]
+    cal.update({
+        "framework_overhead_bytes": max(0, int(fp32["peak_memory_bytes"] - fp32["predicted_peak_without_overhead"])),
         "measured_peak_bytes": int(fp32["peak_memory_bytes"]),
-        "predicted_peak_without_overhead": int(mem.peak_bytes),
+        "predicted_peak_without_overhead": fp32["predicted_peak_without_overhead"],
         "step_seconds": fp32["step_seconds"],
-        "step_seconds_by_dtype": {p: m["step_seconds"] for p, m in measured.items()},
         "code_path": fp32["path"],
         "threads": fp32["threads"],
         "model": CALIBRATION_MODEL,
         "batch": BATCH,
         "seq_len": SEQ,
+        "probes": probes,
         "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }
+    })
     hw["calibration"] = cal
     save_hardware(hw)
     return cal
 
 
+def derive_rates(probes: list[dict[str, Any]], hw: dict[str, Any]) -> dict[str, Any]:
+    """Matmul utilisation and streaming rate per precision from the two probe shapes.
+
+    Each probe's time is ``flops / R + streamed_bytes / W``; the full-size probe is mostly
+    matmuls, the tiny one mostly the optimizer's streaming, so the two equations give both
+    rates. If they do not (a non-positive solution: noise on a busy machine), fall back to
+    one utilisation that folds everything into the matmul rate.
+    """
+    util: dict[str, float] = {}
+    stream: dict[str, float] = {}
+    for precision in dict.fromkeys(p["precision"] for p in probes):
+        big, small = [p for p in probes if p["precision"] == precision][:2]
+        peak = float(hw[f"cpu_{precision}_flops"])
+        f1, s1, t1 = big["flops"], big["streamed_bytes"], big["step_seconds"]
+        f2, s2, t2 = small["flops"], small["streamed_bytes"], small["step_seconds"]
+        det = f1 * s2 - f2 * s1
+        inv_r = (t1 * s2 - t2 * s1) / det if det else -1.0
+        inv_w = (f1 * t2 - f2 * t1) / det if det else -1.0
+        if inv_r > 0 and inv_w > 0:
+            util[precision] = 1.0 / inv_r / peak
+            stream[precision] = 1.0 / inv_w
+        else:
+            util[precision] = f1 / t1 / peak
+    return {"utilisation": util["fp32"], "utilisation_by_dtype": util, "stream_rate_by_dtype": stream,
+            "achieved_flops": probes[0]["flops"] / probes[0]["step_seconds"]}
+
+
 if __name__ == "__main__":
-    print("CALIBRATION " + json.dumps(_child(sys.argv[1] if len(sys.argv) > 1 else "full",
-                                             sys.argv[2] if len(sys.argv) > 2 else "fp32")), flush=True)
+    argv = sys.argv[1:] + ["full", "fp32", str(BATCH), str(SEQ)][len(sys.argv) - 1:]
+    print("CALIBRATION " + json.dumps(_child(argv[0], argv[1], int(argv[2]), int(argv[3]))), flush=True)

@@ -44,6 +44,13 @@ class DeviceSpec:
     utilisation_by_dtype: dict[str, float] = field(default_factory=dict)
     """Measured utilisation per compute precision (``--calibrate`` on a CPU), overriding ``utilisation``."""
 
+    stream_rate_by_dtype: dict[str, float] = field(default_factory=dict)
+    """Calibrated rate of the memory-bound non-matmul work per compute precision, bytes/s (CPU ``--calibrate``)."""
+
+    def stream_rate_for(self, compute_dtype: str) -> float | None:
+        """Bytes/s of the streamed (non-matmul) work, when calibrated for this precision."""
+        return self.stream_rate_by_dtype.get(compute_dtype)
+
     def utilisation_for(self, compute_dtype: str) -> float:
         """Achievable fraction of ``flops_for(compute_dtype)``: calibrated for that precision when known."""
         return self.utilisation_by_dtype.get(compute_dtype, self.utilisation)

@@ -7,16 +7,37 @@ rule). When the base weights are frozen (LoRA, QLoRA, frozen layers) backward st
 propagates through them but skips their weight gradients: ``4·N`` per token instead of
 ``6·N``. Activation checkpointing recomputes the forward once more (+``2·N``).
 
-Time = FLOPs / (device peak × achievable utilisation); cost = hours × devices × price.
+Time = FLOPs / (device peak × achievable utilisation) + streamed bytes / streaming rate;
+cost = hours × devices × price. The second term is the memory-bound work that is not a
+matmul: every saved activation is written, read back and has its gradient written and read;
+log-softmax over the vocabulary and its gradient; the optimizer's passes over its states.
+On a CPU this is a large share of a small model's step (a profile of the 4-layer/49k-vocab
+row of RESULTS.md spent ~45% outside ``mm``), and its share differs from model to model, so
+one utilisation calibrated on one probe cannot predict the others. ``--calibrate`` measures
+both rates with two probe shapes (see :mod:`shoestring.plan.calibrate`); without a
+calibrated streaming rate (catalogue GPUs) the first term alone is used, with a catalogue
+utilisation that already folds the rest in.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from shoestring.plan.arch import ModelShape
 
-__all__ = ["RunEstimate", "chinchilla_flops", "estimate_run", "matmul_params_per_token", "training_flops_per_token"]
+if TYPE_CHECKING:
+    from shoestring.plan.memory import MemoryBreakdown, TrainingSetup
+
+__all__ = ["OPTIMIZER_STREAM_BYTES", "RunEstimate", "chinchilla_flops", "estimate_run", "matmul_params_per_token",
+           "streamed_bytes", "training_flops_per_token"]
+
+OPTIMIZER_STREAM_BYTES = {"adamw": 92, "adamw-8bit": 44, "sgd": 28, "adafactor": 48}
+"""Bytes read + written per trainable parameter by one optimizer step, gradient clipping included.
+
+torch's foreach AdamW: decay p (r/w 8), lerp m (r m,g, w m: 12), v·β2 (8), addcmul v (12),
+sqrt v -> d (8), d /= c (8), d += eps (8), p.addcdiv(m, d) (16) = 80; clip_grad_norm_ reads
+the gradients and scales them (12). The others by the same count of their passes."""
 
 
 def chinchilla_flops(n_params: float, n_tokens: float) -> float:
@@ -62,6 +83,24 @@ def training_flops_per_token(shape: ModelShape, seq_len: int, trainable: int, *,
     return forward + backward + recompute
 
 
+def streamed_bytes(mem: MemoryBreakdown, setup: TrainingSetup, shape: ModelShape) -> tuple[float, float]:
+    """(bytes per micro-batch, bytes per optimizer step) of the memory-bound, non-matmul work.
+
+    Per micro-batch: every byte the forward saves for backward is written, read back, and
+    its gradient written and read (4×; activation checkpointing runs the forward twice:
+    6×); the vocabulary buffers (log-softmax output and its gradients) about 3× their size;
+    under autocast every matmul weight is cast to 16 bits each forward (read 4 + write 2
+    bytes). Per optimizer step: the optimizer's passes over its states
+    (:data:`OPTIMIZER_STREAM_BYTES`).
+    """
+    act = mem.traced_activations or mem.activations
+    per_micro = 4.0 * act * (1.5 if setup.activation_checkpointing else 1.0) + 3.0 * mem.logits_buffers
+    if setup.precision in ("bf16-mixed", "fp16-mixed", "bf16", "fp16"):
+        per_micro += 6.0 * matmul_params_per_token(shape)
+    per_step = float(OPTIMIZER_STREAM_BYTES.get(setup.optimizer, 92) * mem.trainable_params)
+    return per_micro, per_step
+
+
 @dataclass(frozen=True)
 class RunEstimate:
     flops_per_step: float
@@ -73,10 +112,14 @@ class RunEstimate:
 
 
 def estimate_run(*, flops_per_token: float, tokens_per_step: int, steps: int, peak_flops: float, utilisation: float,
-                 devices: int, usd_per_hour: float, comm_seconds: float = 0.0) -> RunEstimate:
-    """Step time from FLOPs at ``peak × utilisation`` over all devices; cost in dollars."""
+                 devices: int, usd_per_hour: float, comm_seconds: float = 0.0, stream_bytes_per_step: float = 0.0,
+                 stream_rate: float | None = None) -> RunEstimate:
+    """Step time from FLOPs at ``peak × utilisation`` (+ streamed bytes at ``stream_rate``
+    when calibrated) over all devices; cost in dollars."""
     per_step = flops_per_token * tokens_per_step
     step_s = per_step / (peak_flops * utilisation * max(devices, 1)) + comm_seconds
+    if stream_rate:
+        step_s += stream_bytes_per_step / (stream_rate * max(devices, 1))
     total = step_s * steps
     return RunEstimate(
         flops_per_step=per_step,

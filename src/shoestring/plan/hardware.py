@@ -156,6 +156,7 @@ def cpu_device(hw: dict[str, Any] | None = None) -> DeviceSpec:
         usd_per_hour=price,
         utilisation=float(cal.get("utilisation", CPU_DEFAULT_UTILISATION)),
         utilisation_by_dtype={k: float(v) for k, v in cal.get("utilisation_by_dtype", {}).items()},
+        stream_rate_by_dtype={k: float(v) for k, v in cal.get("stream_rate_by_dtype", {}).items()},
         bf16=bool(hw.get("cpu_bf16_flops")),
         measured=bool(cal),
     )

@@ -112,10 +112,13 @@ class MemoryBreakdown:
     total_params: int
     peak_phase: str = "backward"
     """When the peak happens: ``backward`` (activations + logits gradients) or ``optimizer step``."""
+    traced_activations: int = 0
+    """Bytes one forward saves for backward without checkpointing (what the step streams through)."""
 
     def terms(self) -> dict[str, int]:
         d = asdict(self)
-        for k in ("peak_bytes", "required_bytes", "trainable_params", "total_params", "peak_phase"):
+        for k in ("peak_bytes", "required_bytes", "trainable_params", "total_params", "peak_phase",
+                  "traced_activations"):
             d.pop(k)
         return d
 
@@ -249,6 +252,7 @@ def estimate_training_memory(
         weights=weights, gradients=grads, optimizer_states=opt, activations=activations, logits_buffers=logits,
         temporary_buffers=temps, framework_overhead=overhead, peak_bytes=peak, required_bytes=required,
         trainable_params=trainable, total_params=shape.n_params, peak_phase=phase,
+        traced_activations=tr.saved_bytes - (tr.logits_bytes if s.task == "masked-lm" else 0),
     )
 
 

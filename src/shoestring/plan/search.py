@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from shoestring.plan.catalogue import DeviceSpec
-from shoestring.plan.flops import RunEstimate, estimate_run, training_flops_per_token
+from shoestring.plan.flops import RunEstimate, estimate_run, streamed_bytes, training_flops_per_token
 from shoestring.plan.memory import MemoryBreakdown, TrainingSetup, estimate_training_memory
 
 if TYPE_CHECKING:
@@ -97,9 +97,13 @@ def evaluate(config: PretrainedConfig, shape: ModelShape, setup: TrainingSetup, 
     comm = _comm_seconds(setup, shape, mem, device)
     # Every device runs `accum` micro-batches per step in parallel with the others, so the
     # step time is one device's work; the bill is for all devices.
+    per_micro, per_opt_step = streamed_bytes(mem, setup, shape)
     run = estimate_run(flops_per_token=fpt, tokens_per_step=tokens_per_micro * accum, steps=steps,
-                       peak_flops=device.flops_for(setup.compute_dtype), utilisation=device.utilisation_for(setup.compute_dtype), devices=1,
-                       usd_per_hour=device.usd_per_hour * max(setup.devices, 1), comm_seconds=comm)
+                       peak_flops=device.flops_for(setup.compute_dtype),
+                       utilisation=device.utilisation_for(setup.compute_dtype), devices=1,
+                       usd_per_hour=device.usd_per_hour * max(setup.devices, 1), comm_seconds=comm,
+                       stream_bytes_per_step=per_micro * accum + per_opt_step,
+                       stream_rate=device.stream_rate_for(setup.compute_dtype))
     reason = ""
     if mem.required_bytes > memory_limit:
         reason = f"needs {_gib(mem.required_bytes)} per device > {_gib(memory_limit)} usable"
