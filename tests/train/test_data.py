@@ -79,3 +79,17 @@ def test_malformed_jsonl_is_a_one_line_error(tmp_path: Path) -> None:
     f.write_text('{"text": "ok"}\n{broken\n')
     with pytest.raises(ShoestringError, match=r"train.jsonl:2"):
         D.read_records(f)
+
+
+def test_masked_lm_rows_join_consecutive_paragraphs() -> None:
+    from shoestring.train.data import concat_segments
+
+    ex = [{"input_ids": [101, *range(1, n + 1), 102]} for n in (3, 4, 10, 2)]
+    rows = concat_segments(ex, 12, 101)
+    # [CLS] a [SEP] b [SEP] fits 11 <= 12; the 12-token third example starts a new row.
+    assert [r.input_ids for r in rows] == [
+        [101, 1, 2, 3, 102, 1, 2, 3, 4, 102],
+        [101, *range(1, 11), 102],
+        [101, 1, 2, 102],
+    ]
+    assert all(r.position_ids == list(range(len(r.input_ids))) for r in rows)

@@ -13,6 +13,7 @@ from rich.console import Console
 from shoestring.core.artifact import Artifact
 from shoestring.core.registry import get_stage
 from shoestring.core.workspace import Workspace
+from tiny_models import save_tiny_bert
 
 
 def train(ws: Path, inputs: dict[str, Artifact], **cfg: Any) -> Artifact:
@@ -22,11 +23,16 @@ def train(ws: Path, inputs: dict[str, Artifact], **cfg: Any) -> Artifact:
 
 
 @pytest.mark.slow
-def test_masked_lm_on_python_docs_then_fill_mask(tmp_path: Path, tiny_bert: Path) -> None:
-    art = train(tmp_path / "ws", {}, model=str(tiny_bert), task="masked-lm", method="full", text_source="python-docs",
+def test_masked_lm_on_python_docs_then_fill_mask(tmp_path: Path) -> None:
+    # An encoder saved without an MLM head (like all-MiniLM): the head is initialised from the corpus.
+    encoder = save_tiny_bert(tmp_path / "enc", "BertModel", hidden=32, intermediate=64, layers=2, max_positions=128)
+    art = train(tmp_path / "ws", {}, model=str(encoder), task="masked-lm", method="full", text_source="python-docs",
                 max_examples=64, val_max_examples=16, seq_len=64, micro_batch_size=8, max_steps=6, lr=1e-3)  # fmt: skip
     st = art.stats
     assert st["task"] == "masked-lm" and (art.path / "model" / "model.safetensors").is_file()
+    assert st["mlm_head_init"] == ["transform=identity", "decoder_bias=log_unigram"]
+    # Consecutive paragraphs share rows (BERT-style), so there are fewer rows than paragraphs.
+    assert st["rows"] < st["examples"]
     assert st["val_loss"] is not None and np.isfinite(st["val_loss"])
     from shoestring.train import fill_mask
 
@@ -35,6 +41,28 @@ def test_masked_lm_on_python_docs_then_fill_mask(tmp_path: Path, tiny_bert: Path
     scores = [p["score"] for p in preds]
     assert scores == sorted(scores, reverse=True) and 0 < sum(scores) <= 1.0 + 1e-6
     assert all(p["token"] and "[MASK]" not in p["sequence"] for p in preds)
+
+
+def test_masked_lm_head_runs_only_at_masked_positions(tiny_bert: Path) -> None:
+    """The loss from the masked-positions-only path equals the model's own full-logits loss."""
+    import torch
+    import torch.nn.functional as F
+
+    from shoestring.models import load_model
+    from shoestring.train.modeling import LossModule
+
+    model = load_model(str(tiny_bert), "masked-lm").eval()
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(1000, 2000, (3, 20), generator=g)
+    labels = torch.where(torch.rand(3, 20, generator=g) < 0.2, ids, torch.full_like(ids, -100))
+    mask = torch.ones_like(ids)
+    mask[2, 15:] = 0
+    labels[2, 15:] = -100
+    total, n = LossModule.create(model, "masked-lm")(input_ids=ids, attention_mask=mask, labels=labels)
+    logits = model(input_ids=ids, attention_mask=mask).logits
+    ref = F.cross_entropy(logits.view(-1, logits.shape[-1]), labels.view(-1), reduction="sum")
+    assert int(n) == int((labels != -100).sum()) > 0
+    assert torch.allclose(total, ref, rtol=1e-5)
 
 
 def test_fill_mask_refuses_an_encoder_without_a_head(tiny_llama: Path) -> None:
@@ -61,6 +89,37 @@ def test_sequence_classification_with_an_encoder(tmp_path: Path, tiny_bert: Path
     model = AutoModelForSequenceClassification.from_pretrained(art.path / "model")
     assert model.config.num_labels == 2
     assert set(model.config.id2label.values()) == {"other", "statement"}
+
+
+@pytest.mark.parametrize("method", ["full", "lora"])
+def test_dp_sgd_classification_reports_epsilon(tmp_path: Path, tiny_bert: Path, method: str) -> None:
+    from pydoc_data.topics import topics
+
+    recs = [{"id": k, "text": " ".join(v.split())[:200], "label": "long" if len(v) > 5000 else "short"}
+            for k, v in sorted(topics.items())]  # fmt: skip
+    ds = write_dataset(tmp_path / "ds", recs[:64], recs[64:])
+    art = train(tmp_path / "ws", {"dataset": Artifact.load(ds)}, dataset=str(ds), model=str(tiny_bert),
+                task="classification", method=method, seq_len=32, micro_batch_size=16, epochs=2, lr=1e-3,
+                lora={"r": 4, "alpha": 8, "target_modules": ["query", "value"]},
+                privacy={"target_epsilon": 4.0, "accountant": "rdp"})  # fmt: skip
+    rep = art.manifest["privacy"]
+    assert rep["mode"] == "target-epsilon" and rep["steps"] > 0
+    assert 0 < rep["epsilon_spent"] <= 4.0 + 1e-6 and rep["noise_multiplier"] > 0
+    assert art.stats["epochs_run"] == 2 and 0.0 <= art.stats["validation"]["accuracy"] <= 1.0
+    if method == "lora":
+        assert (art.path / "adapter" / "adapter_config.json").is_file()
+        assert art.manifest["base_model"] == str(tiny_bert)
+        assert art.stats["trainable_parameters"] < art.stats["parameters"] / 10
+    else:
+        assert (art.path / "model" / "model.safetensors").is_file()
+
+
+def test_privacy_on_a_language_model_task_is_a_one_line_error(tmp_path: Path, tiny_bert: Path) -> None:
+    from shoestring.core.errors import ShoestringError
+
+    with pytest.raises(ShoestringError, match="not masked-lm"):
+        train(tmp_path / "ws", {}, model=str(tiny_bert), task="masked-lm", text_source="python-docs", max_steps=1,
+              privacy={"noise_multiplier": 1.0})  # fmt: skip
 
 
 def test_embeddings_for_encoder_and_decoder(tiny_bert: Path, tiny_llama: Path) -> None:

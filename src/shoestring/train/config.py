@@ -96,7 +96,8 @@ class TrainConfig(StageConfig):
     seq_len: int | None = Field(None, ge=8)
     """Tokens per sequence (longer documents are truncated). Default: the plan's, else 512."""
     packing: bool = True
-    """Pack several documents per row (attention never crosses documents) instead of padding (causal-lm/sft)."""
+    """Pack several documents per row instead of padding. causal-lm/sft: attention never crosses
+    documents; masked-lm: consecutive paragraphs share a row BERT-style ([CLS] a [SEP] b [SEP])."""
     mlm_probability: float = Field(0.15, gt=0.0, lt=1.0)
     """masked-lm: fraction of tokens selected for prediction (80% [MASK], 10% random, 10% kept)."""
 
@@ -109,8 +110,12 @@ class TrainConfig(StageConfig):
     """fp32, bf16 (autocast; works on CPU), fp16 (CUDA only). auto = the plan's, else bf16 on CUDA with bf16, fp32 otherwise."""
     activation_checkpointing: bool | None = None
     """Recompute activations in backward to save memory (slower). Default: the plan's, else off."""
-    epochs: float = Field(1.0, gt=0)
-    """Passes over the training data (fractions allowed); max_steps / max_minutes stop earlier."""
+    epochs: float | None = Field(None, gt=0)
+    """Passes over the training data (fractions allowed); max_steps / max_minutes / early stopping
+    stop earlier. Default by task: 1 for sft / causal-lm / masked-lm / classification (pretrained
+    models), 30 for sequential-recommendation and 40 for tabular-classification (small models
+    trained from scratch need many passes; early stopping on validation, patience 10 and 8
+    epochs, ends them sooner)."""
     max_steps: int | None = Field(None, ge=1)
     """Stop after this many optimizer steps."""
     max_minutes: float | None = Field(None, gt=0)

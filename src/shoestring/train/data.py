@@ -28,6 +28,7 @@ __all__ = [
     "build_examples",
     "chat_example",
     "collate",
+    "concat_segments",
     "pack_examples",
     "iter_microbatches",
     "mask_tokens",
@@ -206,6 +207,29 @@ def pad_rows(examples: Sequence[dict[str, Any]]) -> list[Row]:
     return [
         Row(list(e["input_ids"]), list(e["labels"]), list(range(len(e["input_ids"]))), e.get("label")) for e in examples
     ]
+
+
+def concat_segments(examples: Sequence[dict[str, Any]], seq_len: int, cls_id: int | None) -> list[Row]:
+    """Masked-LM rows: consecutive ``[CLS] a [SEP]`` examples joined as ``[CLS] a [SEP] b [SEP] ...``.
+
+    BERT-style pretraining input (RoBERTa's "full sentences"): neighbouring paragraphs share
+    a row and attend to each other, so short paragraphs do not leave most of a row padding.
+    Corpus order is kept (neighbours are from the same topic). Positions run 0..T-1.
+    """
+    rows: list[Row] = []
+    cur: list[int] = []
+    for e in examples:
+        ids = list(e["input_ids"])
+        tail = ids[1:] if cls_id is not None and ids and ids[0] == cls_id else ids
+        if cur and len(cur) + len(tail) <= seq_len:
+            cur.extend(tail)
+            continue
+        if cur:
+            rows.append(Row(cur, list(cur), list(range(len(cur)))))
+        cur = ids[:seq_len]
+    if cur:
+        rows.append(Row(cur, list(cur), list(range(len(cur)))))
+    return rows
 
 
 def pack_examples(examples: Sequence[dict[str, Any]], seq_len: int) -> list[Row]:

@@ -132,6 +132,10 @@ def worker_main(job: Path) -> None:
     rank = dist.get_rank()
     if s.device == "cuda":
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", rank)))
+    if s.device != "cuda":  # each worker process has its own heap to bound
+        from shoestring.plan.allocator import bound_cpu_allocator
+
+        bound_cpu_allocator()
     with PeakMemoryMeter("cuda" if s.device == "cuda" else "cpu") as meter:
         stats = train_language_model(cfg, s, paths, Console(stderr=True), meter)
     digest = stats.pop("_weights_sha256", None)

@@ -112,7 +112,9 @@ def _load_data(cfg: TrainConfig, s: Settings, tok: Any, dataset: Path | None) ->
             f"{len(train_recs)} records); set {('messages_field' if s.task == 'sft' else 'text_field')}"
         )
     packed = cfg.packing and s.task in ("sft", "causal-lm")
-    make_rows = (lambda ex: D.pack_examples(ex, s.seq_len)) if packed else D.pad_rows
+    make_rows: Any = (lambda ex: D.pack_examples(ex, s.seq_len)) if packed else D.pad_rows
+    if cfg.packing and s.task == "masked-lm":
+        make_rows = lambda ex: D.concat_segments(ex, s.seq_len, tok.cls_token_id)  # noqa: E731
     return {
         "train": make_rows(train_ex),
         "val": make_rows(val_ex) if val_ex else [],
@@ -196,7 +198,7 @@ def train_language_model(cfg: TrainConfig, s: Settings, paths: Paths, console: C
     import torch
 
     from shoestring.models import load_tokenizer
-    from shoestring.train.modeling import LossModule, build_model, count_trainable
+    from shoestring.train.modeling import LossModule, build_model, count_trainable, init_mlm_head
     from shoestring.train.output import make_progress, save_outputs, wrap_distributed
 
     rank, world = _dist()
@@ -218,7 +220,7 @@ def train_language_model(cfg: TrainConfig, s: Settings, paths: Paths, console: C
     # One process: the last, partial step is kept so every row is seen once per epoch. Several
     # processes: whole steps only, so no rank ever waits on a rank that has no batch.
     steps_per_epoch = max(1, len(rows) // per_step if world > 1 else math.ceil(len(rows) / per_step))
-    total_steps = max(1, math.ceil(steps_per_epoch * cfg.epochs))
+    total_steps = max(1, math.ceil(steps_per_epoch * (cfg.epochs if cfg.epochs is not None else 1.0)))
     if cfg.max_steps is not None:
         total_steps = min(total_steps, cfg.max_steps)
     warmup = cfg.warmup_steps if cfg.warmup_steps is not None else int(0.05 * total_steps)
@@ -232,6 +234,13 @@ def train_language_model(cfg: TrainConfig, s: Settings, paths: Paths, console: C
         num_labels=cfg.num_labels or (len(id2label) if id2label else None), id2label=id2label,
         device=s.device, seed=cfg.seed,
     )  # fmt: skip
+    head_init: list[str] = []
+    if s.task == "masked-lm" and getattr(_core_model(model), "shoestring_untrained_head", False):
+        # Deterministic from the data, so a resumed run rebuilds the same start (its trained
+        # values then come from the checkpoint).
+        head_init = init_mlm_head(model, _token_counts(rows, len(tok), tok.all_special_ids))
+        if rank == 0 and head_init:
+            console.print(f"masked-lm head was untrained; initialised: {', '.join(head_init)}")
     if s.activation_checkpointing:
         core: Any = getattr(model, "get_base_model", lambda: model)()
         if hasattr(core, "activation_checkpointing_enable"):  # transformers >= 5 name
@@ -382,7 +391,7 @@ def train_language_model(cfg: TrainConfig, s: Settings, paths: Paths, console: C
         "records": data["records"], "records_skipped": data["skipped"], "examples": data["examples"],
         "rows": len(rows), "packed": packed, "seq_len": s.seq_len, "micro_batch_size": s.micro_batch_size,
         "grad_accum": s.grad_accum, "activation_checkpointing": s.activation_checkpointing, "lr": s.lr,
-        "trainable_parameters": trainable, "parameters": total_params,
+        "trainable_parameters": trainable, "parameters": total_params, "mlm_head_init": head_init or None,
         "train_loss_first": losses[0] if losses else None, "train_loss_last": losses[-1] if losses else None,
         "train_loss_last10_mean": statistics.fmean(losses[-10:]) if losses else None,
         "val_loss": vals[-1] if vals else None, "best_val_loss": min(vals) if vals else None,
@@ -396,6 +405,26 @@ def train_language_model(cfg: TrainConfig, s: Settings, paths: Paths, console: C
         if key in s.predicted:
             stats[f"predicted_{key}"] = s.predicted[key]
     return {**stats, **extra}
+
+
+def _core_model(model: Any) -> Any:
+    get_base = getattr(model, "get_base_model", None)
+    return get_base() if callable(get_base) else model
+
+
+def _token_counts(rows: list[D.Row], vocab: int, special: list[int]) -> torch.Tensor:
+    """How often each token id occurs in the training rows (for the MLM head's bias prior).
+
+    Special tokens ([CLS], [SEP], [PAD], [MASK]) are never prediction targets: count 0.
+    """
+    import torch
+
+    counts = torch.zeros(vocab, dtype=torch.float64)
+    for r in rows:
+        ids = torch.tensor(r.input_ids, dtype=torch.long)
+        counts += torch.bincount(ids[ids < vocab], minlength=vocab).double()[:vocab]
+    counts[[i for i in special if i < vocab]] = 0.0
+    return counts
 
 
 def _full_params(runner: Any, fsdp: bool) -> Any:

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     import torch
     from transformers import PreTrainedModel
 
-__all__ = ["LossModule", "build_model", "trainable_state", "count_trainable"]
+__all__ = ["LossModule", "build_model", "count_trainable", "init_mlm_head", "mlm_head", "trainable_state"]
 
 _TASK_LOADER = {
     "sft": "causal-lm",
@@ -90,6 +90,13 @@ def build_model(
             "classification": transformers.AutoModelForSequenceClassification,
         }[loader_task]
         model = auto.from_config(cfg)
+    elif loader_task == "masked-lm":
+        loaded: Any = load_model(ref, loader_task, **overrides, output_loading_info=True)  # type: ignore[arg-type]
+        model, info = loaded
+        missing = [k for k in info.get("missing_keys", ()) if "position_ids" not in k]
+        # A sentence encoder (e.g. all-MiniLM) ships without its MLM head: the loop then
+        # initialises the head from the corpus (init_mlm_head) instead of leaving it random.
+        setattr(model, "shoestring_untrained_head", bool(missing))  # noqa: B010
     else:
         model = load_model(ref, loader_task, **overrides, **quant)  # type: ignore[arg-type]
     if not quant:
@@ -198,6 +205,50 @@ def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
 
 
+def mlm_head(core: torch.nn.Module) -> torch.nn.Module | None:
+    """The masked-LM head applied to the encoder's last hidden states (``cls`` for BERT,
+    ``lm_head`` for RoBERTa-style models), or None for a layout we do not know."""
+    for name in ("cls", "lm_head"):
+        head = getattr(core, name, None)
+        if head is not None and getattr(core, "base_model_prefix", None):
+            return head  # type: ignore[no-any-return]
+    return None
+
+
+def init_mlm_head(model: torch.nn.Module, token_counts: torch.Tensor) -> list[str]:
+    """Give an untrained BERT-style MLM head a sensible start; returns what was set.
+
+    * the transform's dense layer starts as the identity (the encoder's last hidden state
+      passes through GELU + LayerNorm instead of a random projection), so the tied decoder
+      first scores tokens by similarity to the word embeddings;
+    * the decoder bias starts at the log unigram frequency of the training tokens
+      (add-one smoothed), so the first steps need not spend updates learning token
+      frequencies and the gradient goes to context from step 1.
+    """
+    import torch
+
+    core = _core_lm(model)
+    head = mlm_head(core)
+    done: list[str] = []
+    if head is None:
+        return done
+    transform = getattr(getattr(head, "predictions", head), "transform", None)
+    dense = getattr(transform, "dense", None) or getattr(head, "dense", None)
+    with torch.no_grad():
+        if isinstance(dense, torch.nn.Linear) and dense.in_features == dense.out_features:
+            dense.weight.copy_(torch.eye(dense.in_features, dtype=dense.weight.dtype))
+            if dense.bias is not None:
+                dense.bias.zero_()
+            done.append("transform=identity")
+        out = core.get_output_embeddings()
+        bias = getattr(out, "bias", None)
+        if bias is not None and bias.numel() == token_counts.numel():
+            prior = (token_counts.double() + 1.0).log() - (token_counts.double() + 1.0).sum().log()
+            bias.copy_(prior.to(bias.dtype))
+            done.append("decoder_bias=log_unigram")
+    return done
+
+
 def _core_lm(model: torch.nn.Module) -> PreTrainedModel:
     """The transformers model under PEFT wrappers."""
     get_base = getattr(model, "get_base_model", None)
@@ -226,12 +277,24 @@ class LossModule:
                     y = batch["class_labels"]
                     return F.cross_entropy(out.logits.float(), y, reduction="sum"), torch.tensor(y.numel())
                 if self.task == "masked-lm":
-                    out = self.model(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask"))
-                    labels = batch["labels"]
-                    keep = labels != -100
-                    logits = out.logits[keep].float()  # (N, V)
-                    return F.cross_entropy(logits, labels[keep], reduction="sum"), keep.sum()
+                    return self._masked(batch)
                 return self._causal(batch)
+
+            def _masked(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+                labels = batch["labels"]
+                keep = labels != -100
+                core = _core_lm(self.model)
+                head = mlm_head(core)
+                if head is None:  # unknown head layout: full logits, then select
+                    out = self.model(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask"))
+                    logits = out.logits[keep].float()
+                else:
+                    # Encoder once, then the head (transform + V-way decoder) only at the ~15%
+                    # selected positions: the decoder is most of an MLM step's FLOPs otherwise.
+                    body = getattr(core, core.base_model_prefix)
+                    hidden = body(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask"))[0]
+                    logits = head(hidden[keep]).float()  # (N, V)
+                return F.cross_entropy(logits, labels[keep], reduction="sum"), keep.sum()
 
             def _causal(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
                 core = _core_lm(self.model)

@@ -85,16 +85,17 @@ def fit_settings(cfg: Any, *, lr: float, batch_size: int, patience: int | None,
                  console: Console | None = None, suggested_epochs: int = 30) -> FitSettings:
     """Read the common TrainConfig knobs; task defaults fill the ones left unset (None).
 
-    ``epochs`` is taken as given (fractions round up) even though TrainConfig's default
-    of 1 suits LM fine-tuning, not small models: a hidden task default would make an unset
-    value and an explicit ``epochs: 1`` hash alike yet train differently. We warn instead.
+    ``epochs`` unset means the task's ``suggested_epochs`` (an unset field is None, so it
+    hashes differently from an explicit ``epochs: 1``); fractions round up. Early stopping
+    (``patience``, on by default for these tasks) usually ends the run sooner.
     """
     explicit: set[str] = set(getattr(cfg, "model_fields_set", set()))
-    if "epochs" not in explicit and console is not None:
-        console.print(f"[yellow]warning:[/] epochs not set, training {math.ceil(cfg.epochs)} epoch(s); small models "
-                      f"usually need many passes - set epochs (e.g. {suggested_epochs}; early stopping ends sooner)")
+    epochs = cfg.epochs if cfg.epochs is not None else suggested_epochs
+    if cfg.epochs is None and console is not None:
+        console.print(f"epochs not set: training up to {suggested_epochs} epochs (the task default) "
+                      f"with early stopping (patience {cfg.early_stopping_patience or patience})")
     return FitSettings(
-        epochs=max(1, math.ceil(cfg.epochs)),
+        epochs=max(1, math.ceil(epochs)),
         batch_size=cfg.micro_batch_size or batch_size,
         lr=cfg.lr or lr,
         optimizer=cfg.optimizer,
