@@ -24,7 +24,8 @@ Assignment of a new document A (the rule, documented in docs/ARCHITECTURE.md):
    others - no kept representative could stand for all of them, so no clustering with one
    verified representative per cluster can put every such pair together.
 
-Re-centring checks at most ``max_recenter`` members (bounded time on huge clusters).
+Re-centring checks at most ``max_recenter`` members (bounded time on huge clusters) and never
+moves the centre of a cluster that holds semantic duplicates (they matched the centre's embedding).
 """
 
 from __future__ import annotations
@@ -115,6 +116,7 @@ class NearDupClusterer:
         self.group: list[int] = []  # per indexed document: its cluster
         self.centre: dict[int, int] = {}  # cluster -> indexed document that is its centre
         self.members: dict[int, list[int]] = {}  # cluster -> near-duplicate members (centre excluded)
+        self.pinned: set[int] = set()  # clusters holding documents grouped by another rule: never re-centred
         self.recentred: list[Recentre] = []  # not yet applied by the caller (who clears it)
         self.recentre_count = 0
         self.candidates_checked = 0
@@ -187,7 +189,7 @@ class NearDupClusterer:
         s_c = self._sim_query(q, centre)  # the LSH may simply have missed the centre
         if s_c >= self.threshold:
             return s_c
-        if len(members) > self.max_recenter:
+        if len(members) > self.max_recenter or g in self.pinned:
             return None
         cluster = [centre, *members]
         cache: dict[tuple[int, int], float] = {}
@@ -229,6 +231,8 @@ class NearDupClusterer:
             self.members[group] = []
         elif role == "member":
             self.members[group].append(idx)
+        else:  # e.g. a semantic duplicate of the centre: moving the centre could break its match
+            self.pinned.add(group)
         return idx
 
     def stats(self) -> dict[str, Any]:
