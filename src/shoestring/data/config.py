@@ -169,7 +169,8 @@ class DedupConfig(_Section):
     exact: bool = True
     """Drop records whose normalised text (case-folded, whitespace collapsed) was already seen."""
     near: bool = True
-    """Drop near-duplicates by MinHash-LSH with candidate verification."""
+    """Drop near-duplicates by MinHash-LSH with candidate verification (estimates within 3 standard
+    errors of `threshold` are settled by the exact Jaccard of the two shingle sets)."""
     threshold: float = 0.8
     """Jaccard similarity (over word n-gram shingles) at or above which two records are near-duplicates."""
     ngram: int = 5
