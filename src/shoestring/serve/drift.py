@@ -15,8 +15,9 @@ and computes the population stability index
 
 over the reference bins, with proportions floored at 1e-4 so an empty bin is finite.
 Thresholds (the usual credit-scoring convention): PSI < 0.1 stable, 0.1-0.25 moderate
-shift, > 0.25 significant shift. Numeric values outside the edges fall in the end bins;
-unseen categories form one extra bin whose expected proportion is the floor.
+shift, > 0.25 significant shift. The reference's outer edges are the evaluation set's
+observed min and max, so live values outside them (including +-inf) count in the end
+bins rather than being lost; NaN is skipped. Unseen categories form one extra bin whose expected proportion is the floor.
 """
 
 from __future__ import annotations
@@ -129,8 +130,11 @@ class DriftMonitor:
 
     def _add(self, name: str, value: Any) -> None:
         ref = self.references.get(name)
-        if ref is not None and value is not None:
-            self._values[name].append(ref.bin_of(value))
+        if ref is None or value is None:
+            return
+        if ref.kind == "numeric" and isinstance(value, float) and math.isnan(value):
+            return  # NaN has no bin; counting it in the top bin would fake drift
+        self._values[name].append(ref.bin_of(value))
 
     def samples(self) -> int:
         with self._lock:

@@ -13,7 +13,12 @@ and a 2-D attention mask that masks the padding. Models whose cache is not a pla
 ``DynamicCache`` of ``DynamicLayer``s (sliding windows, hybrid caches) still batch, but new
 requests wait until the running batch drains.
 
-Results go back to the asyncio side as events on a per-request ``asyncio.Queue``.
+Results go back to the asyncio side as events on a per-request ``asyncio.Queue``. Every
+admitted request gets exactly one terminal event (``done`` or ``error``), whatever happens:
+a model call that raises fails only the requests in that call (the prefill group, or the
+running batch for a decode step) and the thread goes on serving the others; a failure
+outside a model call stops the thread and fails everything it holds, including requests
+taken off the queue whose prefill had started.
 """
 
 from __future__ import annotations
@@ -29,7 +34,10 @@ if TYPE_CHECKING:
     import torch
     from transformers import PreTrainedModel
 
-__all__ = ["GenRequest", "GenerationScheduler", "QueueFull", "NotAccepting"]
+__all__ = ["SHUTTING_DOWN", "GenRequest", "GenerationScheduler", "QueueFull", "NotAccepting"]
+
+SHUTTING_DOWN = "server is shutting down"
+"""The error event's message for requests failed by shutdown (answered 503, not 500)."""
 
 
 class QueueFull(Exception):
@@ -59,10 +67,19 @@ class GenRequest:
     started_at: float | None = None
     """When the prefill began (seconds, monotonic); None while still queued."""
     generated: int = 0
+    finished: bool = False
+    """True once the terminal event was sent (set by the model thread only)."""
     _generator: Any = None
 
     def cancel(self) -> None:
         """Ask the model thread to stop this request at the next step (idempotent)."""
+        self.cancelled.set()
+
+    def _finish(self, kind: str, value: Any) -> None:
+        """Send the one terminal event (later calls are no-ops) and leave the batch."""
+        if not self.finished:
+            self.finished = True
+            self._emit(kind, value)
         self.cancelled.set()
 
     def _emit(self, kind: str, value: Any) -> None:
@@ -112,7 +129,7 @@ class GenerationScheduler:
         """Object with ``on_batch(size)``, ``on_step(tokens, seconds)``, ``on_first_token(seconds)``."""
         self._waiting: collections.deque[GenRequest] = collections.deque()
         self._running: _Batch | None = None
-        self._prefilling = 0
+        self._admitted: list[GenRequest] = []
         """Requests taken off the queue whose prefill is running (counted against max_queue)."""
         self._cond = threading.Condition()
         self._accepting = True
@@ -132,13 +149,13 @@ class GenerationScheduler:
     def running(self) -> int:
         """Requests being prefilled or in the running batch."""
         b = self._running
-        return (len(b.rows) if b is not None else 0) + self._prefilling
+        return (len(b.rows) if b is not None else 0) + len(self._admitted)
 
     def submit(self, req: GenRequest) -> None:
         """Admit a request or raise :class:`QueueFull` / :class:`NotAccepting`."""
         with self._cond:
             if not self._accepting or self._stop or self.fatal_error:
-                raise NotAccepting(self.fatal_error or "server is shutting down")
+                raise NotAccepting(self.fatal_error or SHUTTING_DOWN)
             if len(self._waiting) + self.running >= self.max_queue:
                 raise QueueFull()
             self._waiting.append(req)
@@ -159,7 +176,7 @@ class GenerationScheduler:
             self._accepting = False
 
     def idle(self) -> bool:
-        return not self._waiting and self._running is None and not self._prefilling
+        return not self._waiting and self._running is None and not self._admitted
 
     def shutdown(self, timeout_s: float = 5.0) -> None:
         """Stop the model thread; requests still queued get an error event."""
@@ -183,13 +200,38 @@ class GenerationScheduler:
                     if admitted:
                         try:
                             self._prefill(admitted)
+                        except Exception as err:
+                            self._call_failed("prefill", err, admitted)
                         finally:
-                            self._prefilling = 0
+                            with self._cond:
+                                self._admitted = []
                     if self._running is not None:
-                        self._decode_step()
-        except Exception as err:  # keep serving errors visible instead of hanging every client
+                        try:
+                            self._decode_step()
+                        except Exception as err:
+                            self._call_failed("decode step", err, [])
+        except BaseException as err:  # keep serving errors visible instead of hanging every client
             self.fatal_error = f"model thread failed: {type(err).__name__}: {err}"
             self._fail_all(self.fatal_error)
+            if not isinstance(err, Exception):
+                raise
+
+    def _call_failed(self, what: str, err: Exception, group: list[GenRequest]) -> None:
+        """A model call raised: fail its requests, keep the thread serving the rest.
+
+        A failed prefill fails its own group; if the group had already joined the running
+        batch (the failure came after the merge), or a decode step failed, the running
+        batch's cache is in an unknown state, so every row in it fails too.
+        """
+        message = f"model {what} failed: {type(err).__name__}: {err}"
+        b = self._running
+        if b is not None and (not group or any(r in b.rows for r in group)):
+            self._running = None
+            group = [*group, *b.rows]
+        for r in group:
+            r._finish("error", message)
+        if self.observer is not None and hasattr(self.observer, "on_model_error"):
+            self.observer.on_model_error(what)
 
     def _take_admissions(self) -> list[GenRequest] | None:
         """Block until there is work; return new requests to prefill ([] = just step)."""
@@ -197,7 +239,7 @@ class GenerationScheduler:
             while not self._stop and not self._waiting and self._running is None:
                 self._cond.wait(0.5)
             if self._stop:
-                self._fail_locked("server is shutting down")
+                self._fail_locked(SHUTTING_DOWN)
                 return None
             if self._running is None and self._waiting and self.batch_timeout_s > 0:
                 # An idle server waits a short window so a burst is prefilled as one batch.
@@ -212,12 +254,12 @@ class GenerationScheduler:
             while self._waiting and len(out) < room:
                 req = self._waiting.popleft()
                 if req.cancelled.is_set():
-                    req._emit("done", "cancelled")
+                    req._finish("done", "cancelled")
                 elif now > req.deadline:
-                    req._emit("error", "timeout")
+                    req._finish("error", "timeout")
                 else:
                     out.append(req)
-            self._prefilling = len(out)
+            self._admitted = out
             return out
 
     def _can_join(self) -> bool:
@@ -307,18 +349,15 @@ class GenerationScheduler:
             if r.cancelled.is_set():
                 continue
             if now > r.deadline:
-                r._emit("error", "timeout")
-                r.cancel()
+                r._finish("error", "timeout")
                 continue
             if tok in self.eos_ids:
-                r._emit("done", "stop")
-                r.cancel()
+                r._finish("done", "stop")
                 continue
             r.generated += 1
             r._emit("token", tok)
             if r.generated >= r.max_new_tokens or len(r.prompt_ids) + r.generated >= self.context_length:
-                r._emit("done", "length")
-                r.cancel()
+                r._finish("done", "length")
 
     def _drop_finished(self) -> None:
         """Remove finished/cancelled rows from the batch and trim all-padding columns."""
@@ -326,6 +365,9 @@ class GenerationScheduler:
 
         b = self._running
         assert b is not None
+        for r in b.rows:
+            if r.cancelled.is_set():
+                r._finish("done", "cancelled")  # no-op for rows that already finished
         keep = [i for i, r in enumerate(b.rows) if not r.cancelled.is_set()]
         if not keep:
             self._running = None
@@ -344,11 +386,13 @@ class GenerationScheduler:
 
     def _fail_locked(self, message: str) -> None:
         while self._waiting:
-            self._waiting.popleft()._emit("error", message)
+            self._waiting.popleft()._finish("error", message)
+        for r in self._admitted:
+            r._finish("error", message)
+        self._admitted = []
         if self._running is not None:
             for r in self._running.rows:
-                if not r.cancelled.is_set():
-                    r._emit("error", message)
+                r._finish("error", message)
             self._running = None
 
     def _fail_all(self, message: str) -> None:

@@ -18,7 +18,7 @@ class ServerMetrics:
     """Counters, gauges and histograms the server exports on ``/metrics``.
 
     Also the ``observer`` the model threads report to (``on_batch``, ``on_step``,
-    ``on_first_token``); tokens/s is a gauge over a sliding window of recent steps.
+    ``on_first_token``, ``on_model_error``); tokens/s is a gauge over a sliding window of recent steps.
     """
 
     def __init__(self, window_s: float = 10.0) -> None:
@@ -71,6 +71,9 @@ class ServerMetrics:
         self.drift_samples = Gauge(
             "shoestring_drift_window_samples", "Requests in the drift window.", registry=r
         )
+        self.model_errors = Counter(
+            "shoestring_model_errors", "Model calls that raised (their requests got a 500), by call.", ["call"], registry=r
+        )
         self.ready = Gauge("shoestring_ready", "1 when the server accepts requests, 0 while loading or draining.", registry=r)
         self._window_s = window_s
         self._steps: collections.deque[tuple[float, int]] = collections.deque()
@@ -82,6 +85,9 @@ class ServerMetrics:
 
     def on_first_token(self, seconds: float) -> None:
         self.ttft.observe(seconds)
+
+    def on_model_error(self, call: str) -> None:
+        self.model_errors.labels(call).inc()
 
     def on_step(self, tokens: int, seconds: float) -> None:
         self.step_batch.observe(tokens)

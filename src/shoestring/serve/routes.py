@@ -12,7 +12,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from shoestring.serve.app import api_error, race_disconnect, sse
-from shoestring.serve.generation import GenRequest, NotAccepting, QueueFull
+from shoestring.serve.generation import SHUTTING_DOWN, GenRequest, NotAccepting, QueueFull
 from shoestring.serve.protocol import (
     ChatRequest,
     ClassifyRequest,
@@ -152,7 +152,11 @@ async def _generate(
                 yield "", "length" if value == "length" else "stop"
                 return
             else:
-                raise api_error(503, f"generation failed: {value}", "timeout" if value == "timeout" else "server_error", 1)
+                if value == "timeout" or value == SHUTTING_DOWN:
+                    what = "timed out (--request-timeout-s)" if value == "timeout" else "stopped: the server is shutting down"
+                    raise api_error(503, f"generation {what}", "timeout" if value == "timeout" else "unavailable", retry_after=1)
+                # The model raised on this request's batch, or the model thread died: a server fault, 500.
+                raise api_error(500, f"generation failed: {value}", "server_error")
 
     def usage() -> dict[str, int]:
         return {"prompt_tokens": len(prompt_ids), "completion_tokens": req.generated,
