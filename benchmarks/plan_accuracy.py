@@ -229,6 +229,8 @@ def main() -> None:
             continue
         meas = json.loads(line[-1][7:])
         rows.append({"i": i, "name": spec["name"], "pred": pred, "meas": meas, "wall": time.time() - t0})
+        if args.json:  # after every row, so a run cut short keeps what it measured
+            args.json.write_text(json.dumps(rows, indent=1))
         err = pred["peak_memory_bytes"] / meas["peak_memory_bytes"] - 1
         print(f"[{i}] {spec['name']}: measured {meas['peak_memory_bytes'] / 2**20:.0f} MiB, predicted "
               f"{pred['peak_memory_bytes'] / 2**20:.0f} MiB ({err:+.1%}); step {meas['step_seconds']:.3f}s vs "

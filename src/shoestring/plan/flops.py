@@ -90,13 +90,24 @@ def streamed_bytes(mem: MemoryBreakdown, setup: TrainingSetup, shape: ModelShape
     its gradient written and read (4×; activation checkpointing runs the forward twice:
     6×); the vocabulary buffers (log-softmax output and its gradients) about 3× their size;
     under autocast every matmul weight is cast to 16 bits each forward (read 4 + write 2
-    bytes). Per optimizer step: the optimizer's passes over its states
+    bytes); LoRA adapters stream their layers' inputs and outputs about 10 more times.
+    Per optimizer step: the optimizer's passes over its states
     (:data:`OPTIMIZER_STREAM_BYTES`).
     """
     act = mem.traced_activations or mem.activations
     per_micro = 4.0 * act * (1.5 if setup.activation_checkpointing else 1.0) + 3.0 * mem.logits_buffers
     if setup.precision in ("bf16-mixed", "fp16-mixed", "bf16", "fp16"):
         per_micro += 6.0 * matmul_params_per_token(shape)
+    if setup.method in ("lora", "qlora"):
+        # Each adapted Linear runs two rank-r matmuls that are memory-bound (they read the
+        # whole input to produce r columns), a dropout, a scale and an add, forward and
+        # backward: about 9 passes over its input and 10 over its output per token
+        # (counted op by op for peft's Linear.forward and its autograd graph).
+        from shoestring.plan.arch import match_lora_targets
+
+        width = sum(sum(shape.linear_shapes[n]) for n in match_lora_targets(shape, list(setup.lora_targets)))
+        itemsize = 4 if setup.precision == "fp32" else 2
+        per_micro += 10.0 * width * itemsize * setup.micro_batch_size * setup.seq_len
     per_step = float(OPTIMIZER_STREAM_BYTES.get(setup.optimizer, 92) * mem.trainable_params)
     return per_micro, per_step
 
