@@ -9,6 +9,11 @@ count. Runs, per GGUF file:
 * ``transformers`` - plain ``model.generate(do_sample=False)`` on the same float32 model;
 * ``llama.cpp``    - llama-cpp-python on the GGUF file itself (its own quantised kernels).
 
+Batch 1 uses one chat prompt. "Batch 8" sends 8 different chat prompts at once: to the
+scheduler as 8 concurrent requests (it batches them), to transformers as one left-padded
+``generate`` batch; the figure is aggregate new tokens/s (8 x new tokens / wall seconds).
+llama-cpp-python's high-level API runs one sequence at a time, so it has no batch-8 figure.
+
 Files: the packaged SmolLM2-135M-Instruct Q4_1 GGUF, and (with ``--export-f16``) an f16
 GGUF written by ``shoestring export``'s writer from the same weights.
 
@@ -62,14 +67,46 @@ def bench_transformers(model: Any, ids: list[int], n_new: int, runs: int) -> tup
     return _median_rate(go, n_new, runs)
 
 
-def bench_shoestring(model: Any, tok: Any, ids: list[int], n_new: int, runs: int) -> tuple[float, list[int]]:
+BATCH_TOPICS = ["unit tests", "code review", "logging", "backups", "on-call rotations", "type hints",
+                "data validation", "release notes"]  # fmt: skip
+
+
+def bench_transformers_batch(model: Any, tok: Any, batch: list[list[int]], n_new: int, runs: int) -> float:
+    """Aggregate tokens/s of one left-padded greedy ``generate`` over the whole batch."""
+    import torch
+
+    width = max(len(x) for x in batch)
+    pad = int(tok.pad_token_id or 0)
+    ids = torch.tensor([[pad] * (width - len(x)) + x for x in batch])
+    mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in batch])
+
+    def go() -> list[int]:
+        with torch.inference_mode():
+            model.generate(ids, attention_mask=mask, max_new_tokens=n_new, min_new_tokens=n_new, do_sample=False,
+                           eos_token_id=None, pad_token_id=pad)  # fmt: skip
+        return []
+
+    rate, _ = _median_rate(go, n_new, runs)
+    return rate * len(batch)
+
+
+def bench_shoestring(
+    model: Any, tok: Any, ids: list[int], n_new: int, runs: int, batch: list[list[int]] | None = None
+) -> tuple[float, list[int]]:
+    """Batch 1 (``ids``), or aggregate tokens/s of ``batch`` submitted concurrently."""
     from shoestring.serve.generation import GenerationScheduler, GenRequest
 
-    sched = GenerationScheduler(model, eos_ids=set(), pad_id=int(tok.pad_token_id or 0), context_length=2048)
+    sched = GenerationScheduler(
+        model, eos_ids=set(), pad_id=int(tok.pad_token_id or 0), context_length=2048, max_batch_size=8
+    )
     sched.start()
 
-    async def one() -> list[int]:
-        req = GenRequest(prompt_ids=list(ids), max_new_tokens=n_new, loop=asyncio.get_running_loop())
+    async def many() -> list[int]:
+        outs = await asyncio.gather(*[one(x) for x in batch or []])
+        return outs[0]
+
+    async def one(prompt: list[int] = ids) -> list[int]:
+        req = GenRequest(prompt_ids=list(prompt), max_new_tokens=n_new, loop=asyncio.get_running_loop())
         sched.submit(req)
         out: list[int] = []
         while True:
@@ -85,6 +122,9 @@ def bench_shoestring(model: Any, tok: Any, ids: list[int], n_new: int, runs: int
                 raise RuntimeError(f"generation failed: {value}")
 
     try:
+        if batch:
+            rate, toks = _median_rate(lambda: asyncio.run(many()), n_new, runs)
+            return rate * len(batch), toks
         return _median_rate(lambda: asyncio.run(one()), n_new, runs)
     finally:
         sched.shutdown()
@@ -129,6 +169,12 @@ def main() -> None:
     model = load_model("smollm2-135m-instruct").eval()
     ids = tok.apply_chat_template([{"role": "user", "content": PROMPT}], add_generation_prompt=True)
     ids = [int(t) for t in (ids["input_ids"] if hasattr(ids, "keys") else ids)]
+
+    def chat_ids(text: str) -> list[int]:
+        out = tok.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True)
+        return [int(t) for t in (out["input_ids"] if hasattr(out, "keys") else out)]
+
+    batch = [chat_ids(f"Write a short note to a colleague explaining why {t} matter.") for t in BATCH_TOPICS]
     files = [("SmolLM2-135M Q4_1 (packaged)", Path(q4))]
     tmp = Path(tempfile.mkdtemp(prefix="ss-bench-"))
     if args.export_f16:
@@ -153,7 +199,9 @@ def main() -> None:
         r_tf, t_tf = bench_transformers(m, ids, args.new_tokens, args.runs)
         r_cpp, t_cpp = bench_llama_cpp(path, ids, args.new_tokens, args.runs, args.threads)
         same = "yes" if t_ss == t_tf == t_cpp else f"ss=tf:{t_ss == t_tf} tf=cpp:{t_tf == t_cpp}"
-        rows.append((label, path.stat().st_size / 1e6, r_ss, r_tf, r_cpp, same))
+        b_ss, _ = bench_shoestring(m, tok, ids, args.new_tokens, args.runs, batch)
+        b_tf = bench_transformers_batch(m, tok, batch, args.new_tokens, args.runs)
+        rows.append((label, path.stat().st_size / 1e6, r_ss, r_tf, r_cpp, same, b_ss, b_tf))
         print(rows[-1], flush=True)
 
     print(
@@ -161,11 +209,13 @@ def main() -> None:
         f"median of {args.runs} runs after 1 warm-up\n"
     )
     print(
-        "| GGUF file | MB | Shoestring scheduler (tok/s) | transformers generate (tok/s) | llama.cpp (tok/s) | same tokens |"
+        "| GGUF file | MB | batch 1: Shoestring scheduler | batch 1: transformers generate | batch 1: llama.cpp "
+        "| batch 1 same tokens | batch 8: Shoestring scheduler | batch 8: transformers generate |"
     )
-    print("|---|---:|---:|---:|---:|---|")
-    for label, mb, a, b, c, same in rows:
-        print(f"| {label} | {mb:.0f} | {a:.1f} | {b:.1f} | {c:.1f} | {same} |")
+    print("|---|---:|---:|---:|---:|---|---:|---:|")
+    for label, mb, a, b, c, same, ba, bb in rows:
+        print(f"| {label} | {mb:.0f} | {a:.1f} | {b:.1f} | {c:.1f} | {same} | {ba:.1f} | {bb:.1f} |")
+    print("\n(tokens/s; batch 8 = aggregate over 8 concurrent prompts)")
 
 
 if __name__ == "__main__":

@@ -54,6 +54,8 @@ class GateConfig(BaseModel):
     """Largest allowed mean KL(parent || child) of next-token distributions, nats/token."""
     min_speedup: float | None = None
     """Smallest allowed parent_latency / child_latency (1.0 = no slower than the parent)."""
+    min_tokens_per_s_ratio: float | None = None
+    """Smallest allowed child / parent greedy-generation tokens/s (causal LMs; 1.0 = no slower)."""
     min_cosine: float | None = None
     """Smallest allowed mean cosine similarity of embeddings to the parent's (encoders)."""
     max_size_ratio: float | None = None
@@ -287,6 +289,7 @@ def measure_pair(
             parent_tokens_per_s=gen_tokens / gp,
             child_tokens_per_s=gen_tokens / gc,
             greedy_tokens_identical=same,
+            tokens_per_s_ratio=gp / gc if gc > 0 else None,
         )
     pw, cw = weight_bytes(parent), weight_bytes(child)
     report.update(parent_weight_bytes=pw, child_weight_bytes=cw, size_ratio=cw / pw)
@@ -311,6 +314,7 @@ def check_gate(report: dict[str, Any], gate: GateConfig) -> list[str]:
     above("kl_mean", gate.max_kl, "KL divergence (nats/token)")
     above("size_ratio", gate.max_size_ratio, "size ratio")
     below("speedup", gate.min_speedup, "speedup")
+    below("tokens_per_s_ratio", gate.min_tokens_per_s_ratio, "generation tokens/s ratio")
     below("cosine_to_parent", gate.min_cosine, "cosine to parent")
     below("agreement", gate.min_agreement, "label agreement")
     return fails
@@ -339,6 +343,7 @@ def render_html(report: dict[str, Any], title: str) -> str:
         "cosine_to_parent",
         "agreement",
         "speedup",
+        "tokens_per_s_ratio",
         "size_ratio",
         "child_file_bytes",
         "greedy_tokens_identical",

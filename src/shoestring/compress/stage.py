@@ -82,7 +82,7 @@ class CompressConfig(StageConfig):
     merge_tolerance: float = Field(1e-3, gt=0.0)
     """merge: largest allowed max |logit difference| between the adapter model and the merged model."""
     gate: GateConfig = GateConfig()
-    """Pass/fail thresholds (YAML): max_ppl_increase_pct, max_kl, min_speedup, min_cosine, max_size_ratio, min_agreement."""
+    """Pass/fail thresholds (YAML): max_ppl_increase_pct, max_kl, min_speedup, min_tokens_per_s_ratio, min_cosine, max_size_ratio, min_agreement."""
     gate_action: Literal["fail", "warn"] = "fail"
     """What a failed gate does: fail (error, exit 2, no artifact) or warn (artifact kept, marked failed)."""
 
@@ -215,6 +215,7 @@ def build(cfg: CompressConfig, ctx: StageContext) -> dict[str, Any]:
         "cosine_to_parent",
         "agreement",
         "speedup",
+        "tokens_per_s_ratio",
         "size_ratio",
         "child_file_bytes",
         "parent_tokens_per_s",
