@@ -100,7 +100,29 @@ class EvaluateConfig(StageConfig):
     ig_tolerance: float = Field(0.05, gt=0)
     """Completeness tolerance: |sum(attributions) - (f(x) - f(baseline))| / max(|f(x) - f(baseline)|, 1e-3)."""
     k: list[int] = Field(default_factory=lambda: [5, 10])
-    """Cut-offs K for HR@K/NDCG@K (recommendation) and top-K accuracy (fill-mask)."""
+    """Cut-offs K for HR@K/NDCG@K (recommendation), top-K accuracy (fill-mask) and retrieval precision@K (embedding)."""
+    explain_method: Literal["ig", "shap", "lime"] = "ig"
+    """Explanation method: ig (Integrated Gradients, completeness-checked), shap (Kernel SHAP, additivity-checked) or
+    lime (LIME, local-fit R^2 reported); shap/lime for classifiers and tabular models, language models use ig."""
+    shap_samples: int = Field(512, ge=16)
+    """Perturbed inputs scored per explained record by Kernel SHAP / LIME (forward passes)."""
+    probe: bool = True
+    """Run counterfactual template probes (group terms swapped) on text classifiers and language models."""
+    probe_templates: list[str] = Field(default_factory=list)
+    """Probe templates with a {term} slot; empty: the documented defaults (see shoestring.evaluate.probes)."""
+    probe_groups: dict[str, dict[str, list[str]]] = Field(default_factory=dict)
+    """Attribute -> group -> terms, aligned by position across groups; empty: the documented defaults."""
+    probe_continuations: list[str] = Field(default_factory=list)
+    """Language models: continuations whose log-probability after each filled template is compared; empty: defaults."""
+    pooling: Literal["auto", "mean", "cls", "last"] = "auto"
+    """Sentence-embedding pooling (embedding task): auto = mean for encoders, last token for decoders."""
+    knn_k: int = Field(5, ge=1)
+    """Neighbours voting in kNN classification (embedding task)."""
+    reference_split: str = "train"
+    """Labelled split the evaluated records are classified/retrieved against (embedding task); if absent,
+    leave-one-out within the evaluated split."""
+    max_reference_records: int = Field(2000, ge=1)
+    """Read at most this many reference records (embedding task) (records)."""
 
 
 CONFIG = EvaluateConfig
@@ -144,9 +166,11 @@ def build(cfg: EvaluateConfig, ctx: StageContext) -> dict[str, Any]:
         from shoestring.evaluate.recommend import evaluate_recommender
 
         return evaluate_recommender(cfg, ctx)
-    raise ShoestringError(
-        f"evaluate: task '{task}' is not supported yet; supported: causal-lm/sft, masked-lm, classification, tabular, recommendation"
-    )
+    if task == "embedding":
+        from shoestring.evaluate.embedding import evaluate_embedding
+
+        return evaluate_embedding(cfg, ctx)
+    raise ShoestringError(f"evaluate: task '{task}' is not supported")
 
 
 def summarize(artifact: Artifact, console: Console) -> None:
