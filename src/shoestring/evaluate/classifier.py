@@ -207,7 +207,7 @@ def _render(metrics: dict[str, Any], main: Predictions, cfg: EvaluateConfig) -> 
                 f'<p class="note">{fi["method"]}, {fi["records"]} records, {fi["steps"]} steps, worst relative '
                 f'completeness gap {fi["relative_gap"]:.2g}.</p>')
     if metrics["explanations"]["model"]:
-        rep.add("Explanations (Integrated Gradients)", render_explanations(metrics["explanations"]))
+        rep.add(f"Explanations ({cfg.explain_method})", render_explanations(metrics["explanations"]))
     rep.add("Drift reference", "<p>reference.json stores the distribution of every input feature and of the "
             "predicted label and confidence, for drift detection by the server.</p>")
     return rep.render()

@@ -151,19 +151,43 @@ def explain_next_token(
 def render_explanations(groups: dict[str, list[dict[str, Any]]]) -> str:
     """Highlighted tokens per explanation, with the completeness check beside each."""
     parts = [
-        '<p class="note">Integrated Gradients from a pad-token (text) or training-mean (tabular) baseline. Green tokens raise the '
-        "explained output, red lower it. Completeness gap = |sum(attributions) - (f(x) - f(baseline))|; steps "
-        "are doubled until the gap relative to |f(x) - f(baseline)| is within the tolerance.</p>"
+        '<p class="note">Green tokens/features raise the explained output, red lower it. Integrated Gradients start '
+        "from a pad-token (text) or training-mean (tabular) baseline; completeness gap = |sum(attributions) - "
+        "(f(x) - f(baseline))|, steps doubled until the gap relative to |f(x) - f(baseline)| is within the "
+        "tolerance. Kernel SHAP: the same gap against E f(background) (additivity). LIME: no completeness "
+        "property; the local surrogate's weighted R^2 is shown.</p>"
     ]
     for role, items in groups.items():
         for ex in items:
-            head = html.escape(f"{role}: {ex.get('prompt', ex.get('id', ''))}")
+            method = ex.get("method", "integrated-gradients")
+            head = html.escape(f"{role}: {ex.get('prompt', ex.get('id', ''))} ({method})")
             target = html.escape(str(ex.get("target", "")))
+            tol = "" if ex.get("tolerance") is None else f" (tol {ex['tolerance']})"
             check = table(
-                ["explained output", "target", "f(x)", "f(baseline)", "sum(attr)", "gap", "relative gap", "steps",
-                 "within tolerance"],
+                ["explained output", "target", "f(x)", "f(baseline) / E f", "sum(attr)", "gap", "relative gap",
+                 "steps / samples", "within tolerance", "LIME local R^2"],
                 [[ex.get("output", ""), target, ex["f_x"], ex["f_baseline"], sum(ex["scores"]), ex["gap"],
-                  ex["relative_gap"], ex["steps"], f"{ex['within_tolerance']} (tol {ex['tolerance']})"]],
+                  ex["relative_gap"] if ex["relative_gap"] is not None else "-", ex["steps"],
+                  f"{ex['within_tolerance']}{tol}", ex.get("local_r2", "-")]],
             )
-            parts.append(f"<h3>{head}</h3>{check}<p>{highlight_tokens(ex['tokens'], ex['scores'])}</p>")
+            parts.append(f"<h3>{head}</h3>{check}<p>{highlight_tokens(ex['tokens'], ex['scores'])}</p>"
+                         + _bars(ex["tokens"], ex["scores"]))
     return "".join(parts)
+
+
+def _bars(tokens: list[str], scores: list[float], top: int = 12) -> str:
+    """Horizontal bars of the largest |attributions| (inline SVG, no script)."""
+    order = sorted(range(len(scores)), key=lambda i: -abs(scores[i]))[:top]
+    if not order:
+        return ""
+    big = max(abs(scores[i]) for i in order) or 1.0
+    rows = []
+    for r, i in enumerate(order):
+        w = 150 * abs(scores[i]) / big
+        x = 300 if scores[i] >= 0 else 300 - w
+        colour = "#1a9a4a" if scores[i] >= 0 else "#c82020"
+        y = 4 + 16 * r
+        rows.append(f'<text x="140" y="{y + 11}" text-anchor="end" font-size="11">{html.escape(tokens[i].strip()[:30])}'
+                    f'</text><rect x="{x:.1f}" y="{y}" width="{w:.1f}" height="12" fill="{colour}"/>'
+                    f'<text x="460" y="{y + 11}" font-size="11">{scores[i]:+.4f}</text>')
+    return f'<svg width="540" height="{8 + 16 * len(order)}" role="img">{"".join(rows)}</svg>'

@@ -115,6 +115,17 @@ def predict_text_classifier(spec: str, cfg: EvaluateConfig, ctx: StageContext) -
             ids = list(tok(texts[i], truncation=True, max_length=cfg.max_seq_len)["input_ids"])
             target = int(proba[i].argmax())
 
+            if cfg.explain_method != "ig":
+                from shoestring.evaluate.perturb import explain_masked, text_value
+
+                value, pos = text_value(model, tok, ids, target)
+                ex = explain_masked(cfg.explain_method, value, len(pos), samples=cfg.shap_samples, seed=cfg.seed,
+                                    tolerance=cfg.ig_tolerance)
+                ex["tokens"] = [tok.decode([ids[j]]) for j in pos]
+                res.append(ex | {"id": str(kept[i].get("id")), "target": classes[target],
+                                 "output": "log-probability of the predicted class"})
+                continue
+
             def score(out: Any, target: int = target) -> torch.Tensor:
                 return torch.log_softmax(out.logits.float(), dim=-1)[:, target]
 
@@ -187,7 +198,37 @@ def predict_tabular(spec: str, cfg: EvaluateConfig, ctx: StageContext) -> Predic
     def forward(inp: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return torch.softmax(clf.model(inp), -1).gather(1, target[:, None])[:, 0]
 
+    def explain_perturb(n: int) -> list[dict[str, Any]]:
+        # Removed columns take background values: up to 50 training rows (standardised), so
+        # SHAP's E f is the model's mean output on training-like data.
+        from shoestring.evaluate.perturb import explain_masked
+
+        src = d["train_x"] if d["train_x"] is not None and len(d["train_x"]) else x
+        rng = np.random.default_rng(cfg.seed)
+        bg = (torch.from_numpy(np.asarray(src, dtype=np.float32)) - mean) / std
+        bg = bg[rng.permutation(len(bg))[:50]]
+        out = []
+        for i in range(min(n, len(z))):
+            xi, ti = z[i], pred[i : i + 1]
+
+            def value(masks: np.ndarray, xi: torch.Tensor = xi, ti: torch.Tensor = ti) -> np.ndarray:
+                m = torch.from_numpy(np.asarray(masks, dtype=np.float32))  # (m, M)
+                # Each mask row is averaged over the background rows (interventional SHAP/LIME).
+                inp = m[:, None, :] * xi[None, None, :] + (1 - m[:, None, :]) * bg[None, :, :]
+                with torch.no_grad():
+                    p = forward(inp.reshape(-1, inp.shape[-1]), ti.repeat(inp.shape[0] * inp.shape[1]))
+                return p.reshape(len(m), -1).mean(1).double().numpy()
+
+            ex = explain_masked(cfg.explain_method, value, len(clf.features), samples=cfg.shap_samples,
+                                seed=cfg.seed, tolerance=cfg.ig_tolerance)
+            out.append(ex | {"id": d["ids"][i], "tokens": [f"{f}={float(x[i][j]):g} " for j, f in
+                                                           enumerate(clf.features)],
+                             "target": clf.classes[int(pred[i])], "output": "probability of the predicted class"})
+        return out
+
     def explain(n: int) -> list[dict[str, Any]]:
+        if cfg.explain_method != "ig":
+            return explain_perturb(n)
         # Baseline 0 in standardised space = the training mean of every feature.
         k = min(n, len(z))
         res = integrated_gradients(forward, z[:k], torch.zeros_like(z[:k]), steps=cfg.ig_steps,
