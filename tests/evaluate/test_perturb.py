@@ -75,3 +75,49 @@ def test_text_classifier_perturbation_explanations(
             assert -1.0 <= ex["local_r2"] <= 1.0
     html = (res.artifact.path / "report.html").read_text()
     assert f"Explanations ({method})" in html and "<svg" in html
+    probes = m["probes"]["attributes"]  # the documented default templates and groups
+    assert set(probes) == {"gender", "age"} and probes["gender"]["sentences_per_group"] == 48
+    assert "Counterfactual template probes" in html
+
+
+def test_counterfactual_template_probes_on_classifier_and_lm(
+    tmp_path: Path, tiny_text_classifier: tuple[Path, Path], tiny_lm: Path
+) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from shoestring.evaluate.probes import probe_classifier, probe_lm
+
+    stage = get_stage("evaluate")
+    groups = {"gender": {"male": ["man", "boy"], "female": ["woman", "girl"]}}
+    cfg = stage.config.model_validate({"model": "x", "bootstrap": 100, "probe_groups": groups,
+                                       "probe_templates": ["The {term} is here.", "A {term} ran."],
+                                       "probe_continuations": [" fast", " home"]})
+
+    # A scorer that only reacts to "woman"/"girl": the female probability of class 1 is 0.9.
+    def score(texts: list[str]) -> np.ndarray:
+        p1 = np.array([0.9 if ("woman" in t or "girl" in t) else 0.2 for t in texts])
+        return np.stack([1 - p1, p1], 1)
+
+    res = probe_classifier(score, ["neg", "pos"], cfg)["attributes"]["gender"]
+    assert res["sentences_per_group"] == 4 and res["probed_class"] == "pos"
+    assert res["by_group"]["female"]["value"] == pytest.approx(0.9)
+    pair = res["pairs"][0]
+    assert pair["difference"]["value"] == pytest.approx(-0.7) and pair["flip_rate"] == 1.0
+    # The LM probe on a real (tiny) model: log-probabilities equal a direct computation.
+    tok = AutoTokenizer.from_pretrained(tiny_lm)
+    model = AutoModelForCausalLM.from_pretrained(tiny_lm).eval()
+    lm = probe_lm(model, tok, cfg)["attributes"]["gender"]
+    assert lm["prefixes_per_group"] == 4 and len(lm["gaps"]) == 2
+    import torch
+
+    def direct(prefix: str, cont: str) -> float:
+        pre = tok(prefix)["input_ids"]
+        ids = pre + tok(cont, add_special_tokens=False)["input_ids"]
+        with torch.no_grad():
+            lp = torch.log_softmax(model(input_ids=torch.tensor([ids])).logits[0].float(), -1)
+        return sum(float(lp[i - 1, ids[i]]) for i in range(len(pre), len(ids)))
+
+    row = next(r for r in lm["gaps"] if r["continuation"] == " fast")
+    male = np.mean([direct(t.replace("{term}", w), " fast") for t in ("The {term} is here.", "A {term} ran.")
+                    for w in ("man", "boy")])
+    assert row["group_means"]["male"]["value"] == pytest.approx(male, abs=1e-4)

@@ -76,6 +76,11 @@ def score_model(
                     max_steps=cfg.ig_max_steps, tolerance=cfg.ig_tolerance,
                 ) | {"prompt": p}
             )
+    probes = None
+    if cfg.probe:
+        from shoestring.evaluate.probes import probe_lm
+
+        probes = probe_lm(model, tok, cfg)
     n_tok = int(losses.tokens.sum()) if losses is not None else 0
     return {
         "spec": spec,
@@ -83,6 +88,7 @@ def score_model(
         "skipped": skipped,
         "generations": gens,
         "explanations": explanations,
+        "probes": probes,
         "vocab": len(tok),
         "timings_s": {"load": round(load_s, 3), "score": round(score_s, 3), "generate": round(gen_s, 3)},
         "tokens_per_s": round(n_tok / score_s, 1) if score_s > 0 and n_tok else None,
@@ -140,6 +146,8 @@ def evaluate_causal_lm(cfg: EvaluateConfig, ctx: StageContext) -> dict[str, Any]
         metrics["comparison"] = _compare(main, base, cfg)
     metrics["generations"] = _pair_generations(main, base)
     metrics["explanations"] = {"model": main["explanations"], **({"compare": base["explanations"]} if base else {})}
+    if main["probes"] is not None:
+        metrics["probes"] = {"model": main["probes"], **({"compare": base["probes"]} if base else {})}
 
     reference = _reference(main)
     atomic_write_json(ctx.out_dir / "metrics.json", metrics)
@@ -306,6 +314,10 @@ def _render(metrics: dict[str, Any], main: dict[str, Any], base: dict[str, Any] 
     ex = metrics["explanations"]
     if ex.get("model"):
         rep.add("Explanations (Integrated Gradients)", render_explanations(ex))
+    if "probes" in metrics:
+        from shoestring.evaluate.probes import render_probes
+
+        rep.add("Counterfactual probes", "".join(render_probes(p, role) for role, p in metrics["probes"].items()))
     rep.add("Drift reference", "<p>reference.json stores, for drift detection by the server, the distributions of "
             "prompt tokens and characters (input_tokens, input_chars), reply tokens (output_tokens) and per-record "
             "loss of the evaluation records.</p>")

@@ -107,6 +107,10 @@ def evaluate_classifier(cfg: EvaluateConfig, ctx: StageContext, task: str) -> di
     probe = counterfactual_probe(main)
     if probe is not None:
         metrics["counterfactual"] = probe
+    if cfg.probe and main.score_texts is not None:
+        from shoestring.evaluate.probes import probe_classifier
+
+        metrics["probes"] = probe_classifier(main.score_texts, main.classes, cfg)
     metrics["explanations"] = {"model": main.explain(cfg.explain) if main.explain and cfg.explain else []}
     if main.importance is not None and cfg.explain:
         metrics["feature_importance"] = main.importance()
@@ -201,6 +205,10 @@ def _render(metrics: dict[str, Any], main: Predictions, cfg: EvaluateConfig) -> 
         rep.add("Counterfactual probe (group terms swapped)", table(
             ["records with group terms", "mean |change| in predicted-class probability", "max |change|", "flip rate"],
             [[cf["records"], cf.get("mean_abs_change"), cf.get("max_abs_change"), cf.get("flip_rate")]]))
+    if "probes" in metrics:
+        from shoestring.evaluate.probes import render_probes
+
+        rep.add("Counterfactual template probes", render_probes(metrics["probes"]))
     fi = metrics.get("feature_importance")
     if fi:
         rep.add("Feature importance", table(["feature", "mean |IG attribution|"], fi["features"]) +
