@@ -49,9 +49,11 @@ def test_accuracy(art: Path, ds: Path, seq_len: int) -> float:
 
     from shoestring.models import load_model, load_tokenizer
 
-    model = load_model(str(art), "classification").eval()
+    folder = art / ("adapter" if (art / "adapter").is_dir() else "model")
+    label_to_id = json.loads((folder / "labels.json").read_text())
+    id2label = {int(i): lab for lab, i in label_to_id.items()}
+    model = load_model(str(art), "classification", num_labels=len(id2label)).eval()
     tok = load_tokenizer(str(art))
-    id2label = model.config.id2label
     recs = [json.loads(line) for line in (ds / "test.jsonl").read_text().splitlines()]
     correct = 0
     with torch.no_grad():

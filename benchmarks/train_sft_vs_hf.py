@@ -115,6 +115,7 @@ def run_shoestring(args: argparse.Namespace, out: Path, variant: str) -> dict[st
         "packing": variant != "shoestring-padding",
         "precision": "bf16" if variant == "shoestring-bf16" else "fp32",
         "activation_checkpointing": variant == "shoestring-ckpt",
+        "bound_allocator": variant != "shoestring-unbounded",
     })  # fmt: skip
     ws = Workspace(out / f"ws-{variant}", console=Console(stderr=True, quiet=True))
     res = ws.run(stage, cfg, {"dataset": Artifact.load(ds)}, force=True)

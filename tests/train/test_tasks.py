@@ -31,6 +31,7 @@ def test_masked_lm_on_python_docs_then_fill_mask(tmp_path: Path) -> None:
     st = art.stats
     assert st["task"] == "masked-lm" and (art.path / "model" / "model.safetensors").is_file()
     assert st["mlm_head_init"] == ["transform=identity", "decoder_bias=log_unigram"]
+    assert art.manifest["cpu_allocator_bounded"] is True  # Linux/glibc: bounded before the model loaded
     # Consecutive paragraphs share rows (BERT-style), so there are fewer rows than paragraphs.
     assert st["rows"] < st["examples"]
     assert st["val_loss"] is not None and np.isfinite(st["val_loss"])

@@ -11,7 +11,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field
 
-from shoestring.core.config import ArtifactInput, StageConfig
+from shoestring.core.config import ArtifactInput, NotHashed, StageConfig
 from shoestring.train.privacy import PrivacyOptions
 from shoestring.train.recsys import RecsysOptions
 from shoestring.train.tabular import TabularOptions
@@ -164,6 +164,10 @@ class TrainConfig(StageConfig):
     """Number of training processes (torchrun / ray); one per GPU on CUDA, gloo processes on CPU."""
     strategy: Literal["ddp", "fsdp"] = "ddp"
     """Data-parallel strategy when devices > 1."""
+    bound_allocator: Annotated[bool, NotHashed()] = True
+    """CPU runs: fix glibc's mmap threshold at 64 KiB before the model loads, so peak RSS follows
+    live tensors (what the planner predicts) at the cost of page faults on every large
+    allocation (more system time). false = glibc's default heap behaviour."""
     threads: int | None = Field(None, ge=1)
     """CPU threads per process (torch.set_num_threads); default: torch's choice."""
 

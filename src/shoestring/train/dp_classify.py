@@ -136,7 +136,7 @@ def train_dp_classifier(cfg: TrainConfig, s: Settings, ctx: StageContext) -> dic
         ctx.extra_manifest["base_model"] = s.model
     write_metrics_jsonl(ctx.out_dir / "metrics.jsonl", result.rows)
     write_loss_png(ctx.out_dir / "loss.png", result.rows, "accuracy", f"DP-SGD {s.method} on {s.model}")
-    atomic_write_json(ctx.out_dir / "labels.json", {"labels": labels})
+    atomic_write_json(out / "labels.json", label_to_id)  # same place and shape as the LM loop's output
     stats: dict[str, Any] = {
         "task": "classification", "method": s.method, "model": s.model, "device": "cpu",
         "classes": len(labels), "rows": {k: len(v[2]) for k, v in t.items()}, "seq_len": int(t["train"][0].shape[1]),

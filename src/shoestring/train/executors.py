@@ -132,7 +132,7 @@ def worker_main(job: Path) -> None:
     rank = dist.get_rank()
     if s.device == "cuda":
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", rank)))
-    if s.device != "cuda":  # each worker process has its own heap to bound
+    if s.device != "cuda" and cfg.bound_allocator:  # each worker process has its own heap to bound
         from shoestring.plan.allocator import bound_cpu_allocator
 
         bound_cpu_allocator()

@@ -102,7 +102,7 @@ def _bound_allocator(cfg: TrainConfig) -> bool:
     """
     import torch
 
-    if cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available()):
+    if not cfg.bound_allocator or cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available()):
         return False
     from shoestring.plan.allocator import bound_cpu_allocator
 
