@@ -199,9 +199,19 @@ def main() -> None:
         from shoestring.plan.calibrate import calibrate
 
         cal = calibrate("full")
-        print(f"calibration: {cal['step_seconds_by_dtype']} s/step, utilisation {cal['utilisation_by_dtype']}, "
-              f"overhead {cal['framework_overhead_bytes'] / 2**20:.0f} MiB", file=sys.stderr, flush=True)
+        probes = [(p["precision"], p["batch"], p["seq_len"], round(p["step_seconds"], 4)) for p in cal["probes"]]
+        print(f"calibration: probes (precision, batch, seq, s/step) {probes}; utilisation {cal['utilisation_by_dtype']}, "
+              f"streaming B/s {cal['stream_rate_by_dtype']}, overhead {cal['framework_overhead_bytes'] / 2**20:.0f} MiB",
+              file=sys.stderr, flush=True)
     hw = load_hardware()
+    if args.rescore and hw.get("calibration", {}).get("probes"):
+        from shoestring.plan.calibrate import rederive
+        from shoestring.plan.hardware import save_hardware
+
+        hw["calibration"] = rederive(hw)  # same measured probe times, current time model
+        save_hardware(hw)
+        print(f"calibration re-derived: utilisation {hw['calibration']['utilisation_by_dtype']}, streaming B/s "
+              f"{hw['calibration']['stream_rate_by_dtype']}", file=sys.stderr)
     overhead = hw.get("calibration", {}).get("framework_overhead_bytes")
     root = Path(tempfile.mkdtemp(prefix="plan-acc-"))
     rows = []

@@ -242,7 +242,7 @@ class ActivationTrace:
     """One copy of the output logits (batch·seq·vocab for LMs) at the compute dtype."""
 
 
-def _sdpa_stand_in(device_kind: str, padded: bool) -> Any:
+def _sdpa_stand_in(device_kind: str, padded: bool, cast: Any = None) -> Any:
     """An SDPA stand-in for meta tracing that saves what the real device's kernel saves.
 
     On meta, ``scaled_dot_product_attention`` always takes the math path. The real kernels
@@ -294,6 +294,8 @@ def _sdpa_stand_in(device_kind: str, padded: bool) -> Any:
 
     def sdpa(q: Any, k: Any, v: Any, attn_mask: Any = None, dropout_p: float = 0.0, is_causal: bool = False,
              scale: Any = None, enable_gqa: bool = False) -> Any:
+        if cast is not None:  # autocast runs SDPA in the low precision
+            q, k, v = q.to(cast), k.to(cast), v.to(cast)
         if enable_gqa and k.shape[1] != q.shape[1]:
             rep = q.shape[1] // k.shape[1]
             k = k.repeat_interleave(rep, dim=1)
@@ -305,8 +307,26 @@ def _sdpa_stand_in(device_kind: str, padded: bool) -> Any:
     return sdpa
 
 
+def _autocast_linear(dtype: Any) -> Any:
+    """``F.linear`` as autocast runs it: input, weight and bias cast to ``dtype`` first.
+
+    The casts are new tensors, so the trace sees what autocast really keeps for backward:
+    the low-precision copies of the input and of the weight (one per call for frozen
+    weights, which autocast does not cache), while norms, residual adds and the loss stay
+    in the weights' fp32.
+    """
+    import torch.nn.functional as F
+
+    original = F.linear
+
+    def linear(x: Any, w: Any, b: Any = None) -> Any:
+        return original(x.to(dtype), w.to(dtype), None if b is None else b.to(dtype))
+
+    return linear
+
+
 def _trace(config: PretrainedConfig, task: str, batch: int, seq_len: int, trainable: str, dtype_name: str,
-           attn: str, device_kind: str) -> ActivationTrace:
+           attn: str, device_kind: str, autocast: bool = False) -> ActivationTrace:
     import copy
 
     import torch
@@ -317,7 +337,8 @@ def _trace(config: PretrainedConfig, task: str, batch: int, seq_len: int, traina
         config.pad_token_id = 0
     model = meta_model(config, task, attn)
     dtype = getattr(torch, dtype_name)
-    model.to(dtype)
+    if not autocast:  # pure low precision (or fp32): the weights themselves are in dtype
+        model.to(dtype)
     _set_trainable(model, trainable)
     n_layers = int(getattr(config.get_text_config(), "num_hidden_layers", 0) or 0)
     blocks = _layer_blocks(model, n_layers)
@@ -358,7 +379,11 @@ def _trace(config: PretrainedConfig, task: str, batch: int, seq_len: int, traina
     elif task == "classification":
         kwargs["labels"] = torch.zeros(batch, dtype=torch.long, device="meta")
     original = F.scaled_dot_product_attention
-    F.scaled_dot_product_attention = _sdpa_stand_in(device_kind, task in ("classification", "masked-lm"))
+    original_linear = F.linear
+    F.scaled_dot_product_attention = _sdpa_stand_in(device_kind, task in ("classification", "masked-lm"),
+                                                    dtype if autocast else None)
+    if autocast:
+        F.linear = _autocast_linear(dtype)
     try:
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
             out = model(**kwargs)
@@ -367,6 +392,7 @@ def _trace(config: PretrainedConfig, task: str, batch: int, seq_len: int, traina
                               f"{str(err).splitlines()[0]}") from None
     finally:
         F.scaled_dot_product_attention = original
+        F.linear = original_linear
         for h in hooks:
             h.remove()
     del out
@@ -425,20 +451,23 @@ def _add_meta_lora(model: torch.nn.Module, rank: int, dropout: float, targets: l
 
 def trace_activations(config: PretrainedConfig, task: str, batch: int, seq_len: int, *, trainable: str = "all",
                       dtype: str = "float32", attn_implementation: str = "sdpa",
-                      device_kind: str = "cpu") -> ActivationTrace:
+                      device_kind: str = "cpu", autocast: bool = False) -> ActivationTrace:
     """Saved-for-backward bytes of one forward at ``batch × seq_len`` (meta device, cached).
 
-    ``device_kind`` (``cpu`` / ``cuda``) picks which SDPA kernel the trace mirrors.
+    ``device_kind`` (``cpu`` / ``cuda``) picks which SDPA kernel the trace mirrors;
+    ``autocast`` keeps the weights fp32 and runs matmuls and attention in ``dtype``, as
+    mixed precision does (otherwise the whole model is in ``dtype``).
     """
     import json
 
     kernel = "cpu" if device_kind == "cpu" else "fused"
     key = (json.dumps(config.to_dict(), sort_keys=True, default=str), task, batch, seq_len, trainable, dtype,
-           attn_implementation, kernel)
+           attn_implementation, kernel, autocast)
     if key not in _TRACES:
         if len(_TRACES) > 256:
             _TRACES.clear()
-        _TRACES[key] = _trace(config, task, batch, seq_len, trainable, dtype, attn_implementation, kernel)
+        _TRACES[key] = _trace(config, task, batch, seq_len, trainable, dtype, attn_implementation, kernel,
+                              autocast)
     return _TRACES[key]
 
 

@@ -104,19 +104,12 @@ def _child(method: str, precision: str = "fp32", batch_size: int = BATCH, seq_le
 
 def calibrate(method: str = "full") -> dict[str, Any]:
     """Measure this machine with a real training step; store and return the calibration."""
-    from transformers import LlamaConfig
-
     from shoestring.core.errors import ShoestringError
-    from shoestring.plan.arch import describe_model
-    from shoestring.plan.flops import streamed_bytes, training_flops_per_token
     from shoestring.plan.hardware import load_hardware, save_hardware
-    from shoestring.plan.memory import TrainingSetup, estimate_training_memory
 
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
     hw = load_hardware()
     precisions = ["fp32"] + (["bf16"] if hw.get("cpu_bf16_flops") else [])
-    config = LlamaConfig(**{k: v for k, v in CALIBRATION_MODEL.items() if k != "model_type"})
-    shape = describe_model(config, "causal-lm")
     probes: list[dict[str, Any]] = []
     for precision in precisions:
         for batch_size, seq_len in ((BATCH, SEQ), SMALL_PROBE):
@@ -127,15 +120,8 @@ def calibrate(method: str = "full") -> dict[str, Any]:
                 tail = (out.stderr.strip().splitlines() or ["no output"])[-1]
                 raise ShoestringError(f"calibration step failed ({tail}); run `shoestring plan` without --calibrate")
             m = json.loads(lines[-1][len("CALIBRATION "):])
-            setup = TrainingSetup(method=method, micro_batch_size=batch_size, seq_len=seq_len,  # type: ignore[arg-type]
-                                  precision="fp32" if precision == "fp32" else "bf16-mixed")
-            mem = estimate_training_memory(config, shape, setup, framework_overhead=0)
-            flops = training_flops_per_token(shape, seq_len, mem.trainable_params,
-                                             lora=method in ("lora", "qlora")) * batch_size * seq_len
-            per_micro, per_step = streamed_bytes(mem, setup, shape)
-            probes.append({"precision": precision, "batch": batch_size, "seq_len": seq_len, "flops": flops,
-                           "streamed_bytes": per_micro + per_step, **m,
-                           "predicted_peak_without_overhead": int(mem.peak_bytes)})
+            probes.append({"precision": precision, "batch": batch_size, "seq_len": seq_len, "method": method, **m,
+                           **_probe_model(method, precision, batch_size, seq_len)})
     cal = derive_rates(probes, hw)
     fp32 = probes[0]
     cal.update({
@@ -153,6 +139,40 @@ def calibrate(method: str = "full") -> dict[str, Any]:
     })
     hw["calibration"] = cal
     save_hardware(hw)
+    return cal
+
+
+def _probe_model(method: str, precision: str, batch_size: int, seq_len: int) -> dict[str, Any]:
+    """The planner's FLOPs, streamed bytes and peak (no overhead) for one probe shape."""
+    from transformers import LlamaConfig
+
+    from shoestring.plan.arch import describe_model
+    from shoestring.plan.flops import streamed_bytes, training_flops_per_token
+    from shoestring.plan.memory import TrainingSetup, estimate_training_memory
+
+    config = LlamaConfig(**{k: v for k, v in CALIBRATION_MODEL.items() if k != "model_type"})
+    shape = describe_model(config, "causal-lm")
+    setup = TrainingSetup(method=method, micro_batch_size=batch_size, seq_len=seq_len,  # type: ignore[arg-type]
+                          precision="fp32" if precision == "fp32" else "bf16-mixed")
+    mem = estimate_training_memory(config, shape, setup, framework_overhead=0)
+    flops = training_flops_per_token(shape, seq_len, mem.trainable_params,
+                                     lora=method in ("lora", "qlora")) * batch_size * seq_len
+    per_micro, per_step = streamed_bytes(mem, setup, shape)
+    return {"flops": flops, "streamed_bytes": per_micro + per_step,
+            "predicted_peak_without_overhead": int(mem.peak_bytes)}
+
+
+def rederive(hw: dict[str, Any]) -> dict[str, Any]:
+    """Re-derive the stored calibration's rates from its *measured* probe times with the
+    current FLOP and streaming model (after a model change, without re-measuring)."""
+    cal = dict(hw.get("calibration", {}))
+    probes = cal.get("probes")
+    if not probes:
+        return cal
+    probes = [{**p, **_probe_model(p.get("method", "full"), p["precision"], p["batch"], p["seq_len"])} for p in probes]
+    cal.update(derive_rates(probes, hw), probes=probes)
+    cal["framework_overhead_bytes"] = max(0, int(probes[0]["peak_memory_bytes"]
+                                                 - probes[0]["predicted_peak_without_overhead"]))
     return cal
 
 

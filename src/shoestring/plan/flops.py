@@ -45,7 +45,7 @@ def chinchilla_flops(n_params: float, n_tokens: float) -> float:
     return 6.0 * n_params * n_tokens
 
 
-def matmul_params_per_token(shape: ModelShape) -> int:
+def matmul_params_per_token(shape: ModelShape, mlm_probability: float = 0.15) -> int:
     """Weights one token multiplies by: every ``nn.Linear`` the model runs per position.
 
     This counts a *tied* output head (its weight is the embedding matrix, so ``6·N`` rules
@@ -57,8 +57,20 @@ def matmul_params_per_token(shape: ModelShape) -> int:
     if not shape.linear_shapes:
         return shape.non_embedding_params
     per_sequence = ("pooler", "classifier") if shape.task == "classification" else ()
-    return sum(a * b for name, (a, b) in shape.linear_shapes.items()
-               if not any(part in per_sequence for part in name.split(".")))
+    total = 0.0
+    for name, (a, b) in shape.linear_shapes.items():
+        if any(part in per_sequence for part in name.split(".")):
+            continue
+        # The trainer runs a masked-LM head (transform + vocabulary decoder) only on the
+        # masked positions (train/modeling.py), a fraction mlm_probability of the tokens.
+        share = mlm_probability if shape.task == "masked-lm" and name.split(".")[0] in _MLM_HEADS else 1.0
+        total += share * a * b
+    return int(total)
+
+
+_MLM_HEADS = ("cls", "lm_head", "vocab_transform", "vocab_projector", "head", "decoder", "generator_lm_head",
+              "generator_predictions", "predictions")
+"""First name component of the masked-LM heads of BERT, RoBERTa, DistilBERT, ModernBERT, ELECTRA."""
 
 
 def training_flops_per_token(shape: ModelShape, seq_len: int, trainable: int, *, checkpointing: bool = False,

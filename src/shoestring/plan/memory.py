@@ -212,7 +212,8 @@ def estimate_training_memory(
 
     act_dtype = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}[s.compute_dtype]
     tr = trace_activations(config, s.task, s.micro_batch_size, s.seq_len, trainable=_trainable_spec(s),
-                           dtype=act_dtype, attn_implementation=s.attn_implementation, device_kind=s.device_kind)
+                           dtype=act_dtype, attn_implementation=s.attn_implementation, device_kind=s.device_kind,
+                           autocast=s.precision in ("bf16-mixed", "fp16-mixed"))
     if s.activation_checkpointing and shape.n_layers > 0:
         # Each block keeps only its input; one block's activations exist during its recompute.
         activations = tr.layer_input_bytes * shape.n_layers + tr.per_layer_bytes + tr.head_bytes
@@ -225,19 +226,16 @@ def estimate_training_memory(
     logits = 2 * fp32_logits
     if s.task == "masked-lm":
         # The trainer's masked-LM loss (train/modeling.py) is not the one the trace runs: it
-        # takes the full (B, T, V) logits, keeps only the masked rows (N ≈ p·B·T) and runs
-        # cross-entropy on those, so what is saved is an (N, V) log-softmax, not the traced
-        # (B, T, V) one; the full logits are live at the end of the forward, and in backward
-        # the index's gradient is scattered back into a full (B, T, V) zero tensor while the
-        # (N, V) gradients are still alive. Either moment: one full buffer + ~2 (N, V) ones.
-        activations -= tr.logits_bytes
-        logits = int(fp32_logits * (1 + 2 * s.mlm_probability))
+        # runs the encoder once and the MLM head only on the masked rows (N = p·B·T), so the
+        # loss saves an (N, V) log-softmax instead of the traced (B, T, V) one, and backward
+        # adds two (N, V) buffers, as in the causal case.
+        activations += int(s.mlm_probability * fp32_logits) - tr.logits_bytes
+        logits = int(2 * s.mlm_probability * fp32_logits)
     # The optimizer step: torch's foreach AdamW (what the trainer uses) keeps one temporary
-    # per trainable parameter; autocast caches a low-precision copy of every Linear weight
-    # for the duration of the forward.
+    # per trainable parameter.
+    # (Autocast's low-precision weight copies are in the traced activations: the matmuls
+    # save them for backward.)
     temps = 4 * trainable
-    if s.precision in ("bf16-mixed", "fp16-mixed"):
-        temps += 2 * sum(a * b for a, b in shape.linear_shapes.values()) // (n if par in ("zero3", "fsdp") else 1)
     overhead = framework_overhead if framework_overhead is not None else (
         CPU_FRAMEWORK_OVERHEAD_BYTES if s.device_kind == "cpu" else 0)
     # Two moments bound the peak: the start of backward (everything saved plus the logits'
@@ -252,7 +250,8 @@ def estimate_training_memory(
         weights=weights, gradients=grads, optimizer_states=opt, activations=activations, logits_buffers=logits,
         temporary_buffers=temps, framework_overhead=overhead, peak_bytes=peak, required_bytes=required,
         trainable_params=trainable, total_params=shape.n_params, peak_phase=phase,
-        traced_activations=tr.saved_bytes - (tr.logits_bytes if s.task == "masked-lm" else 0),
+        traced_activations=tr.saved_bytes + (int(s.mlm_probability * fp32_logits) - tr.logits_bytes
+                                             if s.task == "masked-lm" else 0),
     )
 
 
