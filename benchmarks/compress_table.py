@@ -112,6 +112,7 @@ def main() -> None:
 
             note = ", ".join(sorted({m.backend for m in quantized_modules(child).values()}))
         rows.append(_row(method, rep, time.perf_counter() - t0, note))
+        print(rows[-1], flush=True)  # a row per method as it finishes, so a killed run keeps its rows
         del child
     print(
         f"\n{spec}: {blocks.shape[0]}x{blocks.shape[1]} held-out tokens, {args.threads} threads, "

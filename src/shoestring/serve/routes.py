@@ -321,5 +321,11 @@ async def recommend(body: RecommendRequest, request: Request) -> JSONResponse:
     state.require_task("recommendation")
     (items,) = await _run_task(request, state, [(list(body.history), body.k)])
     state.observe_drift({"history_length": len(body.history)})
-    return JSONResponse({"object": "list", "data": [{"rank": i + 1, "item": it} for i, it in enumerate(items)],
-                         "model": state.loaded.name})  # fmt: skip
+    data = []
+    for i, it in enumerate(items):
+        # Trained recommenders return (item_id, score) pairs; a bare item id is accepted too.
+        if isinstance(it, (tuple, list)) and len(it) == 2:
+            data.append({"rank": i + 1, "item": it[0], "score": float(it[1])})
+        else:
+            data.append({"rank": i + 1, "item": it})
+    return JSONResponse({"object": "list", "data": data, "model": state.loaded.name})
