@@ -100,7 +100,7 @@ def main() -> None:
     for name in ("knn_accuracy_difference", "mrr_difference"):
         d = c[name]
         print(f"{name} (int8 - fp32): {ci(d['difference'])}, permutation p {d['p_value_permutation']:.3g}, "
-              f"{d['a_better']} int8 better / {d['b_better']} fp32 better / {d['ties']} ties")
+              f"{d['b_better']} records int8 higher / {d['a_better']} fp32 higher / {d['ties']} ties")
 
 
 if __name__ == "__main__":
