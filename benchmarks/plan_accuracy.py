@@ -168,7 +168,8 @@ def predict(spec: dict[str, Any], overhead: int | None) -> dict[str, Any]:
     mem = estimate_training_memory(config, shape, setup, framework_overhead=overhead)
     dev = cpu_device()
     fpt = training_flops_per_token(shape, spec["seq_len"], mem.trainable_params, checkpointing=spec["ckpt"],
-                                   lora=spec["method"] == "lora")
+                                   lora=spec["method"] == "lora",
+                                   backward_layers=2 if spec["method"] == "frozen" else None)
     run = estimate_run(flops_per_token=fpt, tokens_per_step=spec["mbs"] * spec["seq_len"], steps=1,
                        peak_flops=dev.flops_for(setup.compute_dtype), utilisation=dev.utilisation_for(setup.compute_dtype),
                        devices=1, usd_per_hour=0.0, stream_bytes_per_step=sum(streamed_bytes(mem, setup, shape)),

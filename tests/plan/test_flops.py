@@ -57,3 +57,13 @@ def test_two_probes_recover_both_rates() -> None:
     cal = derive_rates(probes, hw)
     assert "fp32" not in cal["stream_rate_by_dtype"]
     assert cal["utilisation"] == pytest.approx(5.0e10 / probes[0]["step_seconds"] / 1.0e11)
+
+
+def test_frozen_lower_blocks_get_no_backward() -> None:
+    shape = describe_model(_config(True), "causal-lm")
+    full = training_flops_per_token(shape, 128, shape.n_params)
+    top1 = training_flops_per_token(shape, 128, shape.layer_param_counts[-1], backward_layers=1)
+    all2 = training_flops_per_token(shape, 128, shape.layer_param_counts[-1], backward_layers=2)
+    # One of two blocks frozen: its input-gradient matmuls (2 per weight) and attention backward drop out.
+    assert all2 - top1 == pytest.approx(2 * shape.layer_param_counts[0] + 2 * 2 * 128 * 4 * 16 / 2, rel=0.01)
+    assert top1 < all2 < full

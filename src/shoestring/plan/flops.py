@@ -74,7 +74,7 @@ _MLM_HEADS = ("cls", "lm_head", "vocab_transform", "vocab_projector", "head", "d
 
 
 def training_flops_per_token(shape: ModelShape, seq_len: int, trainable: int, *, checkpointing: bool = False,
-                             lora: bool = False) -> float:
+                             lora: bool = False, backward_layers: int | None = None) -> float:
     """Training FLOPs per token: forward, backward and (optional) recompute, with attention.
 
     ``trainable`` parameters get weight gradients (capped at the matmul weights); with
@@ -89,8 +89,15 @@ def training_flops_per_token(shape: ModelShape, seq_len: int, trainable: int, *,
     forward = 2.0 * n + attn + 2.0 * adapters
     # backward: activation gradients through every weight (2N) and through attention
     # (dQ, dK, dV: twice its forward), plus weight gradients for the trainable weights only.
+    # With only the top ``backward_layers`` blocks trainable (method=frozen) autograd stops
+    # below the lowest of them: the frozen blocks' matmuls and attention get no backward.
+    n_back, attn_back = float(n), attn
+    if backward_layers is not None and shape.n_layers and shape.layer_param_counts:
+        frozen = shape.n_layers - min(backward_layers, shape.n_layers)
+        n_back = max(0.0, n - float(sum(shape.layer_param_counts[:frozen])))
+        attn_back = attn * (shape.n_layers - frozen) / shape.n_layers
     weight_grads = 2.0 * adapters if lora else 2.0 * min(trainable, n)
-    backward = 2.0 * n + 2.0 * attn + 2.0 * adapters + weight_grads
+    backward = 2.0 * n_back + 2.0 * attn_back + 2.0 * adapters + weight_grads
     recompute = forward if checkpointing else 0.0
     return forward + backward + recompute
 

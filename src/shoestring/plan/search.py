@@ -93,7 +93,8 @@ def evaluate(config: PretrainedConfig, shape: ModelShape, setup: TrainingSetup, 
     steps = max(1, math.ceil(work.sequences * work.epochs / seqs_per_step))
     fpt = training_flops_per_token(shape, setup.seq_len, mem.trainable_params,
                                    checkpointing=setup.activation_checkpointing,
-                                   lora=setup.method in ("lora", "qlora"))
+                                   lora=setup.method in ("lora", "qlora"),
+                                   backward_layers=setup.trainable_layers if setup.method == "frozen" else None)
     comm = _comm_seconds(setup, shape, mem, device)
     # Every device runs `accum` micro-batches per step in parallel with the others, so the
     # step time is one device's work; the bill is for all devices.
