@@ -69,13 +69,15 @@ def test_prefill_failure_fails_only_its_group_and_the_thread_serves_on(model: An
         loop = asyncio.get_running_loop()
         long = GenRequest(prompt_ids=[1, 2, 3, 4], max_new_tokens=40, loop=loop)
         s.submit(long)
-        await asyncio.sleep(0.05)  # the long request is decoding when the bad one joins
+        kind, first = await asyncio.wait_for(long.events.get(), 60)  # decoding when the bad one joins
+        assert kind == "token"
         bad = GenRequest(prompt_ids=[5, vocab + 7, 6], max_new_tokens=8, loop=loop)  # IndexError in the embedding
         t0 = time.monotonic()
         s.submit(bad)
         bad_out = await _drain(bad)
         bad_s = time.monotonic() - t0
-        long_out = await _drain(long)
+        long_toks, long_term = await _drain(long)
+        long_out = ([first, *long_toks], long_term)
         after = GenRequest(prompt_ids=[7, 8, 9], max_new_tokens=5, loop=loop)
         s.submit(after)
         return [bad_out, bad_s, long_out, await _drain(after)]
