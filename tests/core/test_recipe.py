@@ -14,7 +14,15 @@ RECIPES = sorted((Path(__file__).resolve().parents[2] / "recipes").glob("*.yaml"
 @pytest.mark.parametrize("recipe", RECIPES, ids=[r.name for r in RECIPES])
 def test_every_shipped_recipe_parses(recipe: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(recipe.parents[1])  # recipes use paths relative to the repo root
-    parsed, stages = load_recipe(recipe)
+    try:
+        parsed, stages = load_recipe(recipe)
+    except ShoestringError as err:
+        # A recipe may start from another recipe's artifacts (compress.yaml starts from the
+        # quickstart's); on a checkout where that recipe has not run, the one-line error
+        # must say so, and nothing else may fail.
+        if "run that recipe first" not in str(err):
+            raise
+        pytest.skip(f"{recipe.name} needs another recipe's artifacts, not built here: {err}")
     assert stages, f"{recipe} has no stages"
     assert parsed.description, f"{recipe} needs a description for `shoestring recipes list`"
 

@@ -107,9 +107,14 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> tuple[R
             ref = getattr(cfg, fname)
             if isinstance(ref, str) and ref not in seen and not marker.external_ok and not Path(ref).is_dir():
                 known = ", ".join(sorted(seen)) or "none"
+                hint = (
+                    "it lives in another recipe's workspace: run that recipe first (the quickstart: `make demo`)"
+                    if "/" in ref and ".shoestring" in Path(ref).parts
+                    else "fix the reference"
+                )
                 raise ShoestringError(
                     f"{where}.{fname}: '{ref}' is neither an earlier stage id (earlier: {known}) "
-                    "nor an artifact folder; fix the reference"
+                    f"nor an artifact folder; {hint}"
                 )
         planned.append(PlannedStage(sid, stage, cfg))
         seen.add(sid)
