@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import logging
 import sys
 from pathlib import Path
 
@@ -128,6 +129,9 @@ def _click_exceptions() -> tuple[tuple[type[BaseException], ...], ...]:
 def main() -> None:
     """Entry point: user errors become one line on stderr and exit code 2."""
     exit_types, abort_types, click_errors = _click_exceptions()
+    # bitsandbytes (imported by transformers/peft) warns on every CPU import that an optional
+    # hub-downloaded 4-bit kernel is missing; QLoRA needs CUDA anyway, so it is only noise.
+    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
     try:
         app(standalone_mode=False)
     except ShoestringError as err:

@@ -21,6 +21,7 @@ import json
 import os
 import re
 import shutil
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -244,7 +245,10 @@ def load_model(
     if ref.adapter:
         from peft import PeftModel
 
-        model = PeftModel.from_pretrained(model, ref.adapter)
+        with warnings.catch_warnings():
+            # peft reads a transformers property deprecated in 5.x; not actionable for users.
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+            model = PeftModel.from_pretrained(model, ref.adapter)
     return model
 
 
