@@ -162,7 +162,7 @@ def distill(
         opt.step()
         losses.append(float(loss.detach()))
         if log is not None and (step + 1) % max(1, settings.steps // 10) == 0:
-            log(f"distill step {step + 1}/{settings.steps} loss {float(loss):.4f}")
+            log(f"distill step {step + 1}/{settings.steps} loss {float(loss.detach()):.4f}")
         if work_dir is not None and (step + 1) % settings.ckpt_every == 0 and step + 1 < settings.steps:
             _save_ckpt(work_dir, student, opt, step + 1, losses)
     student.eval()
