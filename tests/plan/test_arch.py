@@ -16,7 +16,7 @@ def _config() -> LlamaConfig:
                        num_key_value_heads=2, vocab_size=512, max_position_embeddings=512, tie_word_embeddings=False)
 
 
-def _real_saved_bytes(model: torch.nn.Module, batch: int, seq: int) -> int:
+def _saved_bytes_of(model: torch.nn.Module, backward: bool = False, **inputs: torch.Tensor) -> int:
     """Saved-for-backward bytes of a real CPU forward, deduplicated by storage, params excluded."""
     seen: dict[int, int] = {}
     params = {p.untyped_storage().data_ptr() for p in model.parameters()}
@@ -27,10 +27,16 @@ def _real_saved_bytes(model: torch.nn.Module, batch: int, seq: int) -> int:
             seen[st.data_ptr()] = st.nbytes()
         return t
 
-    ids = torch.randint(0, 512, (batch, seq))
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        model(input_ids=ids, labels=ids)
+        out = model(**inputs)
+        if backward:
+            out.loss.backward()
     return sum(seen.values())
+
+
+def _real_saved_bytes(model: torch.nn.Module, batch: int, seq: int) -> int:
+    ids = torch.randint(0, 512, (batch, seq))
+    return _saved_bytes_of(model, input_ids=ids, labels=ids)
 
 
 @pytest.mark.parametrize("method", ["full", "lora"])
@@ -93,20 +99,10 @@ def test_meta_trace_matches_a_real_padded_bert(task: str, attention_dropout: flo
     mask = torch.ones(batch, seq, dtype=torch.long)
     mask[1:, seq // 3:] = 0  # right padding, as the trainer's collate writes it
     labels = torch.zeros(batch, dtype=torch.long) if task == "classification" else ids
-    seen: dict[int, int] = {}
-    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
-
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        st = t.untyped_storage()
-        if st.data_ptr() not in params:
-            seen[st.data_ptr()] = st.nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        model(input_ids=ids, attention_mask=mask, labels=labels).loss.backward()
+    real = _saved_bytes_of(model, backward=True, input_ids=ids, attention_mask=mask, labels=labels)
     traced = trace_activations(config, task, batch, seq)
     # Measured: exact (0 bytes apart) for all four cases on torch 2.13.
-    assert traced.saved_bytes == pytest.approx(sum(seen.values()), rel=0.01)
+    assert traced.saved_bytes == pytest.approx(real, rel=0.01)
     scores = batch * 4 * seq * seq * 4  # one (B, heads, T, T) fp32 tensor
     fused = trace_activations(config, task, batch, seq, device_kind="cuda").saved_bytes  # CUDA kernels: fused
     if attention_dropout > 0:  # CPU: the math kernel's softmax, dropout noise and dropped probabilities
