@@ -35,35 +35,33 @@ from typing import Any
 SMOL = "smollm2-135m-instruct"
 MINILM = "all-minilm-l6-v2"
 
+# The two from-scratch Llama shapes (SmolLM2's config resized; vocabulary kept).
+LLAMA_4L = {"num_hidden_layers": 4, "hidden_size": 256, "intermediate_size": 688,
+            "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 64}
+LLAMA_8L = {"num_hidden_layers": 8, "hidden_size": 512, "intermediate_size": 1376,
+            "num_attention_heads": 8, "num_key_value_heads": 4, "head_dim": 64}
+
 # name, base, overrides, task, method, seq_len, micro-batch, precision, checkpointing, pretrained
 CONFIGS: list[dict[str, Any]] = [
-    {"name": "llama-4L-h256 full fp32", "base": SMOL, "over": {"num_hidden_layers": 4, "hidden_size": 256,
-     "intermediate_size": 688, "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 64},
+    {"name": "llama-4L-h256 full fp32", "base": SMOL, "over": LLAMA_4L,
      "task": "causal-lm", "method": "full", "seq_len": 256, "mbs": 4, "precision": "fp32", "ckpt": False},
-    {"name": "llama-4L-h256 full fp32 seq1024", "base": SMOL, "over": {"num_hidden_layers": 4, "hidden_size": 256,
-     "intermediate_size": 688, "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 64},
+    {"name": "llama-4L-h256 full fp32 seq1024", "base": SMOL, "over": LLAMA_4L,
      "task": "causal-lm", "method": "full", "seq_len": 1024, "mbs": 2, "precision": "fp32", "ckpt": False},
-    {"name": "llama-4L-h256 full fp32 ckpt", "base": SMOL, "over": {"num_hidden_layers": 4, "hidden_size": 256,
-     "intermediate_size": 688, "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 64},
+    {"name": "llama-4L-h256 full fp32 ckpt", "base": SMOL, "over": LLAMA_4L,
      "task": "causal-lm", "method": "full", "seq_len": 1024, "mbs": 2, "precision": "fp32", "ckpt": True},
-    {"name": "llama-4L-h256 full bf16", "base": SMOL, "over": {"num_hidden_layers": 4, "hidden_size": 256,
-     "intermediate_size": 688, "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 64},
+    {"name": "llama-4L-h256 full bf16", "base": SMOL, "over": LLAMA_4L,
      "task": "causal-lm", "method": "full", "seq_len": 512, "mbs": 4, "precision": "bf16", "ckpt": False},
-    {"name": "llama-8L-h512 full fp32", "base": SMOL, "over": {"num_hidden_layers": 8, "hidden_size": 512,
-     "intermediate_size": 1376, "num_attention_heads": 8, "num_key_value_heads": 4, "head_dim": 64},
+    {"name": "llama-8L-h512 full fp32", "base": SMOL, "over": LLAMA_8L,
      "task": "causal-lm", "method": "full", "seq_len": 512, "mbs": 2, "precision": "fp32", "ckpt": False},
-    {"name": "llama-8L-h512 lora fp32", "base": SMOL, "over": {"num_hidden_layers": 8, "hidden_size": 512,
-     "intermediate_size": 1376, "num_attention_heads": 8, "num_key_value_heads": 4, "head_dim": 64},
+    {"name": "llama-8L-h512 lora fp32", "base": SMOL, "over": LLAMA_8L,
      "task": "causal-lm", "method": "lora", "seq_len": 512, "mbs": 4, "precision": "fp32", "ckpt": False},
-    {"name": "llama-8L-h512 lora ckpt", "base": SMOL, "over": {"num_hidden_layers": 8, "hidden_size": 512,
-     "intermediate_size": 1376, "num_attention_heads": 8, "num_key_value_heads": 4, "head_dim": 64},
+    {"name": "llama-8L-h512 lora ckpt", "base": SMOL, "over": LLAMA_8L,
      "task": "causal-lm", "method": "lora", "seq_len": 512, "mbs": 4, "precision": "fp32", "ckpt": True},
     {"name": "smollm2-135M lora fp32 (quickstart)", "base": SMOL, "over": {}, "pretrained": True,
      "task": "causal-lm", "method": "lora", "seq_len": 256, "mbs": 4, "precision": "fp32", "ckpt": False},
     {"name": "smollm2-135M lora bf16", "base": SMOL, "over": {}, "pretrained": True,
      "task": "causal-lm", "method": "lora", "seq_len": 256, "mbs": 2, "precision": "bf16", "ckpt": False},
-    {"name": "llama-8L-h512 frozen top-2", "base": SMOL, "over": {"num_hidden_layers": 8, "hidden_size": 512,
-     "intermediate_size": 1376, "num_attention_heads": 8, "num_key_value_heads": 4, "head_dim": 64},
+    {"name": "llama-8L-h512 frozen top-2", "base": SMOL, "over": LLAMA_8L,
      "task": "causal-lm", "method": "frozen", "seq_len": 512, "mbs": 2, "precision": "fp32", "ckpt": False},
     {"name": "bert-6L mlm full fp32", "base": MINILM, "over": {},
      "task": "masked-lm", "method": "full", "seq_len": 256, "mbs": 8, "precision": "fp32", "ckpt": False},
