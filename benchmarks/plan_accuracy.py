@@ -143,40 +143,60 @@ def run_one(spec: dict[str, Any]) -> dict[str, Any]:
             "trainable": st.get("trainable_parameters"), "parameters": st.get("parameters")}
 
 
-def predict(spec: dict[str, Any], overhead: int | None) -> dict[str, Any]:
-    """Parent process: the planner's prediction for the same configuration."""
-    from accelerate.commands.estimate import estimate_training_usage
-    from accelerate.utils import calculate_maximum_sizes
+def _setup(spec: dict[str, Any]) -> Any:
+    from shoestring.plan.memory import TrainingSetup
 
-    from shoestring.plan.arch import describe_model, load_model_config, meta_model
-    from shoestring.plan.flops import estimate_run, streamed_bytes, training_flops_per_token
-    from shoestring.plan.hardware import cpu_device
-    from shoestring.plan.memory import TrainingSetup, estimate_training_memory
-
-    config = load_model_config(spec["model"])
-    task = spec["task"]
-    if task == "classification":
-        config.num_labels = 2
-    shape = describe_model(config, task)
-    setup = TrainingSetup(
-        task=task, method=spec["method"], trainable_layers=2, precision="bf16-mixed" if spec["precision"] == "bf16" else "fp32",
+    return TrainingSetup(
+        task=spec["task"], method=spec["method"], trainable_layers=2,
+        precision="bf16-mixed" if spec["precision"] == "bf16" else "fp32",
         activation_checkpointing=spec["ckpt"], micro_batch_size=spec["mbs"], seq_len=spec["seq_len"],
         device_kind="cpu",
     )
-    mem = estimate_training_memory(config, shape, setup, framework_overhead=overhead)
+
+
+def _config(spec: dict[str, Any]) -> Any:
+    from shoestring.plan.arch import load_model_config
+
+    config = load_model_config(spec["model"])
+    if spec["task"] == "classification":
+        config.num_labels = 2
+    return config
+
+
+def calibrate_row(spec: dict[str, Any]) -> float:
+    """`--calibrate`'s shape timing for one configuration (cached per machine); seconds it took."""
+    from shoestring.plan.calibrate import calibrate_shapes
+
+    t0 = time.perf_counter()
+    calibrate_shapes(_config(spec), _setup(spec))
+    return time.perf_counter() - t0
+
+
+def predict(spec: dict[str, Any], overhead: int | None) -> dict[str, Any]:
+    """Parent process: the planner's prediction for the same configuration, through the
+    search's own costing of one candidate (``shoestring.plan.search.evaluate``)."""
+    from accelerate.commands.estimate import estimate_training_usage
+    from accelerate.utils import calculate_maximum_sizes
+
+    from shoestring.plan.arch import describe_model, meta_model
+    from shoestring.plan.hardware import cpu_device
+    from shoestring.plan.search import Workload, evaluate, measured_matmul_seconds
+
+    config = _config(spec)
+    task = spec["task"]
+    shape = describe_model(config, task)
+    setup = _setup(spec)
     dev = cpu_device()
-    fpt = training_flops_per_token(shape, spec["seq_len"], mem.trainable_params, checkpointing=spec["ckpt"],
-                                   lora=spec["method"] == "lora",
-                                   backward_layers=2 if spec["method"] == "frozen" else None)
-    run = estimate_run(flops_per_token=fpt, tokens_per_step=spec["mbs"] * spec["seq_len"], steps=1,
-                       peak_flops=dev.flops_for(setup.compute_dtype), utilisation=dev.utilisation_for(setup.compute_dtype),
-                       devices=1, usd_per_hour=0.0, stream_bytes_per_step=sum(streamed_bytes(mem, setup, shape)),
-                       stream_rate=dev.stream_rate_for(setup.compute_dtype))
-    step = run.step_seconds
+    cand = evaluate(config, shape, setup, Workload(sequences=spec["mbs"], tokens_per_sequence=spec["seq_len"],
+                                                   batch_size=spec["mbs"]),
+                    dev, memory_limit=2**62, framework_overhead=overhead, grad_accum=1)
+    mem = cand.memory
+    step = cand.run.step_seconds
+    shaped = measured_matmul_seconds(config, setup, dev)
     total, _largest = calculate_maximum_sizes(meta_model(config, task))
     acc = max(estimate_training_usage(total, "bfloat16" if spec["precision"] == "bf16" else "float32").values())
     return {"peak_memory_bytes": mem.peak_bytes, "terms": mem.terms(), "step_seconds": step,
-            "accelerate_bytes": int(acc), "trainable": mem.trainable_params}
+            "matmul_seconds": shaped, "accelerate_bytes": int(acc), "trainable": mem.trainable_params}
 
 
 def main() -> None:
@@ -197,7 +217,11 @@ def main() -> None:
     if args.calibrate:
         from shoestring.plan.calibrate import calibrate
 
+        t_cal = time.perf_counter()
         cal = calibrate("full")
+        print(f"calibration probes + probe shapes: {time.perf_counter() - t_cal:.1f} s "
+              f"(shape timing {cal.get('shape_seconds')} s); shape model {cal.get('shape_model')}",
+              file=sys.stderr, flush=True)
         probes = [(p["precision"], p["batch"], p["seq_len"], round(p["step_seconds"], 4)) for p in cal["probes"]]
         print(f"calibration: probes (precision, batch, seq, s/step) {probes}; utilisation {cal['utilisation_by_dtype']}, "
               f"streaming B/s {cal['stream_rate_by_dtype']}, overhead {cal['framework_overhead_bytes'] / 2**20:.0f} MiB",
@@ -227,7 +251,9 @@ def main() -> None:
         model = SMOL if spec.get("pretrained") else str(_model_folder(spec["base"], spec["over"], root))
         spec.update(model=model, workspace=str(root / f"ws{i}"),
                     dataset=str(_dataset(root, spec["task"] == "classification")))
+        shape_s = calibrate_row(spec) if args.calibrate else None
         pred = predict(spec, overhead)
+        pred["shape_calibration_seconds"] = shape_s
         t0 = time.time()
         env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
         out = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], capture_output=True, text=True,
@@ -243,7 +269,8 @@ def main() -> None:
         err = pred["peak_memory_bytes"] / meas["peak_memory_bytes"] - 1
         print(f"[{i}] {spec['name']}: measured {meas['peak_memory_bytes'] / 2**20:.0f} MiB, predicted "
               f"{pred['peak_memory_bytes'] / 2**20:.0f} MiB ({err:+.1%}); step {meas['step_seconds']:.3f}s vs "
-              f"{pred['step_seconds']:.3f}s", file=sys.stderr, flush=True)
+              f"{pred['step_seconds']:.3f}s ({pred['step_seconds'] / meas['step_seconds'] - 1:+.1%}; matmul+attention "
+              f"{pred['matmul_seconds']}; shapes timed in {shape_s} s)", file=sys.stderr, flush=True)
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))
     print("| # | configuration | measured peak MiB | ours MiB | ours err | accelerate MiB | accelerate err |"

@@ -12,7 +12,12 @@ reports the median step time and the peak. From them:
   autocast (the trainer's ``precision: bf16``), because on a CPU autocast's casts and the
   non-matmul work do not speed up with the bf16 matmul units (one fp32 figure would
   predict a bf16 step 2-3x too fast);
-* ``framework_overhead_bytes`` = measured peak - the planner's prediction without overhead.
+* ``framework_overhead_bytes`` = measured peak - the planner's prediction without overhead;
+* the shape-timed model (:mod:`shoestring.plan.shapes`): the probes' own Linear, attention,
+  loss and optimizer calls are timed, and the rest of each probe step (norms, activation
+  functions, residual adds, casts) against its streamed bytes gives that model's streaming
+  rate per precision (``shape_model``). :func:`calibrate_shapes` then times a planned
+  model's shapes; a plan uses them whenever they are cached.
 
 All are stored in the hardware cache and used by every later plan on this machine.
 """
@@ -36,13 +41,21 @@ CALIBRATION_MODEL: dict[str, Any] = {
     "max_position_embeddings": 1024, "tie_word_embeddings": True,
 }
 """A 4-layer GQA Llama (~5M parameters): seconds per step on 2 cores, same kernels as bigger ones."""
+WIDE_MODEL: dict[str, Any] = {**CALIBRATION_MODEL, "hidden_size": 512, "intermediate_size": 1376,
+                               "num_hidden_layers": 6, "num_attention_heads": 8, "num_key_value_heads": 4}
+"""A wider, deeper probe (~27M parameters): its step has another balance of matmul, attention
+and elementwise work than the 256-wide one, so the shape-timed model's two constants are
+fitted over different shapes (see :func:`derive_shape_rates`)."""
+PROBE_MODELS = {"base": CALIBRATION_MODEL, "wide": WIDE_MODEL}
 BATCH, SEQ, STEPS = 4, 256, 4
 SMALL_PROBE = (1, 32)
+WIDE_PROBE = (2, 512)
 """A second probe of few tokens: its step is mostly the optimizer's streaming, which separates
 the streaming rate from the matmul rate (see :mod:`shoestring.plan.flops`)."""
 
 
-def _child(method: str, precision: str = "fp32", batch_size: int = BATCH, seq_len: int = SEQ) -> dict[str, Any]:
+def _child(method: str, precision: str = "fp32", batch_size: int = BATCH, seq_len: int = SEQ,
+           model_name: str = "base") -> dict[str, Any]:
     """Runs in the subprocess: real steps through the trainer's modules; returns measurements."""
     from shoestring.plan.allocator import bound_cpu_allocator
 
@@ -53,9 +66,8 @@ def _child(method: str, precision: str = "fp32", batch_size: int = BATCH, seq_le
 
     meter = PeakMemoryMeter("cpu")
     meter.__enter__()
-    from transformers import LlamaConfig
 
-    config = LlamaConfig(**{k: v for k, v in CALIBRATION_MODEL.items() if k != "model_type"})
+    config = _probe_config(model_name)
     try:  # the trainer's own path when it is installed
         from shoestring.train.modeling import LossModule, _apply_lora
 
@@ -80,7 +92,11 @@ def _child(method: str, precision: str = "fp32", batch_size: int = BATCH, seq_le
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-4, foreach=True)
     ids = torch.randint(0, config.vocab_size, (batch_size, seq_len), generator=torch.Generator().manual_seed(0))
-    batch = {"input_ids": ids, "labels": ids.clone(), "position_ids": torch.arange(seq_len).repeat(batch_size, 1)}
+    # Packed rows as the trainer feeds them: position ids restart at each document (two per
+    # row here), so transformers builds the same boolean block mask and attention kernel.
+    half = seq_len // 2
+    pos = torch.cat([torch.arange(half), torch.arange(seq_len - half)]).repeat(batch_size, 1)
+    batch = {"input_ids": ids, "labels": ids.clone(), "position_ids": pos}
     times = []
     for _ in range(STEPS + 1):
         t0 = time.perf_counter()
@@ -112,17 +128,22 @@ def calibrate(method: str = "full") -> dict[str, Any]:
     precisions = ["fp32"] + (["bf16"] if hw.get("cpu_bf16_flops") else [])
     probes: list[dict[str, Any]] = []
     for precision in precisions:
-        for batch_size, seq_len in ((BATCH, SEQ), SMALL_PROBE):
-            cmd = [sys.executable, "-m", "shoestring.plan.calibrate", method, precision, str(batch_size), str(seq_len)]
+        for name, (batch_size, seq_len) in (("base", (BATCH, SEQ)), ("base", SMALL_PROBE), ("wide", WIDE_PROBE)):
+            cmd = [sys.executable, "-m", "shoestring.plan.calibrate", method, precision, str(batch_size), str(seq_len),
+                   name]
             out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
             lines = [x for x in out.stdout.splitlines() if x.startswith("CALIBRATION ")]
             if out.returncode != 0 or not lines:
                 tail = (out.stderr.strip().splitlines() or ["no output"])[-1]
                 raise ShoestringError(f"calibration step failed ({tail}); run `shoestring plan` without --calibrate")
             m = json.loads(lines[-1][len("CALIBRATION "):])
-            probes.append({"precision": precision, "batch": batch_size, "seq_len": seq_len, "method": method, **m,
-                           **_probe_model(method, precision, batch_size, seq_len)})
+            probes.append({"precision": precision, "batch": batch_size, "seq_len": seq_len, "method": method,
+                           "model": name, **m, **_probe_model(method, precision, batch_size, seq_len, name)})
     cal = derive_rates(probes, hw)
+    t_shapes = time.perf_counter()
+    probes = [{**p, **_probe_shapes(p, hw)} for p in probes]
+    cal["shape_model"] = derive_shape_rates(probes)
+    cal["shape_seconds"] = round(time.perf_counter() - t_shapes, 2)
     fp32 = probes[0]
     cal.update({
         "framework_overhead_bytes": max(0, int(fp32["peak_memory_bytes"] - fp32["predicted_peak_without_overhead"])),
@@ -142,15 +163,20 @@ def calibrate(method: str = "full") -> dict[str, Any]:
     return cal
 
 
-def _probe_model(method: str, precision: str, batch_size: int, seq_len: int) -> dict[str, Any]:
-    """The planner's FLOPs, streamed bytes and peak (no overhead) for one probe shape."""
+def _probe_config(name: str = "base") -> Any:
     from transformers import LlamaConfig
+
+    return LlamaConfig(**{k: v for k, v in PROBE_MODELS[name].items() if k != "model_type"})
+
+
+def _probe_model(method: str, precision: str, batch_size: int, seq_len: int, name: str = "base") -> dict[str, Any]:
+    """The planner's FLOPs, streamed bytes and peak (no overhead) for one probe shape."""
 
     from shoestring.plan.arch import describe_model
     from shoestring.plan.flops import streamed_bytes, training_flops_per_token
     from shoestring.plan.memory import TrainingSetup, estimate_training_memory
 
-    config = LlamaConfig(**{k: v for k, v in CALIBRATION_MODEL.items() if k != "model_type"})
+    config = _probe_config(name)
     shape = describe_model(config, "causal-lm")
     setup = TrainingSetup(method=method, micro_batch_size=batch_size, seq_len=seq_len,  # type: ignore[arg-type]
                           precision="fp32" if precision == "fp32" else "bf16-mixed")
@@ -162,6 +188,82 @@ def _probe_model(method: str, precision: str, batch_size: int, seq_len: int) -> 
             "predicted_peak_without_overhead": int(mem.peak_bytes)}
 
 
+def _probe_setup(method: str, precision: str, batch_size: int, seq_len: int) -> Any:
+    from shoestring.plan.memory import TrainingSetup
+
+    return TrainingSetup(method=method, micro_batch_size=batch_size, seq_len=seq_len,  # type: ignore[arg-type]
+                         precision="fp32" if precision == "fp32" else "bf16-mixed")
+
+
+def _probe_shapes(probe: dict[str, Any], hw: dict[str, Any], measure: bool = True) -> dict[str, Any]:
+    """The probe's timed matmul + attention seconds and its streamed bytes without them."""
+
+    from shoestring.plan.arch import describe_model
+    from shoestring.plan.flops import OPTIMIZER_STREAM_BYTES
+    from shoestring.plan.memory import estimate_training_memory
+    from shoestring.plan.shapes import measure_shapes, optimizer_seconds, shape_seconds, step_shapes_cached
+
+    config = _probe_config(probe.get("model", "base"))
+    setup = _probe_setup(probe.get("method", "full"), probe["precision"], probe["batch"], probe["seq_len"])
+    shapes = step_shapes_cached(config, setup)
+    table = measure_shapes(shapes, setup.compute_dtype, hw=hw, refresh=True) if measure else hw.get("shape_times", {})
+    seconds = shape_seconds(shapes, setup.compute_dtype, table)
+    opt = optimizer_seconds(shapes, table)
+    mem = estimate_training_memory(config, describe_model(config, "causal-lm"), setup, framework_overhead=0)
+    per_step = float(OPTIMIZER_STREAM_BYTES["adamw"] * mem.trainable_params)
+    if seconds is not None and opt is not None:
+        seconds, per_step = seconds + opt, 0.0
+    # The rest of the step: the forward's untimed ops (their backward is proportional).
+    return {"matmul_seconds": seconds, "streamed_bytes_rest": shapes.untimed_bytes + per_step}
+
+
+def derive_shape_rates(probes: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """In-step factor ``k`` and streaming rate ``W`` per precision for the shape-timed model.
+
+    Each probe's step is ``k`` × its timed calls (matmuls, attention, loss, optimizer) plus
+    ``streamed bytes / W`` for the rest (norms, activation functions, residual adds, casts
+    between them). ``k`` is how much slower the same calls run inside a step than alone
+    (their operands arrive cache-cold, other ops' pages are faulted in between); both are
+    fitted, by least squares on the *relative* error, over the probe steps only (two
+    256-wide shapes and one 512-wide, 6-layer one), never on a configuration being
+    predicted. A fit that is not positive falls back to ``k = 1`` with ``W`` alone, and a
+    non-positive remainder leaves no streaming term.
+    """
+    factor: dict[str, float] = {}
+    stream: dict[str, float] = {}
+    for precision in dict.fromkeys(p["precision"] for p in probes):
+        rows = [(p["matmul_seconds"] / p["step_seconds"], p["streamed_bytes_rest"] / p["step_seconds"])
+                for p in probes if p["precision"] == precision and p.get("matmul_seconds") is not None]
+        if not rows:
+            continue
+        # Normal equations of min sum (k·m + x·s - 1)^2 with m, s divided by the step time.
+        mm = sum(m * m for m, _ in rows)
+        ss = sum(s * s for _, s in rows)
+        ms = sum(m * s for m, s in rows)
+        m1 = sum(m for m, _ in rows)
+        s1 = sum(s for _, s in rows)
+        det = mm * ss - ms * ms
+        k = (m1 * ss - s1 * ms) / det if len(rows) > 1 and det else -1.0
+        x = (s1 * mm - m1 * ms) / det if len(rows) > 1 and det else -1.0
+        if k <= 0 or x <= 0:
+            k = 1.0
+            x = sum(s * (1.0 - m) for m, s in rows) / ss if ss else 0.0
+        factor[precision] = k
+        stream[precision] = 1.0 / x if x > 0 else NO_STREAMING
+    return {"matmul_factor": factor, "stream_rate": stream}
+
+
+NO_STREAMING = 1e18
+"""Bytes/s standing for "no streaming term" (a JSON-safe infinity)."""
+
+
+def calibrate_shapes(config: Any, setup: Any) -> dict[str, list[float]]:
+    """Time the Linear and attention shapes of a planned configuration on this machine (cached)."""
+    from shoestring.plan.shapes import measure_shapes, step_shapes_cached
+
+    return measure_shapes(step_shapes_cached(config, setup), setup.compute_dtype, refresh=True)
+
+
 def rederive(hw: dict[str, Any]) -> dict[str, Any]:
     """Re-derive the stored calibration's rates from its *measured* probe times with the
     current FLOP and streaming model (after a model change, without re-measuring)."""
@@ -169,8 +271,11 @@ def rederive(hw: dict[str, Any]) -> dict[str, Any]:
     probes = cal.get("probes")
     if not probes:
         return cal
-    probes = [{**p, **_probe_model(p.get("method", "full"), p["precision"], p["batch"], p["seq_len"])} for p in probes]
+    probes = [{**p, **_probe_model(p.get("method", "full"), p["precision"], p["batch"], p["seq_len"],
+                                   p.get("model", "base"))} for p in probes]
+    probes = [{**p, **_probe_shapes(p, hw, measure=False)} for p in probes]
     cal.update(derive_rates(probes, hw), probes=probes)
+    cal["shape_model"] = derive_shape_rates(probes)
     cal["framework_overhead_bytes"] = max(0, int(probes[0]["peak_memory_bytes"]
                                                  - probes[0]["predicted_peak_without_overhead"]))
     return cal
@@ -187,7 +292,7 @@ def derive_rates(probes: list[dict[str, Any]], hw: dict[str, Any]) -> dict[str, 
     util: dict[str, float] = {}
     stream: dict[str, float] = {}
     for precision in dict.fromkeys(p["precision"] for p in probes):
-        big, small = [p for p in probes if p["precision"] == precision][:2]
+        big, small = [p for p in probes if p["precision"] == precision and p.get("model", "base") == "base"][:2]
         peak = float(hw[f"cpu_{precision}_flops"])
         f1, s1, t1 = big["flops"], big["streamed_bytes"], big["step_seconds"]
         f2, s2, t2 = small["flops"], small["streamed_bytes"], small["step_seconds"]
@@ -204,5 +309,5 @@ def derive_rates(probes: list[dict[str, Any]], hw: dict[str, Any]) -> dict[str, 
 
 
 if __name__ == "__main__":
-    argv = sys.argv[1:] + ["full", "fp32", str(BATCH), str(SEQ)][len(sys.argv) - 1:]
-    print("CALIBRATION " + json.dumps(_child(argv[0], argv[1], int(argv[2]), int(argv[3]))), flush=True)
+    argv = sys.argv[1:] + ["full", "fp32", str(BATCH), str(SEQ), "base"][len(sys.argv) - 1:]
+    print("CALIBRATION " + json.dumps(_child(argv[0], argv[1], int(argv[2]), int(argv[3]), argv[4])), flush=True)

@@ -46,6 +46,13 @@ class DeviceSpec:
 
     stream_rate_by_dtype: dict[str, float] = field(default_factory=dict)
     """Calibrated rate of the memory-bound non-matmul work per compute precision, bytes/s (CPU ``--calibrate``)."""
+    shape_times: dict[str, list[float]] = field(default_factory=dict, compare=False)
+    """Measured [forward, forward + backward] seconds of Linear/attention shapes on this machine
+    (:mod:`shoestring.plan.shapes`, CPU ``--calibrate``), by shape key."""
+    matmul_factor_by_dtype: dict[str, float] = field(default_factory=dict)
+    """Calibrated ratio of in-step to isolated time of the timed calls, per precision (shape-timed model)."""
+    shape_stream_rate_by_dtype: dict[str, float] = field(default_factory=dict)
+    """Streaming rate of the non-matmul work per precision when matmuls are shape-timed, bytes/s."""
 
     def stream_rate_for(self, compute_dtype: str) -> float | None:
         """Bytes/s of the streamed (non-matmul) work, when calibrated for this precision."""

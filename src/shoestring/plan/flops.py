@@ -111,7 +111,8 @@ def streamed_bytes(mem: MemoryBreakdown, setup: TrainingSetup, shape: ModelShape
     under autocast every matmul weight is cast to 16 bits each forward (read 4 + write 2
     bytes); LoRA adapters stream their layers' inputs and outputs about 10 more times.
     Per optimizer step: the optimizer's passes over its states
-    (:data:`OPTIMIZER_STREAM_BYTES`).
+    (:data:`OPTIMIZER_STREAM_BYTES`). (The shape-timed model of :mod:`shoestring.plan.shapes`
+    replaces this count where ``--calibrate`` timed the model's calls.)
     """
     act = mem.traced_activations or mem.activations
     per_micro = 4.0 * act * (1.5 if setup.activation_checkpointing else 1.0) + 3.0 * mem.logits_buffers
@@ -143,11 +144,17 @@ class RunEstimate:
 
 def estimate_run(*, flops_per_token: float, tokens_per_step: int, steps: int, peak_flops: float, utilisation: float,
                  devices: int, usd_per_hour: float, comm_seconds: float = 0.0, stream_bytes_per_step: float = 0.0,
-                 stream_rate: float | None = None) -> RunEstimate:
+                 stream_rate: float | None = None, matmul_seconds: float | None = None) -> RunEstimate:
     """Step time from FLOPs at ``peak × utilisation`` (+ streamed bytes at ``stream_rate``
-    when calibrated) over all devices; cost in dollars."""
+    when calibrated) over all devices; cost in dollars.
+
+    ``matmul_seconds`` (the step's measured-shape matmul and attention time, see
+    :mod:`shoestring.plan.shapes`) replaces the FLOPs term when given."""
     per_step = flops_per_token * tokens_per_step
-    step_s = per_step / (peak_flops * utilisation * max(devices, 1)) + comm_seconds
+    if matmul_seconds is not None:
+        step_s = matmul_seconds / max(devices, 1) + comm_seconds
+    else:
+        step_s = per_step / (peak_flops * utilisation * max(devices, 1)) + comm_seconds
     if stream_rate:
         step_s += stream_bytes_per_step / (stream_rate * max(devices, 1))
     total = step_s * steps

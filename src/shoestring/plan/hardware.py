@@ -124,8 +124,9 @@ def load_hardware(refresh: bool = False) -> dict[str, Any]:
     if path.is_file():  # keep an earlier calibration across re-probes
         try:
             old = json.loads(path.read_text())
-            if "calibration" in old:
-                data["calibration"] = old["calibration"]
+            for key in ("calibration", "shape_times"):
+                if key in old:
+                    data[key] = old[key]
         except (json.JSONDecodeError, OSError):
             pass
     save_hardware(data)
@@ -157,6 +158,9 @@ def cpu_device(hw: dict[str, Any] | None = None) -> DeviceSpec:
         utilisation=float(cal.get("utilisation", CPU_DEFAULT_UTILISATION)),
         utilisation_by_dtype={k: float(v) for k, v in cal.get("utilisation_by_dtype", {}).items()},
         stream_rate_by_dtype={k: float(v) for k, v in cal.get("stream_rate_by_dtype", {}).items()},
+        shape_times={k: list(v) for k, v in hw.get("shape_times", {}).items()},
+        matmul_factor_by_dtype={k: float(v) for k, v in cal.get("shape_model", {}).get("matmul_factor", {}).items()},
+        shape_stream_rate_by_dtype={k: float(v) for k, v in cal.get("shape_model", {}).get("stream_rate", {}).items()},
         bf16=bool(hw.get("cpu_bf16_flops")),
         measured=bool(cal),
     )

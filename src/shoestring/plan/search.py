@@ -14,7 +14,13 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from shoestring.plan.catalogue import DeviceSpec
-from shoestring.plan.flops import RunEstimate, estimate_run, streamed_bytes, training_flops_per_token
+from shoestring.plan.flops import (
+    OPTIMIZER_STREAM_BYTES,
+    RunEstimate,
+    estimate_run,
+    streamed_bytes,
+    training_flops_per_token,
+)
 from shoestring.plan.memory import MemoryBreakdown, TrainingSetup, estimate_training_memory
 
 if TYPE_CHECKING:
@@ -99,12 +105,22 @@ def evaluate(config: PretrainedConfig, shape: ModelShape, setup: TrainingSetup, 
     # Every device runs `accum` micro-batches per step in parallel with the others, so the
     # step time is one device's work; the bill is for all devices.
     per_micro, per_opt_step = streamed_bytes(mem, setup, shape)
+    stream_rate = device.stream_rate_for(setup.compute_dtype)
+    parts = measured_step_parts(config, setup, device)
+    measured = None
+    if parts is not None:  # this machine timed the model's own shapes: matmuls, loss, optimizer from them
+        micro_s, opt_s, untimed = parts
+        stream_rate = device.shape_stream_rate_by_dtype[setup.compute_dtype]
+        measured = micro_s * accum + (opt_s or 0.0)
+        per_micro = untimed * (UNTIMED_RECOMPUTE if setup.activation_checkpointing else 1.0)
+        per_opt_step = 0.0 if opt_s is not None else float(OPTIMIZER_STREAM_BYTES.get(setup.optimizer, 92)
+                                                           * mem.trainable_params)
     run = estimate_run(flops_per_token=fpt, tokens_per_step=tokens_per_micro * accum, steps=steps,
                        peak_flops=device.flops_for(setup.compute_dtype),
                        utilisation=device.utilisation_for(setup.compute_dtype), devices=1,
                        usd_per_hour=device.usd_per_hour * max(setup.devices, 1), comm_seconds=comm,
                        stream_bytes_per_step=per_micro * accum + per_opt_step,
-                       stream_rate=device.stream_rate_for(setup.compute_dtype))
+                       stream_rate=stream_rate, matmul_seconds=measured)
     reason = ""
     if mem.required_bytes > memory_limit:
         reason = f"needs {_gib(mem.required_bytes)} per device > {_gib(memory_limit)} usable"
@@ -113,6 +129,40 @@ def evaluate(config: PretrainedConfig, shape: ModelShape, setup: TrainingSetup, 
     elif budget_usd is not None and run.cost_usd > budget_usd:
         reason = f"costs ${run.cost_usd:.2f} > budget ${budget_usd}"
     return Candidate(setup, accum, mem, run, not reason, reason)
+
+
+UNTIMED_RECOMPUTE = 4.0 / 3.0
+"""Activation checkpointing runs the untimed forward ops once more: forward 1 + backward ~2 + recompute 1."""
+
+
+def measured_step_parts(config: PretrainedConfig, setup: TrainingSetup,
+                        device: DeviceSpec) -> tuple[float, float | None, int] | None:
+    """(one micro-batch's matmul + attention + loss seconds, the optimizer step's seconds or
+    None when not timed, the micro-batch's untimed forward bytes) from this machine's timed
+    shapes, or None.
+
+    None unless ``--calibrate`` timed this model's shapes (at some micro-batch size) and
+    derived the streaming rate for this precision; both carry the calibrated in-step
+    factor.
+    """
+    dtype = setup.compute_dtype
+    if not device.shape_times or not device.shape_stream_rate_by_dtype.get(dtype):
+        return None
+    from shoestring.plan.shapes import optimizer_seconds, shape_seconds, step_shapes_cached
+
+    shapes = step_shapes_cached(config, setup)
+    seconds = shape_seconds(shapes, dtype, device.shape_times, checkpointing=setup.activation_checkpointing)
+    if seconds is None:
+        return None
+    opt = optimizer_seconds(shapes, device.shape_times)
+    k = device.matmul_factor_by_dtype.get(dtype, 1.0)
+    return k * seconds, None if opt is None else k * opt, shapes.untimed_bytes
+
+
+def measured_matmul_seconds(config: PretrainedConfig, setup: TrainingSetup, device: DeviceSpec) -> float | None:
+    """One optimizer step's timed seconds (micro-batch parts + optimizer) at grad_accum 1, or None."""
+    parts = measured_step_parts(config, setup, device)
+    return None if parts is None else parts[0] + (parts[1] or 0.0)
 
 
 def _comm_seconds(setup: TrainingSetup, shape: ModelShape, mem: MemoryBreakdown, device: DeviceSpec) -> float:

@@ -85,7 +85,7 @@ class PlanConfig(StageConfig):
     rank_by: Literal["time", "cost"] = "time"
     """Order feasible plans by total time or by cost."""
     calibrate: bool = False
-    """Before planning, run a short real training step on this machine and store its measured utilisation and overhead."""
+    """Before planning, measure this machine (CPU): two short real training steps (memory overhead, streaming rate) and the planned model's own matmul, attention, loss and optimizer shapes (seconds to a minute); cached."""
     jobs: Annotated[Path | None, HashedPath()] = None
     """YAML file of several jobs to schedule on the available devices (see docs); replaces the single-job plan."""
     inference_batch: int = Field(default=1, ge=1)
@@ -212,6 +212,13 @@ def make_plan(cfg: PlanConfig, ctx: StageContext | None = None) -> dict[str, Any
         optimizer=cfg.optimizer, seq_len=cfg.seq_len, devices=cfg.devices, device_kind=device.kind,
         attn_implementation=cfg.attn_implementation, micro_batch_size=cfg.micro_batch_size or 1,
     )
+    if cfg.calibrate and device.kind == "cpu":
+        # Time this model's own Linear, attention, loss and optimizer shapes at the planned
+        # micro-batch (others are scaled from it), then re-read the device with them.
+        from shoestring.plan.calibrate import calibrate_shapes
+
+        calibrate_shapes(config, replace(base, micro_batch_size=cfg.micro_batch_size or min(4, cfg.batch_size)))
+        device = replace(resolve_device(cfg.device), usd_per_hour=device.usd_per_hour)
     if cfg.parallelism != "auto":
         pars: tuple[str, ...] = (cfg.parallelism,)
     elif cfg.devices > 1:

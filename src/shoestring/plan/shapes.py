@@ -1,0 +1,612 @@
+"""The matmul work of one training step, shape by shape, and its measured time on this machine.
+
+One matmul rate for a whole model mispredicts a CPU step: a 256×49k vocabulary head runs
+at another fraction of the machine's peak than a 256×256 projection, and peft's rank-r
+adapters (two thin matmuls, a dropout, a scale, casts) cost more than their FLOPs say.
+So ``--calibrate`` times the *model's own* shapes instead:
+
+* :func:`step_shapes` runs one forward of the model on the meta device (nothing allocated)
+  with the planned trainable parameters (LoRA injected by peft, frozen blocks) and records
+  every ``nn.Linear`` call (in, out, bias, tokens, whether autograd will compute the input
+  gradient and the weight gradient, the input dtype under autocast) and every
+  ``scaled_dot_product_attention`` call, as the real forward runs them. A peft LoRA Linear
+  is one call (its base matmul, dropout, adapters and scaling together).
+* :func:`measure_shapes` times each distinct call on real tensors in a fresh subprocess
+  under the trainer's bounded allocator: forward, and forward + backward, at the planned
+  token count and precision (``torch.autocast`` bf16 when bf16). Results are cached per
+  machine and shape in the hardware cache, so a plan after the first costs nothing.
+* :func:`shape_seconds` sums them: the step's matmul and attention time, with a
+  recomputed forward for activation checkpointing.
+
+The non-matmul remainder (norms, activation functions, the loss's log-softmax, the
+optimizer's passes) stays the streamed-bytes term of :mod:`shoestring.plan.flops`, its rate
+calibrated on the two probe steps of :mod:`shoestring.plan.calibrate`.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, replace
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig
+
+    from shoestring.plan.memory import TrainingSetup
+
+__all__ = ["AttentionCall", "LinearCall", "StepShapes", "measure_shapes", "shape_seconds", "step_shapes"]
+
+MIN_SECONDS = 0.15
+"""Time each shape for at least this long (after a warm-up), and at least :data:`MIN_REPS` times."""
+MIN_REPS = 2
+
+
+@dataclass(frozen=True)
+class LinearCall:
+    """One ``nn.Linear`` (or peft LoRA Linear) call of the forward, as autograd will run it."""
+
+    in_features: int
+    out_features: int
+    bias: bool
+    tokens: int
+    """Rows of the input (batch × positions that reach this layer)."""
+    input_grad: bool
+    """Backward computes the input's gradient (the input requires grad)."""
+    weight_grad: bool
+    """Backward computes the (base) weight's gradient (the weight trains)."""
+    input_dtype: str = "float32"
+    lora_rank: int = 0
+    """Rank of the peft adapter wrapped around this Linear (0: plain Linear)."""
+    lora_dropout: float = 0.0
+    in_block: bool = True
+    """Inside a transformer block (recomputed under activation checkpointing)."""
+
+    def key(self, compute: str) -> str:
+        return (f"linear|{compute}|{self.in_features}x{self.out_features}|b{int(self.bias)}|t{self.tokens}|"
+                f"dx{int(self.input_grad)}|dw{int(self.weight_grad)}|{self.input_dtype}|r{self.lora_rank}|"
+                f"p{self.lora_dropout}")
+
+
+@dataclass(frozen=True)
+class AttentionCall:
+    """One ``scaled_dot_product_attention`` call as the training step runs it."""
+
+    batch: int
+    heads: int
+    kv_heads: int
+    q_len: int
+    kv_len: int
+    head_dim: int
+    masked: bool
+    """A boolean (batch, 1, q, kv) mask is passed (padded batches; packed batches with document resets)."""
+    causal: bool
+    """``is_causal`` without a mask (the fused kernel then skips the upper triangle)."""
+    dropout: float
+    grad: bool
+    """Backward runs through it (false below the lowest trainable block)."""
+    enable_gqa: bool = False
+
+    def key(self, compute: str) -> str:
+        return (f"sdpa|{compute}|b{self.batch}h{self.heads}kv{self.kv_heads}|{self.q_len}x{self.kv_len}|"
+                f"d{self.head_dim}|m{int(self.masked)}c{int(self.causal)}|p{self.dropout}|g{int(self.grad)}|"
+                f"gqa{int(self.enable_gqa)}")
+
+
+@dataclass(frozen=True)
+class LossCall:
+    """The trainer's vocabulary loss: (rows, vocab) logits cast to fp32, cross-entropy, backward."""
+
+    rows: int
+    vocab: int
+    logits_dtype: str = "float32"
+
+    @property
+    def tokens(self) -> int:
+        return self.rows
+
+    def key(self, compute: str) -> str:
+        return f"loss|{compute}|t{self.rows}|v{self.vocab}|{self.logits_dtype}"
+
+
+@dataclass(frozen=True)
+class OptimizerCall:
+    """One optimizer step (gradient clipping + torch's foreach AdamW) over the trainable tensors."""
+
+    shapes: tuple[tuple[int, ...], ...]
+    """Shape of every trainable parameter tensor."""
+
+    def key(self, compute: str) -> str:
+        import hashlib
+
+        digest = hashlib.sha256(repr(sorted(self.shapes)).encode()).hexdigest()[:12]
+        total = sum(_numel(s) for s in self.shapes)
+        return f"adamw|n{len(self.shapes)}|p{total}|{digest}"
+
+
+def _numel(shape: tuple[int, ...]) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
+
+
+@dataclass(frozen=True)
+class StepShapes:
+    """Every timed call of one micro-batch (matmuls, attention, loss), with how often it
+    happens, and the optimizer step."""
+
+    linears: tuple[tuple[LinearCall, int], ...]
+    attention: tuple[tuple[AttentionCall, int], ...]
+    loss: tuple[tuple[LossCall, int], ...] = ()
+    optimizer: OptimizerCall | None = None
+    untimed_bytes: int = 0
+    """Bytes the forward's other ops (outside the timed calls) read and write: the measure of
+    the step's remaining, memory-bound work (its backward is proportional)."""
+
+    def calls(self) -> tuple[tuple[Any, int], ...]:
+        return (*self.linears, *self.attention, *self.loss)
+
+    def keys(self, compute: str) -> list[str]:
+        extra = [self.optimizer.key(compute)] if self.optimizer is not None else []
+        return [c.key(compute) for c, _ in self.calls()] + extra
+
+
+def _count(calls: list[Any]) -> tuple[tuple[Any, int], ...]:
+    out: dict[Any, int] = {}
+    for c in calls:
+        out[c] = out.get(c, 0) + 1
+    return tuple(out.items())
+
+
+def step_shapes(config: PretrainedConfig, task: str, setup: TrainingSetup, *, packed: bool = True) -> StepShapes:
+    """The Linear and attention calls of one forward of ``setup``, recorded on the meta device.
+
+    Token counts follow the trainer (``train/modeling.py``): a causal LM's head runs on the
+    B·(T-1) positions that have a next token, a masked LM's head on the ``mlm_probability``
+    share of positions, a classifier's pooler and head on one row per sequence (as the
+    model runs them). Attention follows what transformers passes to SDPA in training: a
+    boolean (B, 1, T, T) mask with full-head K/V whenever the batch is padded or packed with
+    document resets (``packed`` causal-LM batches nearly always are); the causal fast path
+    only for an unpacked, unpadded causal batch (``packed=False`` and no padding is not
+    modelled: the trainer pads unpacked batches).
+    """
+    import torch
+    import torch.nn.functional as F
+
+    from shoestring.plan.arch import _autocast_linear, _set_trainable, meta_model
+    from shoestring.plan.memory import _trainable_spec
+
+    config = copy.deepcopy(config)
+    if task == "classification" and getattr(config, "pad_token_id", None) is None:
+        config.pad_token_id = 0
+    model: Any = meta_model(config, task, setup.attn_implementation)
+    model.train()
+    _set_trainable(model, _trainable_spec(setup))
+    autocast = setup.precision in ("bf16-mixed", "fp16-mixed")
+    low = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(setup.compute_dtype, torch.float32)
+    batch, seq = setup.micro_batch_size, setup.seq_len
+    out_emb = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    from shoestring.plan.flops import _MLM_HEADS
+
+    n_layers = int(getattr(config.get_text_config(), "num_hidden_layers", 0) or 0)
+    from shoestring.plan.arch import _layer_blocks
+
+    in_blocks = {id(m) for b in _layer_blocks(model, n_layers) for m in b.modules()}
+    lora_children: set[int] = set()
+    for mod in model.modules():
+        if hasattr(mod, "lora_A") and hasattr(mod, "base_layer"):
+            lora_children.update(id(m) for m in mod.modules() if m is not mod)
+    linears: list[LinearCall] = []
+
+    def hook_for(name: str, mod: Any) -> Any:
+        def pre(_m: Any, args: Any) -> None:
+            x = args[0]
+            base = getattr(mod, "base_layer", mod)
+            tokens = x.numel() // x.shape[-1]
+            if mod is out_emb and task == "causal-lm":
+                tokens = batch * (seq - 1)  # the loss module runs the head on positions with a target
+            elif task == "masked-lm" and name.split(".")[0] in _MLM_HEADS:
+                tokens = max(1, round(setup.mlm_probability * batch * seq))
+            rank = 0
+            if base is not mod:
+                rank = int(next(iter(mod.r.values()))) if isinstance(getattr(mod, "r", None), dict) else 0
+            drop = 0.0
+            if rank:
+                d = next(iter(mod.lora_dropout.values()))
+                drop = float(getattr(d, "p", 0.0))
+            linears.append(LinearCall(
+                in_features=int(base.in_features), out_features=int(base.out_features), bias=base.bias is not None,
+                tokens=int(tokens), input_grad=bool(x.requires_grad), weight_grad=bool(base.weight.requires_grad),
+                input_dtype=str(x.dtype).replace("torch.", ""), lora_rank=rank, lora_dropout=drop,
+                in_block=id(mod) in in_blocks))
+        return pre
+
+    inside = [False]  # within a timed call: its ops' bytes are in its measured time
+
+    def enter(*_a: Any) -> None:
+        inside[0] = True
+
+    def leave(*_a: Any) -> None:
+        inside[0] = False
+
+    hooks = []
+    for name, mod in model.named_modules():
+        is_lora = hasattr(mod, "lora_A") and hasattr(mod, "base_layer")
+        if (isinstance(mod, torch.nn.Linear) and id(mod) not in lora_children) or is_lora:
+            hooks.append(mod.register_forward_pre_hook(hook_for(name, mod)))
+            hooks.append(mod.register_forward_pre_hook(enter))
+            hooks.append(mod.register_forward_hook(leave))
+    attention: list[AttentionCall] = []
+    original_sdpa, original_linear = F.scaled_dot_product_attention, F.linear
+
+    def sdpa(q: Any, k: Any, v: Any, attn_mask: Any = None, dropout_p: float = 0.0, is_causal: bool = False,
+             scale: Any = None, enable_gqa: bool = False) -> Any:
+        if autocast:
+            q, k, v = q.to(low), k.to(low), v.to(low)
+        b, h, tq, d = q.shape
+        # Training batches are padded or packed: transformers then passes a boolean mask and
+        # repeats K/V to every head (see the docstring), whatever this meta run was given.
+        attention.append(AttentionCall(batch=int(b), heads=int(h), kv_heads=int(h), q_len=int(tq),
+                                       kv_len=int(k.shape[2]), head_dim=int(d), masked=True, causal=False,
+                                       dropout=float(dropout_p), grad=bool(q.requires_grad)))
+        inside[0] = True
+        try:
+            return original_sdpa(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal,
+                                 scale=scale, enable_gqa=enable_gqa)
+        finally:
+            inside[0] = False
+
+    ids = torch.zeros(batch, seq, dtype=torch.long, device="meta")
+    kwargs: dict[str, Any] = {"input_ids": ids}
+    F.scaled_dot_product_attention = sdpa  # type: ignore[assignment]
+    if autocast:
+        F.linear = _autocast_linear(low)
+    counter = _untimed_bytes_counter(inside)
+    try:
+        with counter:
+            model(**kwargs)
+    finally:
+        F.scaled_dot_product_attention = original_sdpa
+        F.linear = original_linear
+        for h in hooks:
+            h.remove()
+    loss: list[LossCall] = []
+    vocab = int(getattr(config.get_text_config(), "vocab_size", 0) or 0)
+    logits_dtype = str(low).replace("torch.", "") if autocast else "float32"
+    if task == "causal-lm" and vocab:
+        loss.append(LossCall(rows=batch * (seq - 1), vocab=vocab, logits_dtype=logits_dtype))
+    elif task == "masked-lm" and vocab:
+        loss.append(LossCall(rows=max(1, round(setup.mlm_probability * batch * seq)), vocab=vocab,
+                             logits_dtype=logits_dtype))
+    # (A classifier's loss over batch x labels is negligible.)
+    trainable = tuple(tuple(int(d) for d in p.shape) for p in model.parameters() if p.requires_grad)
+    optimizer = OptimizerCall(trainable) if setup.optimizer == "adamw" and trainable else None
+    return StepShapes(_count(linears), _count(attention), _count(loss), optimizer, counter.bytes)
+
+
+def _untimed_bytes_counter(inside: list[bool]) -> Any:
+    """A dispatch mode that adds up the bytes every forward op outside the timed calls reads
+    and writes (norms, activation functions, rotary embeddings, residual adds, dropout,
+    casts between them); views move no data and count nothing, an embedding lookup only
+    its output (it reads just the rows it returns)."""
+    import torch
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils._pytree import tree_flatten
+
+    class Counter(TorchDispatchMode):
+        bytes = 0
+
+        def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+            out = func(*args, **(kwargs or {}))
+            if inside[0] or getattr(func, "is_view", False):
+                return out
+            outs = [t for t in tree_flatten(out)[0] if isinstance(t, torch.Tensor)]
+            ins = [] if "embedding" in str(func) else [t for t in tree_flatten((args, kwargs))[0]
+                                                       if isinstance(t, torch.Tensor)]
+            type(self).bytes += sum(t.numel() * t.element_size() for t in (*ins, *outs))
+            return out
+
+    return Counter()
+
+
+# --------------------------------------------------------------------------- measurement
+
+
+def _time(fn: Any) -> float:
+    """Median seconds of ``fn()`` after one warm-up call, repeated for at least :data:`MIN_SECONDS`."""
+    min_seconds = MIN_SECONDS
+    fn()
+    times: list[float] = []
+    start = time.perf_counter()
+    while len(times) < MIN_REPS or time.perf_counter() - start < min_seconds:
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+        if len(times) >= 20:
+            break
+    return statistics.median(times)
+
+
+def _linear_module(c: LinearCall) -> Any:
+    import torch
+
+    lin = torch.nn.Linear(c.in_features, c.out_features, bias=c.bias)
+    if not c.lora_rank:
+        lin.requires_grad_(c.weight_grad)
+        return lin
+    import logging
+
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+    from peft import LoraConfig, inject_adapter_in_model
+
+    holder = torch.nn.Module()
+    holder.proj = lin
+    holder.requires_grad_(False)
+    # The trainer's LoRA (train/modeling.py): alpha = 2r, dropout on the adapter input.
+    inject_adapter_in_model(LoraConfig(r=c.lora_rank, lora_alpha=2 * c.lora_rank, target_modules=["proj"],
+                                       lora_dropout=c.lora_dropout), holder)
+    holder.train()
+    return holder.proj
+
+
+def _measure_linear(c: LinearCall, compute: str) -> tuple[float, float]:
+    import torch
+
+    mod = _linear_module(c)
+    dtype = getattr(torch, c.input_dtype)
+    x = torch.randn(c.tokens, c.in_features).to(dtype).requires_grad_(c.input_grad)
+    cast = torch.autocast("cpu", dtype=torch.bfloat16) if compute == "bf16" else None
+    backward = c.input_grad or any(p.requires_grad for p in mod.parameters())
+
+    def forward() -> Any:
+        if cast is None:
+            return mod(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):  # a fresh region: autocast's weight casts each time
+            return mod(x)
+
+    def both() -> None:
+        y = forward()
+        if backward:
+            y.backward(torch.ones_like(y))
+        x.grad = None
+        for p in mod.parameters():
+            p.grad = None
+
+    with torch.no_grad():
+        fwd = _time(forward)
+    return fwd, _time(both) if backward else fwd
+
+
+def _measure_attention(c: AttentionCall, compute: str) -> tuple[float, float]:
+    import torch
+    import torch.nn.functional as F
+
+    dtype = torch.bfloat16 if compute == "bf16" else torch.float32
+    q = torch.randn(c.batch, c.heads, c.q_len, c.head_dim, dtype=dtype).requires_grad_(c.grad)
+    k = torch.randn(c.batch, c.kv_heads, c.kv_len, c.head_dim, dtype=dtype).requires_grad_(c.grad)
+    v = torch.randn(c.batch, c.kv_heads, c.kv_len, c.head_dim, dtype=dtype).requires_grad_(c.grad)
+    mask = None
+    if c.masked:  # a padded/packed batch's block mask: lower-triangular for causal models is the same cost
+        mask = torch.ones(c.batch, 1, c.q_len, c.kv_len, dtype=torch.bool).tril()
+
+    def forward() -> Any:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=c.dropout, is_causal=c.causal,
+                                              enable_gqa=c.enable_gqa)
+
+    def both() -> None:
+        y = forward()
+        y.backward(torch.ones_like(y))
+        q.grad = k.grad = v.grad = None
+
+    with torch.no_grad():
+        fwd = _time(forward)
+    return fwd, _time(both) if c.grad else fwd
+
+
+def _measure_loss(c: LossCall, compute: str) -> tuple[float, float]:
+    import torch
+    import torch.nn.functional as F
+
+    logits = torch.randn(c.rows, c.vocab).to(getattr(torch, c.logits_dtype)).requires_grad_(True)
+    targets = torch.randint(0, c.vocab, (c.rows,))
+
+    def both() -> None:
+        # train/modeling.py: logits.float(), summed cross-entropy, backward to the logits.
+        F.cross_entropy(logits.float(), targets, reduction="sum").backward()
+        logits.grad = None
+
+    t = _time(both)
+    return t, t
+
+
+def _measure_optimizer(c: OptimizerCall) -> tuple[float, float]:
+    """The trainer's step tail: clip_grad_norm_ over the trainable tensors, then foreach AdamW."""
+    import torch
+
+    params = [torch.nn.Parameter(torch.randn(s) * 0.02) for s in c.shapes]
+    grads = [torch.randn(s) * 1e-3 for s in c.shapes]
+    decay = [p for p in params if p.ndim >= 2]
+    rest = [p for p in params if p.ndim < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.01}, {"params": rest, "weight_decay": 0.0}],
+                            lr=1e-4, foreach=True)
+
+    def step() -> None:
+        for p, g in zip(params, grads, strict=True):
+            p.grad = g
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    t = _time(step)
+    return t, t
+
+
+def _child(payload: dict[str, Any]) -> dict[str, list[float]]:
+    """Runs in the subprocess: the trainer's bounded allocator, then every shape timed."""
+    from shoestring.plan.allocator import bound_cpu_allocator
+
+    bound_cpu_allocator()  # every matmul output is then a fresh mmap, as in a training step
+    import torch
+
+    torch.manual_seed(0)
+    compute = payload["compute"]
+    global MIN_SECONDS
+    MIN_SECONDS = float(payload.get("min_seconds", MIN_SECONDS))
+    out: dict[str, list[float]] = {}
+    for kind, fields in payload["calls"]:
+        if kind == "adamw":  # JSON made the shape tuples lists; the key hashes tuples
+            fields = {"shapes": tuple(tuple(s) for s in fields["shapes"])}
+        call = _CALL_TYPES[kind](**fields)
+        key = call.key(compute)
+        if key in out:
+            continue
+        if isinstance(call, LinearCall):
+            out[key] = list(_measure_linear(call, compute))
+        elif isinstance(call, AttentionCall):
+            out[key] = list(_measure_attention(call, compute))
+        elif isinstance(call, LossCall):
+            out[key] = list(_measure_loss(call, compute))
+        else:
+            out[key] = list(_measure_optimizer(call))
+    return out
+
+
+_CALL_TYPES: dict[str, Any] = {"linear": LinearCall, "sdpa": AttentionCall, "loss": LossCall, "adamw": OptimizerCall}
+
+
+def _kind(call: Any) -> str:
+    return {LinearCall: "linear", AttentionCall: "sdpa", LossCall: "loss", OptimizerCall: "adamw"}[type(call)]
+
+
+def measure_shapes(shapes: StepShapes, compute: str, *, hw: dict[str, Any] | None = None,
+                   refresh: bool = False, min_seconds: float = MIN_SECONDS) -> dict[str, list[float]]:
+    """Time every call of ``shapes`` not yet in this machine's cache; store and return the table.
+
+    Returns ``{key: [forward seconds, forward + backward seconds]}`` for all cached shapes.
+    ``refresh`` (what ``--calibrate`` asks for) re-times shapes cached by an earlier session,
+    but not those this process already timed.
+    """
+    from shoestring.core.errors import ShoestringError
+    from shoestring.plan.hardware import load_hardware, save_hardware
+
+    hw = hw if hw is not None else load_hardware()
+    table: dict[str, list[float]] = dict(hw.get("shape_times", {}))
+    todo: list[tuple[str, dict[str, Any]]] = []
+    calls = [c for c, _n in shapes.calls()] + ([shapes.optimizer] if shapes.optimizer is not None else [])
+    for c in calls:
+        key = c.key(compute)
+        if (refresh and key not in _TIMED_HERE) or key not in table:
+            todo.append((_kind(c), asdict(c)))
+    if todo:
+        payload = json.dumps({"compute": compute, "calls": todo, "min_seconds": min_seconds})
+        env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
+        out = subprocess.run([sys.executable, "-m", "shoestring.plan.shapes", payload], capture_output=True, text=True,
+                             env=env, timeout=1800)
+        lines = [x for x in out.stdout.splitlines() if x.startswith("SHAPES ")]
+        if out.returncode != 0 or not lines:
+            tail = (out.stderr.strip().splitlines() or ["no output"])[-1]
+            raise ShoestringError(f"timing the model's matmul shapes failed ({tail}); plan without --calibrate")
+        fresh = json.loads(lines[-1][len("SHAPES "):])
+        table.update(fresh)
+        _TIMED_HERE.update(fresh)
+        hw["shape_times"] = table
+        save_hardware(hw)
+    return table
+
+
+_TIMED_HERE: set[str] = set()
+"""Shape keys timed by this process (a calibration session re-times each shape once)."""
+
+
+def _lookup(key: str, tokens: int, table: dict[str, list[float]]) -> list[float] | None:
+    """A measured entry, or the same call measured at another size, scaled linearly in rows.
+
+    The search costs micro-batch sizes that were not timed; matmul and attention time grow
+    about linearly with the rows (tokens, or sequences for attention) once they fill the
+    cores, so the nearest measured size is scaled.
+    """
+    if key in table:
+        return table[key]
+    size_field = "|b" if key.startswith("sdpa|") else "|t"
+    head, _, rest = key.partition(size_field)
+    _size, _, tail = rest.partition("|") if size_field == "|t" else rest.partition("h")
+    best: tuple[float, list[float]] | None = None
+    for k, v in table.items():
+        h2, _, r2 = k.partition(size_field)
+        s2, _, t2 = r2.partition("|") if size_field == "|t" else r2.partition("h")
+        if h2 == head and t2 == tail and s2.isdigit():
+            ratio = tokens / int(s2)
+            if best is None or abs(ratio - 1) < abs(best[0] - 1):
+                best = (ratio, v)
+    if best is None:
+        return None
+    return [best[1][0] * best[0], best[1][1] * best[0]]
+
+
+def shape_seconds(shapes: StepShapes, compute: str, table: dict[str, list[float]], *,
+                  checkpointing: bool = False) -> float | None:
+    """One micro-batch's matmul + attention + loss seconds from the measured table (None if a
+    shape is missing).
+
+    Forward + backward of every call; activation checkpointing runs the blocks' forward once
+    more in backward.
+    """
+    total = 0.0
+    for call, n in shapes.calls():
+        size = call.batch if isinstance(call, AttentionCall) else call.tokens
+        got = _lookup(call.key(compute), size, table)
+        if got is None:
+            return None
+        fwd, both = got
+        in_block = isinstance(call, AttentionCall) or (isinstance(call, LinearCall) and call.in_block)
+        recompute = fwd if checkpointing and in_block else 0.0
+        total += n * (both + recompute)
+    return total
+
+
+def optimizer_seconds(shapes: StepShapes, table: dict[str, list[float]]) -> float | None:
+    """The optimizer step's measured seconds (clipping + AdamW), None when not timed."""
+    if shapes.optimizer is None:
+        return None
+    got = table.get(shapes.optimizer.key(""))
+    return None if got is None else got[1]
+
+
+def with_batch(shapes: StepShapes, micro_batch_size: int, measured_batch: int) -> StepShapes:
+    """``shapes`` recorded at ``measured_batch`` sequences, rescaled to ``micro_batch_size``."""
+    if micro_batch_size == measured_batch:
+        return shapes
+    f = micro_batch_size / measured_batch
+    lin = tuple((replace(c, tokens=max(1, round(c.tokens * f))), n) for c, n in shapes.linears)
+    att = tuple((replace(c, batch=micro_batch_size), n) for c, n in shapes.attention)
+    loss = tuple((replace(c, rows=max(1, round(c.rows * f))), n) for c, n in shapes.loss)
+    return StepShapes(lin, att, loss, shapes.optimizer, round(shapes.untimed_bytes * f))
+
+
+_CACHE: dict[tuple[Any, ...], StepShapes] = {}
+
+
+def step_shapes_cached(config: PretrainedConfig, setup: TrainingSetup) -> StepShapes:
+    """:func:`step_shapes` of ``setup`` from one meta forward at micro-batch 1 per model and
+    method (cached in-process), scaled to ``setup.micro_batch_size``: every call's rows grow
+    linearly with the batch, so the search's candidates need no forward each."""
+    from shoestring.plan.memory import _trainable_spec
+
+    one = replace(setup, micro_batch_size=1)
+    key = (json.dumps(config.to_dict(), sort_keys=True, default=str), setup.task, _trainable_spec(setup),
+           setup.precision, setup.seq_len, setup.attn_implementation, setup.mlm_probability, setup.optimizer)
+    if key not in _CACHE:
+        if len(_CACHE) > 64:
+            _CACHE.clear()
+        _CACHE[key] = step_shapes(config, setup.task, one)
+    return with_batch(_CACHE[key], setup.micro_batch_size, 1)
+
+
+if __name__ == "__main__":
+    print("SHAPES " + json.dumps(_child(json.loads(sys.argv[1]))), flush=True)

@@ -1,0 +1,169 @@
+"""The shape-timed step model: the recorded calls are the model's own Linears (LoRA and head
+included), the time model sums their measured times, and the per-machine cache round-trips."""
+
+from __future__ import annotations
+
+import subprocess
+from dataclasses import replace
+
+import pytest
+from transformers import LlamaConfig
+
+from shoestring.plan.arch import describe_model
+from shoestring.plan.calibrate import derive_shape_rates
+from shoestring.plan.memory import TrainingSetup
+from shoestring.plan.shapes import (
+    LinearCall,
+    measure_shapes,
+    optimizer_seconds,
+    shape_seconds,
+    step_shapes,
+    step_shapes_cached,
+)
+
+
+def _config(**over: object) -> LlamaConfig:
+    # The conftest's tiny Llama: 2 GQA blocks, 64 wide, untied 512-token vocabulary.
+    cfg: dict[str, object] = {"hidden_size": 64, "intermediate_size": 160, "num_hidden_layers": 2,
+                              "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 512,
+                              "max_position_embeddings": 512, "tie_word_embeddings": False}
+    cfg.update(over)
+    return LlamaConfig(**cfg)
+
+
+def _linears(shapes: object) -> list[tuple[LinearCall, int]]:
+    return list(shapes.linears)  # type: ignore[attr-defined]
+
+
+def test_full_training_records_every_linear_once_with_its_shape_and_gradients() -> None:
+    config = _config()
+    shape = describe_model(config, "causal-lm")
+    got = step_shapes(config, "causal-lm", TrainingSetup(method="full", micro_batch_size=2, seq_len=16))
+    # Exactly the model's Linear modules: 7 per block x 2 blocks + the head, by (in, out).
+    expected: dict[tuple[int, int], int] = {}
+    for in_out in shape.linear_shapes.values():
+        expected[in_out] = expected.get(in_out, 0) + 1
+    recorded: dict[tuple[int, int], int] = {}
+    for c, n in _linears(got):
+        recorded[(c.in_features, c.out_features)] = recorded.get((c.in_features, c.out_features), 0) + n
+    assert recorded == expected
+    head = [c for c, _ in _linears(got) if c.out_features == 512]
+    assert len(head) == 1 and head[0].tokens == 2 * 15  # the loss module: positions with a next token
+    assert not head[0].in_block
+    blocks = [c for c, _ in _linears(got) if c.out_features != 512]
+    assert all(c.tokens == 32 and c.input_grad and c.weight_grad and c.lora_rank == 0 for c in blocks)
+    # One attention call per block, as training runs it: boolean mask, K/V repeated to all heads.
+    ((att, n),) = got.attention
+    assert n == 2 and (att.batch, att.heads, att.kv_heads, att.q_len, att.head_dim) == (2, 4, 4, 16, 16)
+    assert att.masked and not att.causal and att.grad
+    # The trainer's loss over the same positions, and one AdamW step over every trainable tensor.
+    ((loss, _),) = got.loss
+    assert (loss.rows, loss.vocab, loss.logits_dtype) == (30, 512, "float32")
+    assert got.optimizer is not None and len(got.optimizer.shapes) == 2 * 9 + 3  # + embedding, final norm, head
+
+
+def test_lora_calls_are_peft_modules_of_the_planned_rank_and_the_head_stays_frozen() -> None:
+    config = _config()
+    got = step_shapes(config, "causal-lm", TrainingSetup(method="lora", lora_rank=8, lora_dropout=0.1,
+                                                         micro_batch_size=1, seq_len=16))
+    calls = _linears(got)
+    adapted = [(c, n) for c, n in calls if c.lora_rank]
+    assert sum(n for _, n in adapted) == 14  # all-linear: every block Linear, not the head
+    assert all(c.lora_rank == 8 and c.lora_dropout == 0.1 and not c.weight_grad for c, _ in adapted)
+    (head,) = [c for c, _ in calls if not c.lora_rank]
+    assert (head.in_features, head.out_features, head.weight_grad, head.input_grad) == (64, 512, False, True)
+    # Frozen embeddings: the first block's q/k/v inputs need no gradient; everything later does.
+    assert sum(n for c, n in adapted if not c.input_grad) == 3
+    # The optimizer steps only the adapters: A (r x in) and B (out x r) of 14 Linears.
+    assert got.optimizer is not None and len(got.optimizer.shapes) == 28
+    assert all(8 in s for s in got.optimizer.shapes)
+
+
+def test_frozen_lower_blocks_get_no_backward_and_bf16_records_autocast_inputs() -> None:
+    config = _config(num_hidden_layers=3)
+    got = step_shapes(config, "causal-lm", TrainingSetup(method="frozen", trainable_layers=1, micro_batch_size=1,
+                                                         seq_len=16, precision="bf16-mixed"))
+    no_backward = sum(n for c, n in _linears(got) if not c.input_grad and not c.weight_grad)
+    assert no_backward == 2 * 7  # the two frozen blocks
+    assert sum(n for a, n in got.attention if not a.grad) == 2
+    dtypes = {(c.in_features, c.out_features): c.input_dtype for c, _ in _linears(got)}
+    assert dtypes[(160, 64)] == "bfloat16"  # down_proj eats the bf16 MLP product
+    assert dtypes[(64, 160)] == "float32"  # gate/up eat the fp32 norm output
+
+
+def test_cached_shapes_scale_with_the_micro_batch() -> None:
+    config = _config()
+    s4 = step_shapes_cached(config, TrainingSetup(method="full", micro_batch_size=4, seq_len=16))
+    direct = step_shapes(config, "causal-lm", TrainingSetup(method="full", micro_batch_size=4, seq_len=16))
+    assert sorted(map(repr, s4.linears)) == sorted(map(repr, direct.linears))
+    assert s4.attention == direct.attention
+    # The untimed ops' bytes (norms, rotary, SiLU, residual adds) grow with the batch too.
+    assert direct.untimed_bytes > 0 and s4.untimed_bytes == pytest.approx(direct.untimed_bytes, rel=0.02)
+
+
+def test_time_model_sums_measured_calls_and_recomputes_blocks_under_checkpointing() -> None:
+    config = _config()
+    shapes = step_shapes_cached(config, TrainingSetup(method="full", micro_batch_size=2, seq_len=16))
+    table = {}
+    for i, (c, _n) in enumerate(shapes.calls()):
+        table[c.key("fp32")] = [0.001 * (i + 1), 0.003 * (i + 1)]
+    expected = sum(n * table[c.key("fp32")][1] for c, n in shapes.calls())
+    assert shape_seconds(shapes, "fp32", table) == pytest.approx(expected)
+    recompute = sum(n * table[c.key("fp32")][0] for c, n in (*shapes.linears, *shapes.attention)
+                    if not isinstance(c, LinearCall) or c.in_block)  # the blocks, not the head or the loss
+    assert shape_seconds(shapes, "fp32", table, checkpointing=True) == pytest.approx(expected + recompute)
+    assert shape_seconds(shapes, "bf16", table) is None  # not timed in that precision
+    # Another micro-batch size: the nearest timed size scaled by the rows.
+    s4 = step_shapes_cached(config, TrainingSetup(method="full", micro_batch_size=4, seq_len=16))
+    assert shape_seconds(s4, "fp32", table) == pytest.approx(2 * expected)
+
+
+def test_in_step_factor_and_streaming_rate_are_fitted_over_the_probes() -> None:
+    k, w = 1.3, 8e9
+    probes = [{"precision": "fp32", "matmul_seconds": m, "streamed_bytes_rest": b, "step_seconds": k * m + b / w}
+              for m, b in ((0.4, 1.0e9), (0.01, 0.5e9), (2.0, 3.0e9))]
+    got = derive_shape_rates(probes)
+    assert got["matmul_factor"]["fp32"] == pytest.approx(k)
+    assert got["stream_rate"]["fp32"] == pytest.approx(w)
+    # Timed calls that already cover the steps: no streaming term (not a negative rate).
+    probes = [{**p, "step_seconds": p["matmul_seconds"] * 0.9} for p in probes]
+    got = derive_shape_rates(probes)
+    assert got["matmul_factor"]["fp32"] == pytest.approx(0.9) and got["stream_rate"]["fp32"] >= 1e15
+    # A single probe cannot separate the two: k = 1 and the rate from its remainder.
+    got = derive_shape_rates([{"precision": "fp32", "matmul_seconds": 0.4, "streamed_bytes_rest": 1e9,
+                               "step_seconds": 0.5}])
+    assert got["matmul_factor"]["fp32"] == 1.0 and got["stream_rate"]["fp32"] == pytest.approx(1e10)
+
+
+def test_measured_shapes_are_cached_per_machine_and_used_by_the_search(monkeypatch: pytest.MonkeyPatch) -> None:
+    from shoestring.plan.hardware import cpu_device, load_hardware, save_hardware
+    from shoestring.plan.search import Workload, evaluate, measured_matmul_seconds
+
+    config = _config()
+    setup = TrainingSetup(method="lora", lora_rank=4, micro_batch_size=1, seq_len=8)
+    shapes = step_shapes_cached(config, setup)
+    table = measure_shapes(shapes, "fp32", min_seconds=0.0)  # a real subprocess timing the tiny shapes
+    keys = shapes.keys("fp32")
+    assert set(keys) <= set(table) and all(table[k][0] > 0 and table[k][1] > 0 for k in keys)
+    hw = load_hardware()
+    assert set(keys) <= set(hw["shape_times"])  # stored in this machine's hardware cache
+
+    def no_subprocess(*_a: object, **_k: object) -> None:
+        raise AssertionError("cached shapes must not be re-timed")
+
+    monkeypatch.setattr(subprocess, "run", no_subprocess)
+    assert measure_shapes(shapes, "fp32") == hw["shape_times"]
+    # With calibrated shape rates the search costs the step from the timed shapes.
+    hw["calibration"] = {"shape_model": {"matmul_factor": {"fp32": 2.0}, "stream_rate": {"fp32": 1e10}}}
+    save_hardware(hw)
+    dev = cpu_device()
+    mm = measured_matmul_seconds(config, setup, dev)
+    opt = optimizer_seconds(shapes, table)
+    assert opt is not None and opt > 0
+    assert mm == pytest.approx(2.0 * (shape_seconds(shapes, "fp32", table) + opt))  # type: ignore[operator]
+    shape = describe_model(config, "causal-lm")
+    cand = evaluate(config, shape, setup, Workload(sequences=1, tokens_per_sequence=8, batch_size=1), dev,
+                    memory_limit=2**40, grad_accum=1)
+    assert cand.run.step_seconds > mm  # plus the streamed bytes
+    uncalibrated = replace(dev, shape_stream_rate_by_dtype={})
+    assert measured_matmul_seconds(config, setup, uncalibrated) is None
