@@ -98,7 +98,8 @@ def test_cached_shapes_scale_with_the_micro_batch() -> None:
     assert sorted(map(repr, s4.linears)) == sorted(map(repr, direct.linears))
     assert s4.attention == direct.attention
     # The untimed ops' bytes (norms, rotary, SiLU, residual adds) grow with the batch too.
-    assert direct.untimed_bytes > 0 and s4.untimed_bytes == pytest.approx(direct.untimed_bytes, rel=0.02)
+    # (within 5%: per-call reads of norm weights and rotary tables do not grow with it)
+    assert direct.untimed_bytes > 0 and s4.untimed_bytes == pytest.approx(direct.untimed_bytes, rel=0.05)
 
 
 def test_time_model_sums_measured_calls_and_recomputes_blocks_under_checkpointing() -> None:
