@@ -86,6 +86,10 @@ def test_frozen_lower_blocks_get_no_backward_and_bf16_records_autocast_inputs() 
     no_backward = sum(n for c, n in _linears(got) if not c.input_grad and not c.weight_grad)
     assert no_backward == 2 * 7  # the two frozen blocks
     assert sum(n for a, n in got.attention if not a.grad) == 2
+    # Their untimed ops run forward only: counted at a third of a trained block's.
+    full = step_shapes(config, "causal-lm", TrainingSetup(method="full", micro_batch_size=1, seq_len=16,
+                                                          precision="bf16-mixed"))
+    assert full.untimed_bytes / 3 < got.untimed_bytes < 0.75 * full.untimed_bytes
     dtypes = {(c.in_features, c.out_features): c.input_dtype for c, _ in _linears(got)}
     assert dtypes[(160, 64)] == "bfloat16"  # down_proj eats the bf16 MLP product
     assert dtypes[(64, 160)] == "float32"  # gate/up eat the fp32 norm output

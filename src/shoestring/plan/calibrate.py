@@ -226,8 +226,8 @@ def derive_shape_rates(probes: list[dict[str, Any]]) -> dict[str, dict[str, floa
     (their operands arrive cache-cold, other ops' pages are faulted in between); both are
     fitted, by least squares on the *relative* error, over the probe steps only (two
     256-wide shapes and one 512-wide, 6-layer one), never on a configuration being
-    predicted. A fit that is not positive falls back to ``k = 1`` with ``W`` alone, and a
-    non-positive remainder leaves no streaming term.
+    predicted. Both are kept positive (:func:`_fit_factor_and_rate`); no remainder means no
+    streaming term.
     """
     factor: dict[str, float] = {}
     stream: dict[str, float] = {}
@@ -236,21 +236,37 @@ def derive_shape_rates(probes: list[dict[str, Any]]) -> dict[str, dict[str, floa
                 for p in probes if p["precision"] == precision and p.get("matmul_seconds") is not None]
         if not rows:
             continue
-        # Normal equations of min sum (k·m + x·s - 1)^2 with m, s divided by the step time.
-        mm = sum(m * m for m, _ in rows)
-        ss = sum(s * s for _, s in rows)
-        ms = sum(m * s for m, s in rows)
-        m1 = sum(m for m, _ in rows)
-        s1 = sum(s for _, s in rows)
-        det = mm * ss - ms * ms
-        k = (m1 * ss - s1 * ms) / det if len(rows) > 1 and det else -1.0
-        x = (s1 * mm - m1 * ms) / det if len(rows) > 1 and det else -1.0
-        if k <= 0 or x <= 0:
-            k = 1.0
-            x = sum(s * (1.0 - m) for m, s in rows) / ss if ss else 0.0
+        k, x = _fit_factor_and_rate(rows)
         factor[precision] = k
         stream[precision] = 1.0 / x if x > 0 else NO_STREAMING
     return {"matmul_factor": factor, "stream_rate": stream}
+
+
+def _fit_factor_and_rate(rows: list[tuple[float, float]]) -> tuple[float, float]:
+    """Least squares ``k·m + x·s ≈ 1`` with ``k > 0, x ≥ 0`` (m, s already divided by the step time).
+
+    The unconstrained solution when both are positive; otherwise the better (smaller squared
+    error) of "no streaming term, k alone" and "k = 1, x alone". One probe: k = 1, x alone.
+    """
+    mm = sum(m * m for m, _ in rows)
+    ss = sum(s * s for _, s in rows)
+    ms = sum(m * s for m, s in rows)
+    m1 = sum(m for m, _ in rows)
+    s1 = sum(s for _, s in rows)
+    x_alone = max(sum(s * (1.0 - m) for m, s in rows) / ss, 0.0) if ss else 0.0
+    if len(rows) < 2:
+        return 1.0, x_alone
+    det = mm * ss - ms * ms
+    if det:
+        k = (m1 * ss - s1 * ms) / det
+        x = (s1 * mm - m1 * ms) / det
+        if k > 0 and x > 0:
+            return k, x
+
+    def err(c: tuple[float, float]) -> float:
+        return sum((c[0] * m + c[1] * s - 1.0) ** 2 for m, s in rows)
+
+    return min(((m1 / mm if mm else 1.0), 0.0), (1.0, x_alone), key=err)
 
 
 NO_STREAMING = 1e18

@@ -267,7 +267,22 @@ def step_shapes(config: PretrainedConfig, task: str, setup: TrainingSetup, *, pa
     F.scaled_dot_product_attention = sdpa  # type: ignore[assignment]
     if autocast:
         F.linear = _autocast_linear(low)
-    counter = _untimed_bytes_counter(inside)
+    # Untimed ops in a block that gets no backward (frozen lower blocks) run forward only:
+    # a third of the forward + backward (~2x forward) that the streaming rate is fitted for.
+    backward = [1.0]
+
+    def block_in(mod: Any, args: Any, kwargs: Any = None) -> None:
+        x = args[0] if args else (kwargs or {}).get("hidden_states")
+        grad = bool(getattr(x, "requires_grad", False)) or any(p.requires_grad for p in mod.parameters())
+        backward[0] = 1.0 if grad else 1.0 / 3.0
+
+    def block_out(*_a: Any) -> None:
+        backward[0] = 1.0
+
+    for b in _layer_blocks(model, n_layers):
+        hooks.append(b.register_forward_pre_hook(block_in, with_kwargs=True))
+        hooks.append(b.register_forward_hook(block_out))
+    counter = _untimed_bytes_counter(inside, backward)
     try:
         with counter:
             model(**kwargs)
@@ -287,20 +302,21 @@ def step_shapes(config: PretrainedConfig, task: str, setup: TrainingSetup, *, pa
     # (A classifier's loss over batch x labels is negligible.)
     trainable = tuple(tuple(int(d) for d in p.shape) for p in model.parameters() if p.requires_grad)
     optimizer = OptimizerCall(trainable) if setup.optimizer == "adamw" and trainable else None
-    return StepShapes(_count(linears), _count(attention), _count(loss), optimizer, counter.bytes)
+    return StepShapes(_count(linears), _count(attention), _count(loss), optimizer, int(counter.bytes))
 
 
-def _untimed_bytes_counter(inside: list[bool]) -> Any:
+def _untimed_bytes_counter(inside: list[bool], weight: list[float]) -> Any:
     """A dispatch mode that adds up the bytes every forward op outside the timed calls reads
     and writes (norms, activation functions, rotary embeddings, residual adds, dropout,
     casts between them); views move no data and count nothing, an embedding lookup only
-    its output (it reads just the rows it returns)."""
+    its output (it reads just the rows it returns). Each op's bytes are multiplied by
+    ``weight[0]`` (1, or 1/3 for forward-only work)."""
     import torch
     from torch.utils._python_dispatch import TorchDispatchMode
     from torch.utils._pytree import tree_flatten
 
     class Counter(TorchDispatchMode):
-        bytes = 0
+        bytes = 0.0
 
         def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
             out = func(*args, **(kwargs or {}))
@@ -309,7 +325,7 @@ def _untimed_bytes_counter(inside: list[bool]) -> Any:
             outs = [t for t in tree_flatten(out)[0] if isinstance(t, torch.Tensor)]
             ins = [] if "embedding" in str(func) else [t for t in tree_flatten((args, kwargs))[0]
                                                        if isinstance(t, torch.Tensor)]
-            type(self).bytes += sum(t.numel() * t.element_size() for t in (*ins, *outs))
+            type(self).bytes += weight[0] * sum(t.numel() * t.element_size() for t in (*ins, *outs))
             return out
 
     return Counter()
