@@ -12,9 +12,9 @@ from transformers import LlamaConfig
 from shoestring.plan.arch import describe_model
 from shoestring.plan.calibrate import derive_shape_rates
 from shoestring.plan.memory import TrainingSetup
+from shoestring.plan.shape_timing import measure_shapes
 from shoestring.plan.shapes import (
     LinearCall,
-    measure_shapes,
     optimizer_seconds,
     shape_seconds,
     step_shapes,

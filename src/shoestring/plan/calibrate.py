@@ -201,7 +201,8 @@ def _probe_shapes(probe: dict[str, Any], hw: dict[str, Any], measure: bool = Tru
     from shoestring.plan.arch import describe_model
     from shoestring.plan.flops import OPTIMIZER_STREAM_BYTES
     from shoestring.plan.memory import estimate_training_memory
-    from shoestring.plan.shapes import measure_shapes, optimizer_seconds, shape_seconds, step_shapes_cached
+    from shoestring.plan.shape_timing import measure_shapes
+    from shoestring.plan.shapes import optimizer_seconds, shape_seconds, step_shapes_cached
 
     config = _probe_config(probe.get("model", "base"))
     setup = _probe_setup(probe.get("method", "full"), probe["precision"], probe["batch"], probe["seq_len"])
@@ -275,7 +276,8 @@ NO_STREAMING = 1e18
 
 def calibrate_shapes(config: Any, setup: Any) -> dict[str, list[float]]:
     """Time the Linear and attention shapes of a planned configuration on this machine (cached)."""
-    from shoestring.plan.shapes import measure_shapes, step_shapes_cached
+    from shoestring.plan.shape_timing import measure_shapes
+    from shoestring.plan.shapes import step_shapes_cached
 
     return measure_shapes(step_shapes_cached(config, setup), setup.compute_dtype, refresh=True)
 
