@@ -19,7 +19,25 @@ from types import TracebackType
 
 import psutil
 
-__all__ = ["PeakMemoryMeter", "current_rss_bytes"]
+__all__ = ["PeakMemoryMeter", "cpu_bf16_native", "current_rss_bytes"]
+
+
+def cpu_bf16_native() -> bool:
+    """True when this CPU has bf16 dot-product instructions (AVX512-BF16 or AMX-BF16).
+
+    There, bf16 matmuls run 2.5-2.8x faster than fp32 (measured on a 2-core Zen 4:
+    ~300-390 vs ~100-150 GFLOP/s, benchmarks/RESULTS.md), so bf16 autocast is the fast
+    default for training. Reads /proc/cpuinfo; False where that is unavailable.
+    """
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return bool(flags & {"avx512_bf16", "amx_bf16"})
+    except OSError:
+        pass
+    return False
 
 
 def current_rss_bytes() -> int:

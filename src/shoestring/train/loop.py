@@ -198,6 +198,7 @@ def train_language_model(cfg: TrainConfig, s: Settings, paths: Paths, console: C
     import torch
 
     from shoestring.models import load_tokenizer
+    from shoestring.train.fastpath import restore_attention
     from shoestring.train.modeling import LossModule, build_model, count_trainable, init_mlm_head
     from shoestring.train.output import make_progress, save_outputs, wrap_distributed
 
@@ -247,6 +248,7 @@ def train_language_model(cfg: TrainConfig, s: Settings, paths: Paths, console: C
             core.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
         else:
             core.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    fast = _apply_fast_paths(cfg, s, model, packed) if cfg.fast_paths else {}
     trainable, total_params = count_trainable(model)
     model.train()
     lossmod = LossModule.create(model, s.task)
@@ -378,6 +380,7 @@ def train_language_model(cfg: TrainConfig, s: Settings, paths: Paths, console: C
         extra = {"_weights_sha256": _weights_digest(model)} if world > 1 else {}
         if rank == 0:
             assert log is not None
+            restore_attention(model, fast.get("attention_was"))
             save_outputs(model, tok, s, data, log, paths.out_dir)
     if rank != 0:
         return extra
@@ -399,12 +402,32 @@ def train_language_model(cfg: TrainConfig, s: Settings, paths: Paths, console: C
         "tokens_per_second": round(tokens_seen / train_seconds, 1) if train_seconds else None,
         "step_seconds": round(statistics.median(step_times), 4) if step_times else None,
         "peak_memory_bytes": int(meter.peak_bytes),
-        "deviations": s.deviations,
+        "deviations": s.deviations, "fast_paths": {k: v for k, v in fast.items() if k != "attention_was"} or None,
     }  # fmt: skip
     for key in ("peak_memory_bytes", "step_seconds", "total_seconds", "cost_usd"):
         if key in s.predicted:
             stats[f"predicted_{key}"] = s.predicted[key]
     return {**stats, **extra}
+
+
+def _apply_fast_paths(cfg: TrainConfig, s: Settings, model: Any, packed: bool) -> dict[str, Any]:
+    """Switch on the fast paths of :mod:`shoestring.train.fastpath` that apply to this run."""
+    import torch
+
+    from shoestring.train.fastpath import fast_lora_dropout, hoist_frozen_casts, use_packed_attention
+
+    done: dict[str, Any] = {}
+    if packed and s.task in ("sft", "causal-lm") and not cfg.privacy:
+        done["attention_was"] = use_packed_attention(model)
+        if done["attention_was"]:
+            done["packed_attention"] = True
+    if s.method == "lora":
+        if s.device == "cpu":
+            done["lora_dropout_modules"] = fast_lora_dropout(model) or None
+        if s.precision in ("bf16", "fp16"):
+            dtype = torch.bfloat16 if s.precision == "bf16" else torch.float16
+            done["frozen_weights_cast_once_bytes_saved"] = hoist_frozen_casts(model, dtype) or None
+    return {k: v for k, v in done.items() if v is not None or k == "attention_was"}
 
 
 def _core_model(model: Any) -> Any:

@@ -143,7 +143,10 @@ def resolve_settings(cfg: TrainConfig, plan: dict[str, Any] | None, cuda_availab
         )
     precision = chosen["precision"]
     if precision is None:
-        precision = "bf16" if device == "cuda" else "fp32"
+        from shoestring.core.metering import cpu_bf16_native
+
+        # bf16 autocast (fp32 master weights) where the hardware multiplies bf16 natively.
+        precision = "bf16" if device == "cuda" or cpu_bf16_native() else "fp32"
     if precision == "fp16" and device == "cpu":
         deviations.append("precision: fp16 needs CUDA; running bf16 autocast on CPU instead")
         precision = "bf16"
