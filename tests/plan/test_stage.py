@@ -35,7 +35,10 @@ def test_plan_json_has_the_contract_keys_and_memory_terms(tmp_path: Path, tiny_l
     terms = pred["memory_terms"]
     # Not all terms are live at once (activations are gone by the optimizer step).
     assert terms["weights"] + terms["activations"] < pred["peak_memory_bytes"] <= sum(terms.values())
-    assert plan["fits"] and plan["precision"] == "fp32"
+    from shoestring.core.metering import cpu_bf16_native
+
+    # auto precision on a CPU: bf16 autocast where it multiplies bf16 natively (the trainer's rule too)
+    assert plan["fits"] and plan["precision"] == ("bf16-mixed" if cpu_bf16_native() else "fp32")
     assert plan["micro_batch_size"] * plan["grad_accum"] == 8
     # LoRA on q_proj+v_proj of a 64-wide, 2-layer GQA model: r·(in+out) per adapted Linear.
     assert plan["parameters"]["trainable"] == 2 * 8 * ((64 + 64) + (64 + 32))

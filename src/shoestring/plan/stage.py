@@ -57,7 +57,8 @@ class PlanConfig(StageConfig):
     trainable_layers: int = Field(default=2, ge=0)
     """method=frozen: number of top transformer blocks that train (final norm and head train too)."""
     precision: Literal["auto", "fp32", "bf16-mixed", "fp16-mixed", "bf16", "fp16", "int8", "int4"] = "auto"
-    """Weights/compute precision; auto = fp32 on CPU, bf16-mixed on GPUs with bf16, fp16-mixed otherwise."""
+    """Weights/compute precision; auto = bf16-mixed on GPUs with bf16 and on CPUs with native bf16
+    (AVX512-BF16/AMX), fp32 on other CPUs, fp16-mixed on other GPUs."""
     optimizer: Literal["adamw", "adamw-8bit", "sgd", "adafactor"] = "adamw"
     """Optimizer (decides the optimizer-state bytes per trainable parameter: 8, 2, 4, ~0)."""
     activation_checkpointing: bool | None = None
@@ -103,7 +104,10 @@ def _precision(cfg: PlanConfig, device_kind: str, bf16: bool) -> str:
     if cfg.precision != "auto":
         return cfg.precision
     if device_kind == "cpu":
-        return "fp32"
+        from shoestring.core.metering import cpu_bf16_native
+
+        # Same rule as the trainer's default: bf16 autocast where the CPU multiplies bf16 natively.
+        return "bf16-mixed" if cpu_bf16_native() else "fp32"
     return "bf16-mixed" if bf16 else "fp16-mixed"
 
 
