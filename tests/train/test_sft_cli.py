@@ -45,6 +45,12 @@ def test_lora_sft_cli_writes_adapter_artifact(tmp_path: Path, tiny_llama: Path, 
                 "peak_memory_bytes", "step_seconds"):  # fmt: skip
         assert st[key] is not None and st[key] > 0, key
     assert st["packed"] is True and st["steps"] == 4
+    # The fast paths ran (tiny_llama: 2 layers x 7 adapted Linears).
+    assert st["fast_paths"]["packed_attention"] is True and st["fast_paths"]["lora_dropout_modules"] == 14
+    from shoestring.core.metering import cpu_bf16_native
+
+    assert st["precision"] == ("bf16" if cpu_bf16_native() else "fp32")
+    assert ("frozen_weights_cast_once_bytes_saved" in st["fast_paths"]) == (st["precision"] == "bf16")
     assert st["trainable_parameters"] < st["parameters"]
     # The artifact loads through the shared model loader (what evaluate/compress/serve use).
     from shoestring.models import load_model

@@ -248,7 +248,7 @@ def train_language_model(cfg: TrainConfig, s: Settings, paths: Paths, console: C
             core.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
         else:
             core.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    fast = _apply_fast_paths(cfg, s, model, packed) if cfg.fast_paths else {}
+    attention_was, fast = _apply_fast_paths(cfg, s, model, packed) if cfg.fast_paths else (None, {})
     trainable, total_params = count_trainable(model)
     model.train()
     lossmod = LossModule.create(model, s.task)
@@ -380,7 +380,7 @@ def train_language_model(cfg: TrainConfig, s: Settings, paths: Paths, console: C
         extra = {"_weights_sha256": _weights_digest(model)} if world > 1 else {}
         if rank == 0:
             assert log is not None
-            restore_attention(model, fast.get("attention_was"))
+            restore_attention(model, attention_was)
             save_outputs(model, tok, s, data, log, paths.out_dir)
     if rank != 0:
         return extra
@@ -402,7 +402,7 @@ def train_language_model(cfg: TrainConfig, s: Settings, paths: Paths, console: C
         "tokens_per_second": round(tokens_seen / train_seconds, 1) if train_seconds else None,
         "step_seconds": round(statistics.median(step_times), 4) if step_times else None,
         "peak_memory_bytes": int(meter.peak_bytes),
-        "deviations": s.deviations, "fast_paths": {k: v for k, v in fast.items() if k != "attention_was"} or None,
+        "deviations": s.deviations, "fast_paths": fast or None,
     }  # fmt: skip
     for key in ("peak_memory_bytes", "step_seconds", "total_seconds", "cost_usd"):
         if key in s.predicted:
@@ -410,24 +410,28 @@ def train_language_model(cfg: TrainConfig, s: Settings, paths: Paths, console: C
     return {**stats, **extra}
 
 
-def _apply_fast_paths(cfg: TrainConfig, s: Settings, model: Any, packed: bool) -> dict[str, Any]:
-    """Switch on the fast paths of :mod:`shoestring.train.fastpath` that apply to this run."""
+def _apply_fast_paths(cfg: TrainConfig, s: Settings, model: Any, packed: bool) -> tuple[str | None, dict[str, Any]]:
+    """Switch on the fast paths of :mod:`shoestring.train.fastpath` that apply to this run.
+
+    Returns the attention implementation to restore before saving (None: unchanged) and what
+    was switched on (for the stats).
+    """
     import torch
 
     from shoestring.train.fastpath import fast_lora_dropout, hoist_frozen_casts, use_packed_attention
 
     done: dict[str, Any] = {}
+    attention_was = None
     if packed and s.task in ("sft", "causal-lm") and not cfg.privacy:
-        done["attention_was"] = use_packed_attention(model)
-        if done["attention_was"]:
-            done["packed_attention"] = True
+        attention_was = use_packed_attention(model)
+        done["packed_attention"] = attention_was is not None
     if s.method == "lora":
         if s.device == "cpu":
             done["lora_dropout_modules"] = fast_lora_dropout(model) or None
         if s.precision in ("bf16", "fp16"):
             dtype = torch.bfloat16 if s.precision == "bf16" else torch.float16
             done["frozen_weights_cast_once_bytes_saved"] = hoist_frozen_casts(model, dtype) or None
-    return {k: v for k, v in done.items() if v is not None or k == "attention_was"}
+    return attention_was, {k: v for k, v in done.items() if v}
 
 
 def _core_model(model: Any) -> Any:

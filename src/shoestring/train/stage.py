@@ -131,7 +131,7 @@ def _bound_allocator(cfg: TrainConfig, plan: dict[str, Any] | None) -> tuple[boo
     why = (
         "bound_allocator: true"
         if cfg.bound_allocator
-        else "auto: planned peak x 1.5 would not fit in 80% of free memory"
+        else f"auto: planned peak x {UNBOUNDED_HEAP_FACTOR} would not fit in 80% of free memory"
     )
     return applied, why if applied else "not glibc: allocator unchanged"
 
