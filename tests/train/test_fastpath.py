@@ -128,3 +128,58 @@ def test_lora_helpers_swap_dropout_and_cast_only_frozen_adapted_weights(tiny_lla
         if p.requires_grad:
             assert p.dtype == torch.float32, name  # adapters stay fp32
     assert model.get_output_embeddings().weight.dtype == lm_head_dtype
+
+
+def _mapped(path: Path) -> bool:
+    return any(str(path) in line for line in Path("/proc/self/maps").read_text().splitlines())
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").is_file(), reason="reads Linux's /proc/self/maps")
+def test_casting_frozen_weights_lets_go_of_the_memory_mapped_checkpoint(tiny_llama: Path) -> None:
+    """transformers maps the safetensors file into memory; after the cast nothing may still live
+    in that mapping, or the replaced fp32 weights' pages stay resident (the cast would cost
+    memory instead of saving it)."""
+    import gc
+
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    (ckpt,) = [f.resolve() for f in tiny_llama.glob("*.safetensors")]
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama)
+    model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear"))
+    gc.collect()
+    assert _mapped(ckpt)  # the loaded weights live in the file mapping
+    ids = torch.tensor([[5, 17, 923, 44, 8, 9]])
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        before = model(input_ids=ids).logits
+    assert hoist_frozen_casts(model, torch.bfloat16) > 0
+    gc.collect()
+    assert not _mapped(ckpt)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.equal(model(input_ids=ids).logits, before)
+
+
+def test_packed_attention_runs_fp32_blocks_under_cpu_autocast(tiny_llama: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Llama's rotary embedding hands the attention an fp32 query under autocast; the blocks
+    must still run in fp32 with autocast off (autocast would cast each one to bf16), and the
+    output must come back at the autocast precision, close to the masked bf16 path."""
+    import torch.nn.functional as F
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama).eval()
+    batch = _packed_batch([[[5, 17, 923, 44, 8, 9], [301, 7, 7, 12]], [[99, 1000, 4, 5, 6]]], 16)
+    kw = {"input_ids": batch["input_ids"], "position_ids": batch["position_ids"], "use_cache": False}
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        masked = model(**kw).logits
+        use_packed_attention(model)
+        seen: list[tuple[torch.dtype, bool]] = []
+        real = F.scaled_dot_product_attention
+
+        def spy(q: torch.Tensor, *a: object, **k: object) -> torch.Tensor:
+            seen.append((q.dtype, torch.is_autocast_enabled("cpu")))
+            return real(q, *a, **k)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(F, "scaled_dot_product_attention", spy)
+        mine = model(**kw).logits
+    assert seen and set(seen) == {(torch.float32, False)}
+    torch.testing.assert_close(mine.float(), masked.float(), atol=0.05, rtol=0.05)

@@ -30,6 +30,7 @@ __all__ = [
     "collate",
     "concat_segments",
     "pack_examples",
+    "pack_lengths",
     "iter_microbatches",
     "mask_tokens",
     "pad_rows",
@@ -232,30 +233,45 @@ def concat_segments(examples: Sequence[dict[str, Any]], seq_len: int, cls_id: in
     return rows
 
 
+def pack_lengths(lengths: Sequence[int], seq_len: int) -> list[list[int]]:
+    """Best-fit-decreasing packing of documents of these lengths into rows of at most ``seq_len``
+    tokens; returns each row's document indices in placement order.
+
+    The trainer packs with it (:func:`pack_examples`), and the planner uses it to know each
+    row's documents (per-document attention cost) without tokens.
+    """
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    rows: list[list[int]] = []
+    free: list[tuple[int, int]] = []  # (free tokens, row index), sorted
+    for i in order:
+        n = lengths[i]
+        k = bisect.bisect_left(free, (n, -1))
+        if k < len(free):
+            space, r = free.pop(k)
+        else:
+            rows.append([])
+            space, r = seq_len, len(rows) - 1
+        rows[r].append(i)
+        if space - n > 0:
+            bisect.insort(free, (space - n, r))
+    return rows
+
+
 def pack_examples(examples: Sequence[dict[str, Any]], seq_len: int) -> list[Row]:
     """Best-fit-decreasing packing of examples into rows of at most ``seq_len`` tokens.
 
     Positions restart at 0 for each document, and the first label of each document is
     ignored so no token is ever predicted from another document's last token.
     """
-    order = sorted(range(len(examples)), key=lambda i: (-len(examples[i]["input_ids"]), i))
     rows: list[Row] = []
-    free: list[tuple[int, int]] = []  # (free tokens, row index), sorted
-    for i in order:
-        ids, labels = examples[i]["input_ids"], examples[i]["labels"]
-        n = len(ids)
-        k = bisect.bisect_left(free, (n, -1))
-        if k < len(free):
-            space, r = free.pop(k)
-        else:
-            rows.append(Row([], [], []))
-            space, r = seq_len, len(rows) - 1
-        row = rows[r]
-        row.input_ids.extend(ids)
-        row.labels.extend([IGNORE, *labels[1:]])
-        row.position_ids.extend(range(n))
-        if space - n > 0:
-            bisect.insort(free, (space - n, r))
+    for members in pack_lengths([len(e["input_ids"]) for e in examples], seq_len):
+        row = Row([], [], [])
+        for i in members:
+            ids, labels = examples[i]["input_ids"], examples[i]["labels"]
+            row.input_ids.extend(ids)
+            row.labels.extend([IGNORE, *labels[1:]])
+            row.position_ids.extend(range(len(ids)))
+        rows.append(row)
     return rows
 
 
