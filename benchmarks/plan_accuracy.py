@@ -13,6 +13,14 @@ with config overrides and written to temporary folders with their real tokenizer
 ``from_scratch`` (random init) except the rows marked ``pretrained``. Data: Python's own
 docs (``pydoc_data.topics``), packed into rows.
 
+Each configuration runs under both CPU heaps the trainer can pick (``--heaps``): ``bounded``
+(``bound_allocator: true``: resident memory = live tensors, what the memory model predicts;
+every large block page-faults) and ``default`` (glibc's own heap, the trainer's choice when
+the plan fits with head-room: the fast one). The trainer's ``fast_paths`` stay on (its
+default; ``--stock`` turns them off). The planner is given the same heap and the dataset's
+packed document mix (``shoestring.plan.tokens.packed_segments``), as ``shoestring plan
+--dataset`` gives it.
+
     .venv/bin/python benchmarks/plan_accuracy.py            # all configurations (~10 min on 2 cores)
     .venv/bin/python benchmarks/plan_accuracy.py --only 0 3 # some of them
     .venv/bin/python benchmarks/plan_accuracy.py --calibrate --only 4 5 --json out.json  # calibrate first
@@ -73,7 +81,7 @@ CONFIGS: list[dict[str, Any]] = [
     {"name": "bert-6L classifier lora", "base": MINILM, "over": {},
      "task": "classification", "method": "lora", "seq_len": 256, "mbs": 16, "precision": "fp32", "ckpt": False},
 ]
-STEPS = 3
+STEPS = 8
 
 
 def _model_folder(base: str, over: dict[str, Any], root: Path) -> Path:
@@ -122,7 +130,8 @@ def run_one(spec: dict[str, Any]) -> dict[str, Any]:
     """Child process: train a few steps through the real train stage; return its stats."""
     from shoestring.plan.allocator import bound_cpu_allocator
 
-    if spec.get("bounded_allocator", True):
+    bounded = spec.get("heap", "bounded") == "bounded"
+    if bounded:
         bound_cpu_allocator()
     from shoestring.core.artifact import Artifact
     from shoestring.core.registry import get_stage
@@ -135,16 +144,24 @@ def run_one(spec: dict[str, Any]) -> dict[str, Any]:
         from_scratch=not spec.get("pretrained", False), seq_len=spec["seq_len"], micro_batch_size=spec["mbs"],
         grad_accum=1, precision=spec["precision"], activation_checkpointing=spec["ckpt"], max_steps=STEPS,
         val_max_examples=0, progress=False, tracking={"tensorboard": False}, max_examples=spec.get("max_examples"),
-        checkpoint_every=1000,
+        checkpoint_every=1000, fast_paths=spec.get("fast_paths", True), bound_allocator=bounded,
     )
-    if "fast_paths" in TrainConfig.model_fields:
-        # The trainer's optional fast paths (per-document packed attention, vectorised LoRA
-        # dropout, frozen casts hoisted) are not what the planner models yet: off unless asked.
-        cfg = cfg.model_copy(update={"fast_paths": bool(spec.get("fast_paths", False))})
     res = ws.run(get_stage("train"), cfg, {"dataset": Artifact.load(spec["dataset"])}, force=True)
     st = res.artifact.stats
     return {"peak_memory_bytes": st["peak_memory_bytes"], "step_seconds": st["step_seconds"],
-            "trainable": st.get("trainable_parameters"), "parameters": st.get("parameters")}
+            "trainable": st.get("trainable_parameters"), "parameters": st.get("parameters"),
+            "fast_paths": st.get("fast_paths"), "cpu_allocator": res.artifact.manifest.get("cpu_allocator")}
+
+
+def _segments(spec: dict[str, Any]) -> tuple[tuple[int, float], ...]:
+    """The dataset's packed document mix, as `shoestring plan --dataset` computes it."""
+    if spec["task"] != "causal-lm":
+        return ()
+    from shoestring.models.loading import load_tokenizer
+    from shoestring.plan.tokens import count_dataset_tokens, packed_segments
+
+    _, lengths = count_dataset_tokens(Path(spec["dataset"]) / "train.jsonl", load_tokenizer(spec["model"]))
+    return packed_segments(lengths, spec["seq_len"], chunk=True)[0]
 
 
 def _setup(spec: dict[str, Any]) -> Any:
@@ -154,7 +171,8 @@ def _setup(spec: dict[str, Any]) -> Any:
         task=spec["task"], method=spec["method"], trainable_layers=2,
         precision="bf16-mixed" if spec["precision"] == "bf16" else "fp32",
         activation_checkpointing=spec["ckpt"], micro_batch_size=spec["mbs"], seq_len=spec["seq_len"],
-        device_kind="cpu",
+        device_kind="cpu", fast_paths=spec.get("fast_paths", True), doc_segments=spec.get("segments", ()),
+        bounded_heap=spec.get("heap", "bounded") == "bounded",
     )
 
 
@@ -196,11 +214,56 @@ def predict(spec: dict[str, Any], overhead: int | None) -> dict[str, Any]:
                     dev, memory_limit=2**62, framework_overhead=overhead, grad_accum=1)
     mem = cand.memory
     step = cand.run.step_seconds
+    from shoestring.plan.allocator import UNBOUNDED_HEAP_FACTOR
+    from shoestring.plan.hardware import load_hardware
+
+    retention = (load_hardware().get("calibration", {}).get("heap_retention") or {}).get("median")
     shaped = measured_matmul_seconds(config, setup, dev)
     total, _largest = calculate_maximum_sizes(meta_model(config, task))
     acc = max(estimate_training_usage(total, "bfloat16" if spec["precision"] == "bf16" else "float32").values())
     return {"peak_memory_bytes": mem.peak_bytes, "terms": mem.terms(), "step_seconds": step,
+            "resident_default_heap_bytes": int(mem.peak_bytes * retention) if retention else None,
+            "resident_default_heap_upper_bytes": int(mem.peak_bytes * UNBOUNDED_HEAP_FACTOR),
             "matmul_seconds": shaped, "accelerate_bytes": int(acc), "trainable": mem.trainable_params}
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    """One markdown row per configuration: memory (bounded heap) with accelerate's figure, the
+    default heap's resident peak against the plan's, and step time under each heap."""
+    by: dict[int, dict[str, Any]] = {}
+    for r in rows:
+        by.setdefault(r["i"], {"name": r["name"]})[r.get("heap", "bounded")] = r
+
+    def pct(a: float | None, b: float | None) -> str:
+        return f"{a / b - 1:+.1%}" if a and b else "-"
+
+    def mib(n: float | None) -> str:
+        return f"{n / 2**20:.0f}" if n else "-"
+
+    out = ["| # | configuration | bounded peak MiB measured / ours | err | accelerate err | default-heap resident MiB "
+           "measured / plan's bound | within | step s bounded measured / ours | err | step s default measured / ours | err |",
+           "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for i, d in sorted(by.items()):
+        b, g = d.get("bounded"), d.get("default")
+        cells = [str(i), d["name"]]
+        if b:
+            mp, pp = b["meas"]["peak_memory_bytes"], b["pred"]["peak_memory_bytes"]
+            cells += [f"{mib(mp)} / {mib(pp)}", pct(pp, mp), pct(b["pred"]["accelerate_bytes"], mp)]
+        else:
+            cells += ["-", "-", "-"]
+        if g:
+            mp, pp = g["meas"]["peak_memory_bytes"], g["pred"].get("resident_default_heap_upper_bytes")
+            cells += [f"{mib(mp)} / {mib(pp)}", ("yes" if mp <= pp else "NO") if pp else "-"]
+        else:
+            cells += ["-", "-"]
+        for r in (b, g):
+            if r:
+                ms, ps = r["meas"]["step_seconds"], r["pred"]["step_seconds"]
+                cells += [f"{ms:.3f} / {ps:.3f}", pct(ps, ms)]
+            else:
+                cells += ["-", "-"]
+        out.append("| " + " | ".join(cells) + " |")
+    return "\n".join(out)
 
 
 def main() -> None:
@@ -209,8 +272,10 @@ def main() -> None:
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--json", type=Path, help="also write the raw rows here")
     ap.add_argument("--rescore", type=Path, help="re-predict the measurements saved by --json (no training)")
-    ap.add_argument("--fast-paths", action="store_true",
-                    help="train with the trainer's fast paths on (train.fastpath; not modelled by the planner yet)")
+    ap.add_argument("--stock", action="store_true",
+                    help="train (and plan) with the trainer's fast paths off (fast_paths: false)")
+    ap.add_argument("--heaps", nargs="+", default=["bounded", "default"], choices=["bounded", "default"],
+                    help="CPU heaps to run every configuration under")
     ap.add_argument("--calibrate", action="store_true",
                     help="first run `shoestring plan --calibrate`'s probe (fp32 + bf16), so the step times are predicted "
                          "with this machine's utilisation measured right before")
@@ -228,8 +293,8 @@ def main() -> None:
         print(f"calibration probes + probe shapes: {time.perf_counter() - t_cal:.1f} s "
               f"(shape timing {cal.get('shape_seconds')} s); shape model {cal.get('shape_model')}",
               file=sys.stderr, flush=True)
-        probes = [(p["precision"], p["batch"], p["seq_len"], round(p["step_seconds"], 4)) for p in cal["probes"]]
-        print(f"calibration: probes (precision, batch, seq, s/step) {probes}; utilisation {cal['utilisation_by_dtype']}, "
+        probes = [(p["heap"], p["precision"], p["batch"], p["seq_len"], round(p["step_seconds"], 4)) for p in cal["probes"]]
+        print(f"calibration: probes (heap, precision, batch, seq, s/step) {probes}; utilisation {cal['utilisation_by_dtype']}, "
               f"streaming B/s {cal['stream_rate_by_dtype']}, overhead {cal['framework_overhead_bytes'] / 2**20:.0f} MiB",
               file=sys.stderr, flush=True)
     hw = load_hardware()
@@ -250,45 +315,43 @@ def main() -> None:
         for r in rows:
             spec = dict(CONFIGS[r["i"]])
             spec["model"] = SMOL if spec.get("pretrained") else str(_model_folder(spec["base"], spec["over"], root))
+            spec.update(dataset=str(_dataset(root, spec["task"] == "classification")), heap=r.get("heap", "bounded"),
+                        fast_paths=r.get("fast_paths", True))
+            spec["segments"] = _segments(spec)
             r["pred"] = predict(spec, overhead)
         chosen = []
     for i in chosen:
         spec = dict(CONFIGS[i])
         model = SMOL if spec.get("pretrained") else str(_model_folder(spec["base"], spec["over"], root))
-        spec.update(model=model, workspace=str(root / f"ws{i}"), fast_paths=args.fast_paths,
-                    dataset=str(_dataset(root, spec["task"] == "classification")))
+        spec.update(model=model, fast_paths=not args.stock, dataset=str(_dataset(root, spec["task"] == "classification")))
+        spec["segments"] = _segments(spec)
         shape_s = calibrate_row(spec) if args.calibrate else None
-        pred = predict(spec, overhead)
-        pred["shape_calibration_seconds"] = shape_s
-        t0 = time.time()
-        env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
-        out = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], capture_output=True, text=True,
-                             env=env, timeout=900)
-        line = [x for x in out.stdout.splitlines() if x.startswith("RESULT ")]
-        if out.returncode != 0 or not line:
-            print(f"[{i}] {spec['name']}: FAILED\n{out.stderr[-2000:]}", file=sys.stderr)
-            continue
-        meas = json.loads(line[-1][7:])
-        rows.append({"i": i, "name": spec["name"], "pred": pred, "meas": meas, "wall": time.time() - t0})
-        if args.json:  # after every row, so a run cut short keeps what it measured
-            args.json.write_text(json.dumps(rows, indent=1))
-        err = pred["peak_memory_bytes"] / meas["peak_memory_bytes"] - 1
-        print(f"[{i}] {spec['name']}: measured {meas['peak_memory_bytes'] / 2**20:.0f} MiB, predicted "
-              f"{pred['peak_memory_bytes'] / 2**20:.0f} MiB ({err:+.1%}); step {meas['step_seconds']:.3f}s vs "
-              f"{pred['step_seconds']:.3f}s ({pred['step_seconds'] / meas['step_seconds'] - 1:+.1%}; matmul+attention "
-              f"{pred['matmul_seconds']}; shapes timed in {shape_s} s)", file=sys.stderr, flush=True)
+        for heap in args.heaps:
+            spec.update(heap=heap, workspace=str(root / f"ws{i}-{heap}"))
+            pred = predict(spec, overhead)
+            pred["shape_calibration_seconds"] = shape_s
+            t0 = time.time()
+            env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
+            out = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], capture_output=True,
+                                 text=True, env=env, timeout=900)
+            line = [x for x in out.stdout.splitlines() if x.startswith("RESULT ")]
+            if out.returncode != 0 or not line:
+                print(f"[{i}] {spec['name']} ({heap}): FAILED\n{out.stderr[-2000:]}", file=sys.stderr)
+                continue
+            meas = json.loads(line[-1][7:])
+            rows.append({"i": i, "name": spec["name"], "heap": heap, "fast_paths": spec["fast_paths"], "pred": pred,
+                         "meas": meas, "wall": time.time() - t0})
+            if args.json:  # after every row, so a run cut short keeps what it measured
+                args.json.write_text(json.dumps(rows, indent=1))
+            err = pred["peak_memory_bytes"] / meas["peak_memory_bytes"] - 1
+            print(f"[{i}] {spec['name']} ({heap} heap): measured {meas['peak_memory_bytes'] / 2**20:.0f} MiB, predicted "
+                  f"{pred['peak_memory_bytes'] / 2**20:.0f} MiB ({err:+.1%}); step {meas['step_seconds']:.3f}s vs "
+                  f"{pred['step_seconds']:.3f}s ({pred['step_seconds'] / meas['step_seconds'] - 1:+.1%}); "
+                  f"allocator {meas.get('cpu_allocator')}, fast paths {meas.get('fast_paths')}", file=sys.stderr,
+                  flush=True)
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))
-    print("| # | configuration | measured peak MiB | ours MiB | ours err | accelerate MiB | accelerate err |"
-          " measured step s | predicted step s | step err |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for r in rows:
-        m, p = r["meas"], r["pred"]
-        mp = m["peak_memory_bytes"]
-        print(f"| {r['i']} | {r['name']} | {mp / 2**20:.0f} | {p['peak_memory_bytes'] / 2**20:.0f} | "
-              f"{p['peak_memory_bytes'] / mp - 1:+.1%} | {p['accelerate_bytes'] / 2**20:.0f} | "
-              f"{p['accelerate_bytes'] / mp - 1:+.1%} | {m['step_seconds']:.3f} | {p['step_seconds']:.3f} | "
-              f"{p['step_seconds'] / m['step_seconds'] - 1:+.1%} |")
+    print(table(rows))
     shutil.rmtree(root, ignore_errors=True)
 
 

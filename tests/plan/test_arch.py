@@ -109,3 +109,35 @@ def test_meta_trace_matches_a_real_padded_bert(task: str, attention_dropout: flo
         assert traced.saved_bytes - fused > 2 * 3 * scores * 0.9
     else:
         assert traced.saved_bytes == fused
+
+
+@pytest.mark.parametrize("autocast", [False, True])
+def test_meta_trace_matches_the_trainers_fast_paths(autocast: bool) -> None:
+    """LoRA with dropout on packed rows, run the way the trainer's defaults run it
+    (per-document attention, FastDropout's boolean mask, frozen weights cast once under
+    autocast): the trace with ``fast`` must see the same saved bytes, and they must differ
+    from the stock path's (so the check can fail)."""
+    from peft import LoraConfig, get_peft_model
+
+    from shoestring.train.fastpath import fast_lora_dropout, hoist_frozen_casts, use_packed_attention
+
+    config = _config()
+    torch.manual_seed(0)
+    model = get_peft_model(LlamaForCausalLM(config), LoraConfig(r=4, target_modules="all-linear", lora_dropout=0.1))
+    model.train()
+    assert use_packed_attention(model) is not None
+    assert fast_lora_dropout(model) > 0
+    if autocast:
+        assert hoist_frozen_casts(model, torch.bfloat16) > 0
+    ids = torch.randint(0, 512, (2, 128))
+    pos = torch.cat([torch.arange(80), torch.arange(48)]).repeat(2, 1)  # two documents per row
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        real = _saved_bytes_of(model, input_ids=ids, labels=ids, position_ids=pos)
+    fast = "docs,dropout" + (",hoist" if autocast else "")
+    dtype = "bfloat16" if autocast else "float32"
+    spec = "lora:4:0.1:all-linear"
+    traced = trace_activations(config, "causal-lm", 2, 128, trainable=spec, dtype=dtype, autocast=autocast,
+                               fast=fast).saved_bytes
+    stock = trace_activations(config, "causal-lm", 2, 128, trainable=spec, dtype=dtype, autocast=autocast).saved_bytes
+    assert traced == pytest.approx(real, rel=0.06)
+    assert abs(stock - real) > 0.1 * real

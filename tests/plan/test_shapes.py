@@ -38,7 +38,8 @@ def _linears(shapes: object) -> list[tuple[LinearCall, int]]:
 def test_full_training_records_every_linear_once_with_its_shape_and_gradients() -> None:
     config = _config()
     shape = describe_model(config, "causal-lm")
-    got = step_shapes(config, "causal-lm", TrainingSetup(method="full", micro_batch_size=2, seq_len=16))
+    got = step_shapes(config, "causal-lm", TrainingSetup(method="full", micro_batch_size=2, seq_len=16,
+                                                         fast_paths=False))
     # Exactly the model's Linear modules: 7 per block x 2 blocks + the head, by (in, out).
     expected: dict[tuple[int, int], int] = {}
     for in_out in shape.linear_shapes.values():
@@ -52,7 +53,7 @@ def test_full_training_records_every_linear_once_with_its_shape_and_gradients() 
     assert not head[0].in_block
     blocks = [c for c, _ in _linears(got) if c.out_features != 512]
     assert all(c.tokens == 32 and c.input_grad and c.weight_grad and c.lora_rank == 0 for c in blocks)
-    # One attention call per block, as training runs it: boolean mask, K/V repeated to all heads.
+    # Stock path: one attention call per block, boolean mask, K/V repeated to all heads.
     ((att, n),) = got.attention
     assert n == 2 and (att.batch, att.heads, att.kv_heads, att.q_len, att.head_dim) == (2, 4, 4, 16, 16)
     assert att.masked and not att.causal and att.grad
@@ -60,6 +61,29 @@ def test_full_training_records_every_linear_once_with_its_shape_and_gradients() 
     ((loss, _),) = got.loss
     assert (loss.rows, loss.vocab, loss.logits_dtype) == (30, 512, "float32")
     assert got.optimizer is not None and len(got.optimizer.shapes) == 2 * 9 + 3  # + embedding, final norm, head
+
+
+def test_fast_paths_time_one_causal_fp32_block_per_document_and_fast_lora_calls() -> None:
+    config = _config()
+    setup = TrainingSetup(method="lora", micro_batch_size=2, seq_len=16, doc_segments=((6, 1.0), (10, 0.5)),
+                          precision="bf16-mixed")
+    got = step_shapes(config, "causal-lm", setup)
+    # Per layer and row: one 6-token document and half a 10-token one (the segment mix), K/V at
+    # their own 2 heads, causal without a mask, in fp32 (the trainer's CPU blocks).
+    att = {c.q_len: (c, n) for c, n in got.attention}
+    assert sorted(att) == [6, 10]
+    assert att[6][1] == pytest.approx(2 * 2 * 1.0) and att[10][1] == pytest.approx(2 * 2 * 0.5)
+    for c, _ in att.values():
+        assert (c.batch, c.heads, c.kv_heads, c.causal, c.masked, c.enable_gqa, c.dtype) == (1, 4, 2, True, False,
+                                                                                               True, "fp32")
+        assert c.packed_docs and c.key("bf16") != replace(c, packed_docs=False).key("bf16")
+    assert all(c.fast for c, _ in got.linears if c.lora_rank)
+    # The casts in and out of fp32 are streamed bytes the stock path does not have.
+    stock = step_shapes(config, "causal-lm", replace(setup, fast_paths=False))
+    assert got.untimed_bytes > stock.untimed_bytes and not any(c.fast for c, _ in stock.linears)
+    # A bigger micro-batch means more documents, not a bigger one.
+    s4 = step_shapes_cached(config, replace(setup, micro_batch_size=4))
+    assert {c.q_len: n for c, n in s4.attention} == {6: pytest.approx(8.0), 10: pytest.approx(4.0)}
 
 
 def test_lora_calls_are_peft_modules_of_the_planned_rank_and_the_head_stays_frozen() -> None:
@@ -125,18 +149,24 @@ def test_time_model_sums_measured_calls_and_recomputes_blocks_under_checkpointin
 
 def test_in_step_factor_and_streaming_rate_are_fitted_over_the_probes() -> None:
     k, w = 1.3, 8e9
-    probes = [{"precision": "fp32", "matmul_seconds": m, "streamed_bytes_rest": b, "step_seconds": k * m + b / w}
-              for m, b in ((0.4, 1.0e9), (0.01, 0.5e9), (2.0, 3.0e9))]
-    got = derive_shape_rates(probes)
+    probes = [{"precision": "fp32", "heap": "default", "matmul_seconds": m, "streamed_bytes_rest": b,
+               "step_seconds": k * m + b / w} for m, b in ((0.4, 1.0e9), (0.01, 0.5e9), (2.0, 3.0e9))]
+    # The same probes under the bounded heap: the same work plus a page fault per fresh page.
+    fault = 3e9
+    bounded = [{**p, "heap": "bounded", "allocated_bytes": a, "step_seconds": p["step_seconds"] + a / fault}
+               for p, a in zip(probes, (2e9, 1e8, 5e9), strict=True)]
+    got = derive_shape_rates(probes + bounded)
     assert got["matmul_factor"]["fp32"] == pytest.approx(k)
     assert got["stream_rate"]["fp32"] == pytest.approx(w)
+    assert got["fault_rate"]["fp32"] == pytest.approx(fault)
+    assert set(got["matmul_factor"]) == {"fp32"}  # the bounded probes do not move k or W
     # Timed calls that already cover the steps: no streaming term (not a negative rate).
-    probes = [{**p, "step_seconds": p["matmul_seconds"] * 0.9} for p in probes]
+    probes = [{**p, "heap": "default", "step_seconds": p["matmul_seconds"] * 0.9} for p in probes]
     got = derive_shape_rates(probes)
     assert got["matmul_factor"]["fp32"] == pytest.approx(0.9) and got["stream_rate"]["fp32"] >= 1e15
     # A single probe cannot separate the two: k = 1 and the rate from its remainder.
-    got = derive_shape_rates([{"precision": "fp32", "matmul_seconds": 0.4, "streamed_bytes_rest": 1e9,
-                               "step_seconds": 0.5}])
+    got = derive_shape_rates([{"precision": "fp32", "heap": "default", "matmul_seconds": 0.4,
+                               "streamed_bytes_rest": 1e9, "step_seconds": 0.5}])
     assert got["matmul_factor"]["fp32"] == 1.0 and got["stream_rate"]["fp32"] == pytest.approx(1e10)
 
 
@@ -172,3 +202,8 @@ def test_measured_shapes_are_cached_per_machine_and_used_by_the_search(monkeypat
     assert cand.run.step_seconds > mm  # plus the streamed bytes
     uncalibrated = replace(dev, shape_stream_rate_by_dtype={})
     assert measured_matmul_seconds(config, setup, uncalibrated) is None
+    # Under the bounded heap every fresh allocation pages in: + allocated bytes / fault rate.
+    assert shapes.allocated_bytes > 0
+    faulting = replace(dev, fault_rate_by_dtype={"fp32": 1e9})
+    bounded = measured_matmul_seconds(config, replace(setup, bounded_heap=True), faulting)
+    assert bounded == pytest.approx(mm + shapes.allocated_bytes / 1e9)  # type: ignore[operator]

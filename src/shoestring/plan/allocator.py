@@ -16,10 +16,23 @@ import ctypes
 import ctypes.util
 import sys
 
-__all__ = ["DEFAULT_MMAP_THRESHOLD", "bound_cpu_allocator"]
+__all__ = ["DEFAULT_MMAP_THRESHOLD", "UNBOUNDED_HEAP_FACTOR", "bound_cpu_allocator", "needs_bounded_heap"]
 
 DEFAULT_MMAP_THRESHOLD = 64 * 1024
 """Bytes: allocations at least this large bypass the heap arenas (glibc's initial default is 128 KiB)."""
+UNBOUNDED_HEAP_FACTOR = 2.0
+"""Peak RSS under glibc's default heap / peak RSS bounded (= live tensors, what the planner
+predicts): measured 1.06-1.85 over the 14 configurations of ``benchmarks/plan_accuracy.py``
+(LoRA and BERT highest: many mid-sized blocks fragment the arenas; RESULTS.md). The head-room
+the auto mode allows for, and the upper bound a plan states for the default heap."""
+
+
+def needs_bounded_heap(predicted_peak: float, available: float) -> bool:
+    """The trainer's auto rule (``bound_allocator`` unset): bound glibc's heap only when the
+    planned peak with the default heap's head-room would not fit in 80% of available memory."""
+    return float(predicted_peak) * UNBOUNDED_HEAP_FACTOR > 0.8 * float(available)
+
+
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
 _applied: list[int] = []

@@ -242,7 +242,7 @@ class ActivationTrace:
     """One copy of the output logits (batch·seq·vocab for LMs) at the compute dtype."""
 
 
-def _sdpa_stand_in(device_kind: str, padded: bool, cast: Any = None) -> Any:
+def _sdpa_stand_in(device_kind: str, padded: bool, cast: Any = None, packed_docs: int = 0) -> Any:
     """An SDPA stand-in for meta tracing that saves what the real device's kernel saves.
 
     On meta, ``scaled_dot_product_attention`` always takes the math path. The real kernels
@@ -255,6 +255,11 @@ def _sdpa_stand_in(device_kind: str, padded: bool, cast: Any = None) -> Any:
     (measured against a real CPU forward in tests/plan/test_arch.py; it was the cause of
     the -24%/-42% BERT-classifier misses in RESULTS.md). CUDA's fused kernels support
     dropout (they keep only the RNG state), so there the fused trace is used.
+
+    ``packed_docs`` (the K/V head count) mirrors the trainer's per-document attention
+    (:func:`shoestring.train.fastpath.packed_attention_forward`): K/V at their own head count
+    (GQA, never repeated), no mask, and on CPU under autocast fp32 copies of q, k, v (the
+    blocks run in fp32), each document's output and log-sum-exp saved.
     """
     import math
 
@@ -294,6 +299,14 @@ def _sdpa_stand_in(device_kind: str, padded: bool, cast: Any = None) -> Any:
 
     def sdpa(q: Any, k: Any, v: Any, attn_mask: Any = None, dropout_p: float = 0.0, is_causal: bool = False,
              scale: Any = None, enable_gqa: bool = False) -> Any:
+        if packed_docs and dropout_p == 0:
+            b, _, t, d = q.shape
+            low = cast if cast is not None and device_kind != "cpu" else torch.float32
+            q = q.to(low)
+            if k.shape[1] != packed_docs:  # transformers repeated K/V for its masked kernel; the fast path does not
+                k = torch.empty(b, packed_docs, t, d, dtype=low, device=q.device)
+                v = torch.empty(b, packed_docs, t, v.shape[-1], dtype=low, device=q.device)
+            return FusedAttention.apply(q, k.to(low), v.to(low), None)
         if cast is not None:  # autocast runs SDPA in the low precision
             q, k, v = q.to(cast), k.to(cast), v.to(cast)
         if enable_gqa and k.shape[1] != q.shape[1]:
@@ -326,7 +339,7 @@ def _autocast_linear(dtype: Any) -> Any:
 
 
 def _trace(config: PretrainedConfig, task: str, batch: int, seq_len: int, trainable: str, dtype_name: str,
-           attn: str, device_kind: str, autocast: bool = False) -> ActivationTrace:
+           attn: str, device_kind: str, autocast: bool = False, fast: str = "") -> ActivationTrace:
     import copy
 
     import torch
@@ -340,6 +353,7 @@ def _trace(config: PretrainedConfig, task: str, batch: int, seq_len: int, traina
     if not autocast:  # pure low precision (or fp32): the weights themselves are in dtype
         model.to(dtype)
     _set_trainable(model, trainable)
+    _apply_meta_fast_paths(model, fast.split(","), dtype)
     n_layers = int(getattr(config.get_text_config(), "num_hidden_layers", 0) or 0)
     blocks = _layer_blocks(model, n_layers)
     per_block: dict[int, dict[int, int]] = {i: {} for i in range(len(blocks))}
@@ -380,8 +394,11 @@ def _trace(config: PretrainedConfig, task: str, batch: int, seq_len: int, traina
         kwargs["labels"] = torch.zeros(batch, dtype=torch.long, device="meta")
     original = F.scaled_dot_product_attention
     original_linear = F.linear
+    text = config.get_text_config()
+    kv_heads = int(getattr(text, "num_key_value_heads", None) or getattr(text, "num_attention_heads", 0) or 0)
     F.scaled_dot_product_attention = _sdpa_stand_in(device_kind, task in ("classification", "masked-lm"),
-                                                    dtype if autocast else None)
+                                                    dtype if autocast else None,
+                                                    kv_heads if "docs" in fast.split(",") else 0)
     if autocast:
         F.linear = _autocast_linear(dtype)
     try:
@@ -407,6 +424,37 @@ def _trace(config: PretrainedConfig, task: str, batch: int, seq_len: int, traina
         head_bytes=head,
         logits_bytes=logits,
     )
+
+
+def _apply_meta_fast_paths(model: torch.nn.Module, kinds: list[str], dtype: Any) -> None:
+    """The trainer's fast paths that change saved tensors, on the meta model.
+
+    ``dropout``: LoRA's dropout keeps a boolean mask (``FastDropout``) where CPU ``nn.Dropout``
+    keeps a noise tensor at the input's precision; ``hoist``: frozen base weights of adapted
+    Linears stored in ``dtype``, so autocast's cast returns the parameter (nothing saved).
+    """
+    import torch
+
+    class MetaFastDropout(torch.nn.Module):  # saves what FastDropout saves: x * keep (bool)
+        def __init__(self, p: float) -> None:
+            super().__init__()
+            self.p = p
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            keep = torch.empty(x.shape, dtype=torch.bool, device=x.device)
+            return x.mul(keep).mul_(1.0 / (1.0 - self.p))
+
+    for mod in model.modules():
+        if not (hasattr(mod, "lora_A") and hasattr(mod, "base_layer")):
+            continue
+        drops = getattr(mod, "lora_dropout", None)
+        if "dropout" in kinds and isinstance(drops, torch.nn.ModuleDict):
+            for name, d in list(drops.items()):
+                if type(d) is torch.nn.Dropout and d.p > 0:
+                    drops[name] = MetaFastDropout(d.p)
+        base = mod.base_layer
+        if "hoist" in kinds and isinstance(base, torch.nn.Linear) and not base.weight.requires_grad:
+            base.weight = torch.nn.Parameter(base.weight.detach().to(dtype), requires_grad=False)
 
 
 def _set_trainable(model: torch.nn.Module, trainable: str) -> None:
@@ -451,23 +499,25 @@ def _add_meta_lora(model: torch.nn.Module, rank: int, dropout: float, targets: l
 
 def trace_activations(config: PretrainedConfig, task: str, batch: int, seq_len: int, *, trainable: str = "all",
                       dtype: str = "float32", attn_implementation: str = "sdpa",
-                      device_kind: str = "cpu", autocast: bool = False) -> ActivationTrace:
+                      device_kind: str = "cpu", autocast: bool = False, fast: str = "") -> ActivationTrace:
     """Saved-for-backward bytes of one forward at ``batch × seq_len`` (meta device, cached).
 
     ``device_kind`` (``cpu`` / ``cuda``) picks which SDPA kernel the trace mirrors;
     ``autocast`` keeps the weights fp32 and runs matmuls and attention in ``dtype``, as
-    mixed precision does (otherwise the whole model is in ``dtype``).
+    mixed precision does (otherwise the whole model is in ``dtype``). ``fast`` names the
+    trainer's fast paths in force (``docs``, ``dropout``, ``hoist``; see
+    :func:`shoestring.plan.memory._fast_kinds`).
     """
     import json
 
     kernel = "cpu" if device_kind == "cpu" else "fused"
     key = (json.dumps(config.to_dict(), sort_keys=True, default=str), task, batch, seq_len, trainable, dtype,
-           attn_implementation, kernel, autocast)
+           attn_implementation, kernel, autocast, fast)
     if key not in _TRACES:
         if len(_TRACES) > 256:
             _TRACES.clear()
         _TRACES[key] = _trace(config, task, batch, seq_len, trainable, dtype, attn_implementation, kernel,
-                              autocast)
+                              autocast, fast)
     return _TRACES[key]
 
 

@@ -47,7 +47,11 @@ WIDE_MODEL: dict[str, Any] = {**CALIBRATION_MODEL, "hidden_size": 512, "intermed
 and elementwise work than the 256-wide one, so the shape-timed model's two constants are
 fitted over different shapes (see :func:`derive_shape_rates`)."""
 PROBE_MODELS = {"base": CALIBRATION_MODEL, "wide": WIDE_MODEL}
-BATCH, SEQ, STEPS = 4, 256, 4
+BATCH, SEQ, STEPS = 4, 256, 6
+HEAPS = ("bounded", "default")
+"""Each probe runs under the trainer's bounded heap and under glibc's default heap (the
+trainer's choice when memory is not tight): a bounded step page-faults every large block
+and runs up to 2x slower, so each heap gets its own in-step constants."""
 SMALL_PROBE = (1, 32)
 WIDE_PROBE = (2, 512)
 """A second probe of few tokens: its step is mostly the optimizer's streaming, which separates
@@ -55,11 +59,16 @@ the streaming rate from the matmul rate (see :mod:`shoestring.plan.flops`)."""
 
 
 def _child(method: str, precision: str = "fp32", batch_size: int = BATCH, seq_len: int = SEQ,
-           model_name: str = "base") -> dict[str, Any]:
-    """Runs in the subprocess: real steps through the trainer's modules; returns measurements."""
-    from shoestring.plan.allocator import bound_cpu_allocator
+           model_name: str = "base", heap: str = "bounded") -> dict[str, Any]:
+    """Runs in the subprocess: real steps through the trainer's modules; returns measurements.
 
-    bound_cpu_allocator()
+    ``heap``: ``bounded`` (the trainer's ``bound_allocator``) or ``default`` (glibc's own heap,
+    what the trainer runs with when memory is not tight).
+    """
+    if heap == "bounded":
+        from shoestring.plan.allocator import bound_cpu_allocator
+
+        bound_cpu_allocator()
     import torch
 
     from shoestring.core.metering import PeakMemoryMeter
@@ -76,6 +85,9 @@ def _child(method: str, precision: str = "fp32", batch_size: int = BATCH, seq_le
 
         model = AutoModelForCausalLM.from_config(config)
         model.config.use_cache = False
+        from shoestring.train.fastpath import use_packed_attention
+
+        use_packed_attention(model)  # the trainer's default for packed rows (fast_paths)
         if method == "lora":
             from shoestring.train.config import LoraOptions
 
@@ -127,10 +139,10 @@ def calibrate(method: str = "full") -> dict[str, Any]:
     hw = load_hardware()
     precisions = ["fp32"] + (["bf16"] if hw.get("cpu_bf16_flops") else [])
     probes: list[dict[str, Any]] = []
-    for precision in precisions:
+    for heap, precision in [(h, p) for h in HEAPS for p in precisions]:
         for name, (batch_size, seq_len) in (("base", (BATCH, SEQ)), ("base", SMALL_PROBE), ("wide", WIDE_PROBE)):
             cmd = [sys.executable, "-m", "shoestring.plan.calibrate", method, precision, str(batch_size), str(seq_len),
-                   name]
+                   name, heap]
             out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
             lines = [x for x in out.stdout.splitlines() if x.startswith("CALIBRATION ")]
             if out.returncode != 0 or not lines:
@@ -138,8 +150,11 @@ def calibrate(method: str = "full") -> dict[str, Any]:
                 raise ShoestringError(f"calibration step failed ({tail}); run `shoestring plan` without --calibrate")
             m = json.loads(lines[-1][len("CALIBRATION "):])
             probes.append({"precision": precision, "batch": batch_size, "seq_len": seq_len, "method": method,
-                           "model": name, **m, **_probe_model(method, precision, batch_size, seq_len, name)})
-    cal = derive_rates(probes, hw)
+                           "model": name, "heap": heap, **m,
+                           **_probe_model(method, precision, batch_size, seq_len, name)})
+    # The FLOP model and the framework overhead stand on the bounded probes (RSS = live tensors).
+    cal = derive_rates([p for p in probes if p["heap"] == "bounded"], hw)
+    cal["heap_retention"] = heap_retention(probes)
     t_shapes = time.perf_counter()
     probes = [{**p, **_probe_shapes(p, hw)} for p in probes]
     cal["shape_model"] = derive_shape_rates(probes)
@@ -174,12 +189,11 @@ def _probe_model(method: str, precision: str, batch_size: int, seq_len: int, nam
 
     from shoestring.plan.arch import describe_model
     from shoestring.plan.flops import streamed_bytes, training_flops_per_token
-    from shoestring.plan.memory import TrainingSetup, estimate_training_memory
+    from shoestring.plan.memory import estimate_training_memory
 
     config = _probe_config(name)
     shape = describe_model(config, "causal-lm")
-    setup = TrainingSetup(method=method, micro_batch_size=batch_size, seq_len=seq_len,  # type: ignore[arg-type]
-                          precision="fp32" if precision == "fp32" else "bf16-mixed")
+    setup = _probe_setup(method, precision, batch_size, seq_len)
     mem = estimate_training_memory(config, shape, setup, framework_overhead=0)
     flops = training_flops_per_token(shape, seq_len, mem.trainable_params,
                                      lora=method in ("lora", "qlora")) * batch_size * seq_len
@@ -191,8 +205,10 @@ def _probe_model(method: str, precision: str, batch_size: int, seq_len: int, nam
 def _probe_setup(method: str, precision: str, batch_size: int, seq_len: int) -> Any:
     from shoestring.plan.memory import TrainingSetup
 
+    half = seq_len // 2  # the probe rows hold two documents (see _child)
+    segments = ((half, 2.0),) if seq_len - half == half else ((half, 1.0), (seq_len - half, 1.0))
     return TrainingSetup(method=method, micro_batch_size=batch_size, seq_len=seq_len,  # type: ignore[arg-type]
-                         precision="fp32" if precision == "fp32" else "bf16-mixed")
+                         precision="fp32" if precision == "fp32" else "bf16-mixed", doc_segments=segments)
 
 
 def _probe_shapes(probe: dict[str, Any], hw: dict[str, Any], measure: bool = True) -> dict[str, Any]:
@@ -215,11 +231,34 @@ def _probe_shapes(probe: dict[str, Any], hw: dict[str, Any], measure: bool = Tru
     if seconds is not None and opt is not None:
         seconds, per_step = seconds + opt, 0.0
     # The rest of the step: the forward's untimed ops (their backward is proportional).
-    return {"matmul_seconds": seconds, "streamed_bytes_rest": shapes.untimed_bytes + per_step}
+    return {"matmul_seconds": seconds, "streamed_bytes_rest": shapes.untimed_bytes + per_step,
+            "allocated_bytes": shapes.allocated_bytes}
+
+
+def heap_retention(probes: list[dict[str, Any]]) -> dict[str, float]:
+    """Peak RSS under glibc's default heap / peak RSS bounded, per probe shape, and their median.
+
+    The bounded peak is what the memory model predicts (live tensors); the default heap keeps
+    freed blocks for reuse, so its resident peak is higher by a factor that depends on the
+    step's allocation pattern. Reported beside each plan, never folded into ``peak_bytes``.
+    """
+    out: dict[str, float] = {}
+    for p in probes:
+        if p.get("heap") != "default":
+            continue
+        twin = [b for b in probes if b.get("heap") == "bounded" and all(
+            b.get(k) == p.get(k) for k in ("precision", "batch", "seq_len", "model"))]
+        if twin and twin[0]["peak_memory_bytes"] > 0:
+            out[f"{p['precision']} {p['model']} {p['batch']}x{p['seq_len']}"] = round(
+                p["peak_memory_bytes"] / twin[0]["peak_memory_bytes"], 3)
+    if out:
+        out["median"] = statistics.median(out.values())
+    return out
 
 
 def derive_shape_rates(probes: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
-    """In-step factor ``k`` and streaming rate ``W`` per precision for the shape-timed model.
+    """In-step factor ``k``, streaming rate ``W`` and bounded-heap fault rate ``F`` per precision
+    for the shape-timed model.
 
     Each probe's step is ``k`` × its timed calls (matmuls, attention, loss, optimizer) plus
     ``streamed bytes / W`` for the rest (norms, activation functions, residual adds, casts
@@ -228,19 +267,30 @@ def derive_shape_rates(probes: list[dict[str, Any]]) -> dict[str, dict[str, floa
     fitted, by least squares on the *relative* error, over the probe steps only (two
     256-wide shapes and one 512-wide, 6-layer one), never on a configuration being
     predicted. Both are kept positive (:func:`_fit_factor_and_rate`); no remainder means no
-    streaming term.
+    streaming term. ``k`` and ``W`` come from the default-heap probes (the trainer's usual
+    heap). A bounded step runs the same work plus a page fault for every page of every fresh
+    allocation: its extra time over the default heap's prediction is ``allocated bytes / F``,
+    ``F`` fitted by least squares over the bounded probes (probes without a ``heap`` count as
+    default-heap ones).
     """
     factor: dict[str, float] = {}
     stream: dict[str, float] = {}
-    for precision in dict.fromkeys(p["precision"] for p in probes):
-        rows = [(p["matmul_seconds"] / p["step_seconds"], p["streamed_bytes_rest"] / p["step_seconds"])
-                for p in probes if p["precision"] == precision and p.get("matmul_seconds") is not None]
-        if not rows:
+    faults: dict[str, float] = {}
+    timed = [p for p in probes if p.get("matmul_seconds") is not None]
+    for precision in dict.fromkeys(p["precision"] for p in timed):
+        default = [p for p in timed if p["precision"] == precision and p.get("heap", "default") == "default"]
+        if not default:
             continue
+        rows = [(p["matmul_seconds"] / p["step_seconds"], p["streamed_bytes_rest"] / p["step_seconds"]) for p in default]
         k, x = _fit_factor_and_rate(rows)
         factor[precision] = k
         stream[precision] = 1.0 / x if x > 0 else NO_STREAMING
-    return {"matmul_factor": factor, "stream_rate": stream}
+        extra = [(p["allocated_bytes"], p["step_seconds"] - k * p["matmul_seconds"] - x * p["streamed_bytes_rest"])
+                 for p in timed if p["precision"] == precision and p.get("heap") == "bounded" and p.get("allocated_bytes")]
+        num, den = sum(a * a for a, _ in extra), sum(a * d for a, d in extra)
+        if extra and den > 0:
+            faults[precision] = num / den
+    return {"matmul_factor": factor, "stream_rate": stream, "fault_rate": faults}
 
 
 def _fit_factor_and_rate(rows: list[tuple[float, float]]) -> tuple[float, float]:
@@ -328,4 +378,6 @@ def derive_rates(probes: list[dict[str, Any]], hw: dict[str, Any]) -> dict[str, 
 
 if __name__ == "__main__":
     argv = sys.argv[1:] + ["full", "fp32", str(BATCH), str(SEQ), "base"][len(sys.argv) - 1:]
-    print("CALIBRATION " + json.dumps(_child(argv[0], argv[1], int(argv[2]), int(argv[3]), argv[4])), flush=True)
+    argv += ["bounded"][len(argv) - 5:]
+    print("CALIBRATION " + json.dumps(_child(argv[0], argv[1], int(argv[2]), int(argv[3]), argv[4], argv[5])),
+          flush=True)

@@ -53,6 +53,9 @@ class DeviceSpec:
     """Calibrated ratio of in-step to isolated time of the timed calls, per precision (shape-timed model)."""
     shape_stream_rate_by_dtype: dict[str, float] = field(default_factory=dict)
     """Streaming rate of the non-matmul work per precision when matmuls are shape-timed, bytes/s."""
+    fault_rate_by_dtype: dict[str, float] = field(default_factory=dict)
+    """Bounded heap: bytes of fresh allocations paged in per second (the extra time of a bounded
+    step over the default heap's), per precision; measured by ``--calibrate``."""
 
     def stream_rate_for(self, compute_dtype: str) -> float | None:
         """Bytes/s of the streamed (non-matmul) work, when calibrated for this precision."""

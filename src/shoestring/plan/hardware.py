@@ -161,6 +161,7 @@ def cpu_device(hw: dict[str, Any] | None = None) -> DeviceSpec:
         shape_times={k: list(v) for k, v in hw.get("shape_times", {}).items()},
         matmul_factor_by_dtype={k: float(v) for k, v in cal.get("shape_model", {}).get("matmul_factor", {}).items()},
         shape_stream_rate_by_dtype={k: float(v) for k, v in cal.get("shape_model", {}).get("stream_rate", {}).items()},
+        fault_rate_by_dtype={k: float(v) for k, v in cal.get("shape_model", {}).get("fault_rate", {}).items()},
         bf16=bool(hw.get("cpu_bf16_flops")),
         measured=bool(cal),
     )

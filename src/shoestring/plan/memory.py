@@ -86,6 +86,15 @@ class TrainingSetup:
     attn_implementation: str = "sdpa"
     mlm_probability: float = 0.15
     """masked-lm: fraction of tokens the loss is computed on (the trainer's ``mlm_probability``)."""
+    fast_paths: bool = True
+    """The trainer's ``fast_paths`` (:mod:`shoestring.train.fastpath`, on by default): causal
+    attention per packed document, LoRA dropout keeping a 1-byte mask (CPU), frozen LoRA base
+    weights stored at the autocast precision."""
+    doc_segments: tuple[tuple[int, float], ...] = ()
+    """causal-lm, packed: the documents one row holds, as ``(length, mean count per row)`` on the
+    timing grid (:func:`shoestring.plan.tokens.packed_segments`); empty = one ``seq_len`` document."""
+    bounded_heap: bool | None = None
+    """CPU: glibc's heap bounded (``train.bound_allocator``); None = decide as the trainer does."""
 
     @property
     def compute_dtype(self) -> str:
@@ -154,6 +163,7 @@ def _weights_bytes(shape: ModelShape, s: TrainingSetup, trainable: int) -> int:
         adapters = trainable * 4 if s.method in ("lora", "qlora") else 0
         return base + adapters
     base = int(shape.n_params * _weight_bytes_per_param(s.precision))
+    base -= hoisted_lora_weights(shape, s) * 2  # stored in bf16/fp16 instead of fp32
     if s.method in ("lora", "qlora"):
         base += trainable * 4  # adapters are fp32 even on a bf16 base (peft default)
     return base
@@ -176,6 +186,29 @@ def _optimizer_bytes(shape: ModelShape, s: TrainingSetup, trainable: int) -> int
             rc = int(rc * trainable / max(shape.n_params, 1))
         return 4 * rc + master
     raise ShoestringError(f"unknown optimizer '{s.optimizer}'; choose adamw, adamw-8bit, sgd or adafactor")
+
+
+def hoisted_lora_weights(shape: ModelShape, s: TrainingSetup) -> int:
+    """Frozen base weights the trainer stores at the autocast precision (LoRA + mixed
+    precision + fast paths: :func:`shoestring.train.fastpath.hoist_frozen_casts`)."""
+    if not (s.fast_paths and s.method == "lora" and s.precision in ("bf16-mixed", "fp16-mixed")):
+        return 0
+    _, chosen = lora_trainable_parameters(shape, list(s.lora_targets), s.lora_rank)
+    return sum(shape.linear_shapes[n][0] * shape.linear_shapes[n][1] for n in chosen)
+
+
+def _fast_kinds(s: TrainingSetup) -> str:
+    """Which fast paths change what the trace must save (the trace cache key)."""
+    if not s.fast_paths:
+        return ""
+    kinds = []
+    if s.task == "causal-lm":
+        kinds.append("docs")
+    if s.method == "lora" and s.device_kind == "cpu":
+        kinds.append("dropout")
+    if s.method == "lora" and s.precision in ("bf16-mixed", "fp16-mixed"):
+        kinds.append("hoist")
+    return ",".join(kinds)
 
 
 def _trainable_spec(s: TrainingSetup) -> str:
@@ -213,7 +246,7 @@ def estimate_training_memory(
     act_dtype = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}[s.compute_dtype]
     tr = trace_activations(config, s.task, s.micro_batch_size, s.seq_len, trainable=_trainable_spec(s),
                            dtype=act_dtype, attn_implementation=s.attn_implementation, device_kind=s.device_kind,
-                           autocast=s.precision in ("bf16-mixed", "fp16-mixed"))
+                           autocast=s.precision in ("bf16-mixed", "fp16-mixed"), fast=_fast_kinds(s))
     if s.activation_checkpointing and shape.n_layers > 0:
         # Each block keeps only its input; one block's activations exist during its recompute.
         activations = tr.layer_input_bytes * shape.n_layers + tr.per_layer_bytes + tr.head_bytes

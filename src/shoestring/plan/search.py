@@ -72,6 +72,7 @@ class Candidate:
             "activation_checkpointing": s.activation_checkpointing,
             "parallelism": s.parallelism,
             "devices": s.devices,
+            "bounded_heap": s.bounded_heap,
             "peak_memory_bytes": self.memory.peak_bytes,
             "required_bytes": self.memory.required_bytes,
             "step_seconds": self.run.step_seconds,
@@ -94,6 +95,11 @@ def evaluate(config: PretrainedConfig, shape: ModelShape, setup: TrainingSetup, 
     accum = grad_accum or max(1, math.ceil(work.batch_size / per_step))
     setup = replace(setup, grad_accum=accum)
     mem = estimate_training_memory(config, shape, setup, framework_overhead=framework_overhead)
+    if setup.device_kind == "cpu" and setup.bounded_heap is None:
+        # The trainer's auto rule, against the memory this plan may use (HEADROOM of what is free).
+        from shoestring.plan.allocator import needs_bounded_heap
+
+        setup = replace(setup, bounded_heap=needs_bounded_heap(mem.peak_bytes, memory_limit / HEADROOM))
     tokens_per_micro = setup.micro_batch_size * min(work.tokens_per_sequence, setup.seq_len)
     seqs_per_step = per_step * accum
     steps = max(1, math.ceil(work.sequences * work.epochs / seqs_per_step))
@@ -156,6 +162,10 @@ def measured_step_parts(config: PretrainedConfig, setup: TrainingSetup,
         return None
     opt = optimizer_seconds(shapes, device.shape_times)
     k = device.matmul_factor_by_dtype.get(dtype, 1.0)
+    if setup.bounded_heap and device.fault_rate_by_dtype.get(dtype):
+        # Every fresh block is a new mapping: its pages fault in (forward + backward allocations).
+        recompute = UNTIMED_RECOMPUTE if setup.activation_checkpointing else 1.0
+        seconds += shapes.allocated_bytes * recompute / device.fault_rate_by_dtype[dtype] / k
     return k * seconds, None if opt is None else k * opt, shapes.untimed_bytes
 
 

@@ -57,11 +57,14 @@ class LinearCall:
     lora_dropout: float = 0.0
     in_block: bool = True
     """Inside a transformer block (recomputed under activation checkpointing)."""
+    fast: bool = False
+    """A LoRA call as the trainer's fast paths run it: ``FastDropout`` and, under autocast, the
+    frozen base weight stored at the low precision (:mod:`shoestring.train.fastpath`)."""
 
     def key(self, compute: str) -> str:
         return (f"linear|{compute}|{self.in_features}x{self.out_features}|b{int(self.bias)}|t{self.tokens}|"
                 f"dx{int(self.input_grad)}|dw{int(self.weight_grad)}|{self.input_dtype}|r{self.lora_rank}|"
-                f"p{self.lora_dropout}")
+                f"p{self.lora_dropout}|f{int(self.fast)}")
 
 
 @dataclass(frozen=True)
@@ -82,11 +85,16 @@ class AttentionCall:
     grad: bool
     """Backward runs through it (false below the lowest trainable block)."""
     enable_gqa: bool = False
+    dtype: str = ""
+    """The precision the kernel runs in when it is not the step's (the fast path's fp32 blocks)."""
+    packed_docs: bool = False
+    """One document of a packed row (the trainer's per-document attention, ``batch`` = 1):
+    its count grows with the micro-batch instead of its batch."""
 
     def key(self, compute: str) -> str:
         return (f"sdpa|{compute}|b{self.batch}h{self.heads}kv{self.kv_heads}|{self.q_len}x{self.kv_len}|"
                 f"d{self.head_dim}|m{int(self.masked)}c{int(self.causal)}|p{self.dropout}|g{int(self.grad)}|"
-                f"gqa{int(self.enable_gqa)}")
+                f"gqa{int(self.enable_gqa)}|{self.dtype or compute}|doc{int(self.packed_docs)}")
 
 
 @dataclass(frozen=True)
@@ -132,15 +140,19 @@ class StepShapes:
     """Every timed call of one micro-batch (matmuls, attention, loss), with how often it
     happens, and the optimizer step."""
 
-    linears: tuple[tuple[LinearCall, int], ...]
-    attention: tuple[tuple[AttentionCall, int], ...]
-    loss: tuple[tuple[LossCall, int], ...] = ()
+    linears: tuple[tuple[LinearCall, float], ...]
+    attention: tuple[tuple[AttentionCall, float], ...]
+    loss: tuple[tuple[LossCall, float], ...] = ()
     optimizer: OptimizerCall | None = None
     untimed_bytes: int = 0
     """Bytes the forward's other ops (outside the timed calls) read and write: the measure of
     the step's remaining, memory-bound work (its backward is proportional)."""
+    allocated_bytes: int = 0
+    """Bytes of every new tensor the forward creates (timed calls included; views excluded):
+    under the bounded heap each is a fresh mapping whose pages fault in (its backward's
+    allocations are proportional)."""
 
-    def calls(self) -> tuple[tuple[Any, int], ...]:
+    def calls(self) -> tuple[tuple[Any, float], ...]:
         return (*self.linears, *self.attention, *self.loss)
 
     def keys(self, compute: str) -> list[str]:
@@ -148,10 +160,12 @@ class StepShapes:
         return [c.key(compute) for c, _ in self.calls()] + extra
 
 
-def _count(calls: list[Any]) -> tuple[tuple[Any, int], ...]:
-    out: dict[Any, int] = {}
+def _count(calls: list[Any]) -> tuple[tuple[Any, float], ...]:
+    """Calls (or ``(call, weight)`` pairs) → ``((call, how often), ...)``."""
+    out: dict[Any, float] = {}
     for c in calls:
-        out[c] = out.get(c, 0) + 1
+        c, w = c if isinstance(c, tuple) else (c, 1)
+        out[c] = out.get(c, 0) + w
     return tuple(out.items())
 
 
@@ -166,6 +180,11 @@ def step_shapes(config: PretrainedConfig, task: str, setup: TrainingSetup, *, pa
     document resets (``packed`` causal-LM batches nearly always are); the causal fast path
     only for an unpacked, unpadded causal batch (``packed=False`` and no padding is not
     modelled: the trainer pads unpacked batches).
+
+    With ``setup.fast_paths`` (the trainer's default) a packed causal LM's attention is
+    instead one causal SDPA per document (``setup.doc_segments``; fp32 on CPU, K/V at their
+    own head count), plus the casts in and out of fp32 as untimed bytes; LoRA calls are
+    timed with ``FastDropout`` and hoisted frozen weights.
     """
     import torch
     import torch.nn.functional as F
@@ -180,6 +199,10 @@ def step_shapes(config: PretrainedConfig, task: str, setup: TrainingSetup, *, pa
     model.train()
     _set_trainable(model, _trainable_spec(setup))
     autocast = setup.precision in ("bf16-mixed", "fp16-mixed")
+    docs = setup.fast_paths and packed and task == "causal-lm"
+    segments = setup.doc_segments or ((setup.seq_len, 1.0),)
+    text = config.get_text_config()
+    kv_heads_cfg = int(getattr(text, "num_key_value_heads", None) or getattr(text, "num_attention_heads", 0) or 0)
     low = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(setup.compute_dtype, torch.float32)
     batch, seq = setup.micro_batch_size, setup.seq_len
     out_emb = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
@@ -215,7 +238,7 @@ def step_shapes(config: PretrainedConfig, task: str, setup: TrainingSetup, *, pa
                 in_features=int(base.in_features), out_features=int(base.out_features), bias=base.bias is not None,
                 tokens=int(tokens), input_grad=bool(x.requires_grad), weight_grad=bool(base.weight.requires_grad),
                 input_dtype=str(x.dtype).replace("torch.", ""), lora_rank=rank, lora_dropout=drop,
-                in_block=id(mod) in in_blocks))
+                in_block=id(mod) in in_blocks, fast=bool(rank) and setup.fast_paths))
         return pre
 
     inside = [False]  # within a timed call: its ops' bytes are in its measured time
@@ -233,11 +256,31 @@ def step_shapes(config: PretrainedConfig, task: str, setup: TrainingSetup, *, pa
             hooks.append(mod.register_forward_pre_hook(hook_for(name, mod)))
             hooks.append(mod.register_forward_pre_hook(enter))
             hooks.append(mod.register_forward_hook(leave))
-    attention: list[AttentionCall] = []
+    attention: list[Any] = []
     original_sdpa, original_linear = F.scaled_dot_product_attention, F.linear
 
     def sdpa(q: Any, k: Any, v: Any, attn_mask: Any = None, dropout_p: float = 0.0, is_causal: bool = False,
              scale: Any = None, enable_gqa: bool = False) -> Any:
+        if docs and dropout_p == 0:
+            b, h, tq, d = q.shape
+            cpu = setup.device_kind == "cpu"
+            for length, per_row in segments:
+                attention.append((AttentionCall(batch=1, heads=int(h), kv_heads=kv_heads_cfg, q_len=int(length),
+                                                kv_len=int(length), head_dim=int(d), masked=False, causal=True,
+                                                dropout=0.0, grad=bool(q.requires_grad),
+                                                enable_gqa=kv_heads_cfg != int(h), dtype="fp32" if cpu else "",
+                                                packed_docs=True), per_row * int(b)))
+            if autocast and cpu:  # q, k, v to fp32 and the output back: read low + write fp32, and back
+                n_q, n_kv = q.numel(), 2 * q.numel() * kv_heads_cfg // max(int(h), 1)
+                low_size = torch.finfo(low).bits // 8
+                type(counter).bytes += backward[0] * (n_q + n_kv + n_q) * (low_size + 4)
+            if autocast:
+                q, k, v = q.to(low), k.to(low), v.to(low)
+            inside[0] = True
+            try:  # the same output shape, connected to q, k, v (later layers' gradients depend on it)
+                return original_sdpa(q, k, v, is_causal=True, scale=scale, enable_gqa=enable_gqa)
+            finally:
+                inside[0] = False
         if autocast:
             q, k, v = q.to(low), k.to(low), v.to(low)
         b, h, tq, d = q.shape
@@ -293,7 +336,8 @@ def step_shapes(config: PretrainedConfig, task: str, setup: TrainingSetup, *, pa
     # (A classifier's loss over batch x labels is negligible.)
     trainable = tuple(tuple(int(d) for d in p.shape) for p in model.parameters() if p.requires_grad)
     optimizer = OptimizerCall(trainable) if setup.optimizer == "adamw" and trainable else None
-    return StepShapes(_count(linears), _count(attention), _count(loss), optimizer, int(counter.bytes))
+    return StepShapes(_count(linears), _count(attention), _count(loss), optimizer, int(counter.bytes),
+                      int(counter.allocated))
 
 
 def _untimed_bytes_counter(inside: list[bool], weight: list[float]) -> Any:
@@ -308,12 +352,17 @@ def _untimed_bytes_counter(inside: list[bool], weight: list[float]) -> Any:
 
     class Counter(TorchDispatchMode):
         bytes = 0.0
+        allocated = 0.0
 
         def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
             out = func(*args, **(kwargs or {}))
-            if inside[0] or getattr(func, "is_view", False):
+            if getattr(func, "is_view", False):
                 return out
             outs = [t for t in tree_flatten(out)[0] if isinstance(t, torch.Tensor)]
+            if not func._schema.name.endswith("_"):  # in-place ops write into existing memory
+                type(self).allocated += sum(t.numel() * t.element_size() for t in outs)
+            if inside[0]:
+                return out
             ins = [] if "embedding" in str(func) else [t for t in tree_flatten((args, kwargs))[0]
                                                        if isinstance(t, torch.Tensor)]
             type(self).bytes += weight[0] * sum(t.numel() * t.element_size() for t in (*ins, *outs))
@@ -382,9 +431,10 @@ def with_batch(shapes: StepShapes, micro_batch_size: int, measured_batch: int) -
         return shapes
     f = micro_batch_size / measured_batch
     lin = tuple((replace(c, tokens=max(1, round(c.tokens * f))), n) for c, n in shapes.linears)
-    att = tuple((replace(c, batch=micro_batch_size), n) for c, n in shapes.attention)
+    att = tuple((c, n * f) if c.packed_docs else (replace(c, batch=micro_batch_size), n) for c, n in shapes.attention)
     loss = tuple((replace(c, rows=max(1, round(c.rows * f))), n) for c, n in shapes.loss)
-    return StepShapes(lin, att, loss, shapes.optimizer, round(shapes.untimed_bytes * f))
+    return StepShapes(lin, att, loss, shapes.optimizer, round(shapes.untimed_bytes * f),
+                      round(shapes.allocated_bytes * f))
 
 
 _CACHE: dict[tuple[Any, ...], StepShapes] = {}
@@ -398,7 +448,8 @@ def step_shapes_cached(config: PretrainedConfig, setup: TrainingSetup) -> StepSh
 
     one = replace(setup, micro_batch_size=1)
     key = (json.dumps(config.to_dict(), sort_keys=True, default=str), setup.task, _trainable_spec(setup),
-           setup.precision, setup.seq_len, setup.attn_implementation, setup.mlm_probability, setup.optimizer)
+           setup.precision, setup.seq_len, setup.attn_implementation, setup.mlm_probability, setup.optimizer,
+           setup.fast_paths, setup.doc_segments, setup.device_kind)
     if key not in _CACHE:
         if len(_CACHE) > 64:
             _CACHE.clear()

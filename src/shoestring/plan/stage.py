@@ -93,6 +93,9 @@ class PlanConfig(StageConfig):
     """For the inference estimate in plan.json: concurrent sequences (KV cache at seq_len tokens each)."""
     attn_implementation: Literal["sdpa", "eager"] = "sdpa"
     """Attention implementation the trainer will use (eager materialises seq×seq scores)."""
+    fast_paths: bool = True
+    """Plan for the trainer's fast paths (its default ``fast_paths: true``): per-document attention on
+    packed rows, LoRA's 1-byte dropout mask (CPU), frozen LoRA weights stored in bf16/fp16 under autocast."""
 
 
 CONFIG = PlanConfig
@@ -129,7 +132,14 @@ def _workload(cfg: PlanConfig, ctx: StageContext | None, model_spec: str) -> tup
                 "mean_tokens": round(counted.mean_tokens, 1), "p95_tokens": counted.p95_tokens,
                 "skipped": counted.skipped, "tokens_after_truncation": sum(truncated),
                 "records_truncated": sum(1 for n in lengths if n > cfg.seq_len)}
-        if cfg.packing:
+        if cfg.packing and cfg.task in ("causal-lm", "sft"):
+            from shoestring.plan.tokens import packed_segments
+
+            # Pack as the trainer will: the rows and the documents each row holds.
+            segments, seqs = packed_segments(lengths, cfg.seq_len, chunk=cfg.task == "causal-lm")
+            info["doc_segments_per_row"] = [list(x) for x in segments]
+            per_seq = cfg.seq_len
+        elif cfg.packing:
             seqs = math.ceil(counted.tokens / cfg.seq_len)
             per_seq = cfg.seq_len
         else:
@@ -215,6 +225,8 @@ def make_plan(cfg: PlanConfig, ctx: StageContext | None = None) -> dict[str, Any
         lora_dropout=cfg.lora_dropout, trainable_layers=cfg.trainable_layers, precision=precision,  # type: ignore[arg-type]
         optimizer=cfg.optimizer, seq_len=cfg.seq_len, devices=cfg.devices, device_kind=device.kind,
         attn_implementation=cfg.attn_implementation, micro_batch_size=cfg.micro_batch_size or 1,
+        fast_paths=cfg.fast_paths,
+        doc_segments=tuple((int(n), float(w)) for n, w in data_info.get("doc_segments_per_row", ())),
     )
     if cfg.calibrate and device.kind == "cpu":
         # Time this model's own Linear, attention, loss and optimizer shapes at the planned
@@ -279,9 +291,23 @@ def make_plan(cfg: PlanConfig, ctx: StageContext | None = None) -> dict[str, Any
             "flops_per_step": best.run.flops_per_step,
             "tokens_per_second": best.run.tokens_per_second,
         },
+        "cpu_heap": _heap(s, mem.peak_bytes, hw) if device.kind == "cpu" else None,
         "inference": _inference(shape, cfg, device.kind),
         "candidates": [c.row() for c in cands],
     }
+
+
+def _heap(s: Any, peak: int, hw: dict[str, Any]) -> dict[str, Any]:
+    """Which glibc heap the trainer will pick (its auto rule) and, for the default heap, the most
+    resident memory to expect: the live peak × ``UNBOUNDED_HEAP_FACTOR`` (the retention
+    ``--calibrate`` measured on its probes is reported beside it)."""
+    from shoestring.plan.allocator import UNBOUNDED_HEAP_FACTOR
+
+    retention = (hw.get("calibration", {}).get("heap_retention") or {}).get("median")
+    out: dict[str, Any] = {"bounded": bool(s.bounded_heap), "retention_probes": retention}
+    if not s.bounded_heap:
+        out["resident_peak_upper_bytes"] = int(peak * UNBOUNDED_HEAP_FACTOR)
+    return out
 
 
 def _inference(shape: Any, cfg: PlanConfig, kind: str) -> dict[str, Any]:
@@ -348,5 +374,12 @@ def summarize(artifact: Artifact, console: Console) -> None:
         f"{pred['steps']} steps × {_human_seconds(pred['step_seconds'])} = {_human_seconds(pred['total_seconds'])}, "
         f"${pred['cost_usd']:.4f}"
     )
+    heap = plan.get("cpu_heap")
+    if heap:
+        line = "bounded (memory is tight: resident = live tensors, steps slower)" if heap["bounded"] else (
+            "glibc default (fast)")
+        if heap.get("resident_peak_upper_bytes"):
+            line += f"; resident memory up to {_human_bytes(heap['resident_peak_upper_bytes'])} (its arenas keep freed blocks)"
+        console.print(f"CPU heap: {line}")
     if plan["suggestion"]:
         console.print(f"[yellow]smallest change that fits:[/] {plan['suggestion']}")

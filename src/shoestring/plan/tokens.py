@@ -76,3 +76,64 @@ def count_dataset_tokens(train_jsonl: Path, tokenizer: Any, *, batch: int = 256)
         p95_tokens=srt[int(0.95 * (len(srt) - 1))] if srt else 0,
         skipped=skipped,
     ), lengths
+
+
+def attention_grid(seq_len: int) -> list[int]:
+    """Document lengths at which per-document attention is timed: 16·2^k and 24·2^k below
+    ``seq_len``, and ``seq_len`` itself."""
+    grid = {seq_len}
+    base = 16
+    while base < seq_len:
+        grid.add(base)
+        if base * 3 // 2 < seq_len:
+            grid.add(base * 3 // 2)
+        base *= 2
+    return sorted(grid)
+
+
+def packed_segments(lengths: list[int], seq_len: int, *, chunk: bool) -> tuple[tuple[tuple[int, float], ...], int]:
+    """The documents a packed row holds, as the trainer packs them, on the timing grid.
+
+    ``lengths`` are the records' token counts; ``chunk`` splits a long record into
+    ``seq_len`` pieces (causal-LM pretraining) instead of truncating it (SFT). Rows are
+    packed best-fit-decreasing (:func:`shoestring.train.data.pack_lengths`); a row's unused
+    tail is one more document (the trainer's padding pseudo-document). Each segment length
+    is split between its two neighbouring grid lengths (:func:`attention_grid`) in
+    proportion, so ``((grid length, mean count per row), ...)`` reproduces the per-row
+    document mix with a few timed shapes; returns it and the number of packed rows.
+    """
+    from shoestring.train.data import pack_lengths
+
+    docs: list[int] = []
+    for n in lengths:
+        if n <= 0:
+            continue
+        if chunk:
+            docs.extend([seq_len] * (n // seq_len) + ([n % seq_len] if n % seq_len else []))
+        else:
+            docs.append(min(n, seq_len))
+    rows = pack_lengths(docs, seq_len)
+    if not rows:
+        return ((seq_len, 1.0),), 0
+    grid = attention_grid(seq_len)
+    weight: dict[int, float] = {}
+
+    def add(n: int) -> None:
+        if n <= grid[0]:
+            weight[grid[0]] = weight.get(grid[0], 0.0) + 1.0
+            return
+        hi = next(g for g in grid if g >= n)
+        lo = grid[grid.index(hi) - 1] if hi != n else hi
+        f = 1.0 if hi == lo else (n - lo) / (hi - lo)
+        weight[hi] = weight.get(hi, 0.0) + f
+        if f < 1.0:
+            weight[lo] = weight.get(lo, 0.0) + 1.0 - f
+
+    for members in rows:
+        used = 0
+        for i in members:
+            add(docs[i])
+            used += docs[i]
+        if used < seq_len:
+            add(seq_len - used)
+    return tuple((g, round(w / len(rows), 4)) for g, w in sorted(weight.items())), len(rows)

@@ -168,9 +168,9 @@ class TrainConfig(StageConfig):
     bound_allocator: Annotated[bool | None, NotHashed()] = None
     """CPU runs: fix glibc's mmap threshold at 64 KiB before the model loads, so peak RSS follows
     live tensors (what the planner predicts) at the cost of page faults on every large allocation
-    (measured: 1.4-1.6x slower steps, 20-35% less peak RSS). Default (auto): bounded only when the
-    plan's predicted peak, times the 1.5x that glibc's default heap can add, would not fit in 80%
-    of the memory available now; true/false force it."""
+    (measured: 1.1-1.9x slower steps, up to 46% less peak RSS). Default (auto): bounded only when
+    the plan's predicted peak, times the 2x that glibc's default heap can add (measured up to
+    1.85x), would not fit in 80% of the memory available now; true/false force it."""
     fast_paths: bool = True
     """Shoestring's measured fast paths: per-document attention for packed rows, frozen LoRA base
     weights cast once under autocast, and (CPU) vectorised LoRA dropout masks. Same maths; the

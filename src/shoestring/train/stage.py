@@ -97,11 +97,6 @@ def build(cfg: TrainConfig, ctx: StageContext) -> dict[str, Any]:
     return stats
 
 
-UNBOUNDED_HEAP_FACTOR = 1.5
-"""Peak RSS under glibc's default heap / peak RSS bounded, measured on LoRA SFT of SmolLM2-135M
-(4,904 / 3,281 MiB; 1.26 on a 4 x 150-token probe): the head-room auto mode allows for."""
-
-
 def _bound_allocator(cfg: TrainConfig, plan: dict[str, Any] | None) -> tuple[bool, str]:
     """Decide (and apply) glibc's fixed mmap threshold before any model is loaded.
 
@@ -109,6 +104,8 @@ def _bound_allocator(cfg: TrainConfig, plan: dict[str, Any] | None) -> tuple[boo
     bounded) but every large allocation page-faults. Auto bounds only when memory is tight.
     """
     import torch
+
+    from shoestring.plan.allocator import UNBOUNDED_HEAP_FACTOR, bound_cpu_allocator, needs_bounded_heap
 
     if cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available()):
         return False, "GPU run"
@@ -121,12 +118,9 @@ def _bound_allocator(cfg: TrainConfig, plan: dict[str, Any] | None) -> tuple[boo
         if not predicted:
             return False, "auto: no plan, glibc's default heap"
         available = psutil.virtual_memory().available
-        need = float(predicted) * UNBOUNDED_HEAP_FACTOR
-        if need <= 0.8 * available:
+        if not needs_bounded_heap(predicted, available):
             return False, (f"auto: planned peak {predicted / 2**30:.1f} GiB x {UNBOUNDED_HEAP_FACTOR} fits in 80% "
                            f"of {available / 2**30:.1f} GiB available")  # fmt: skip
-    from shoestring.plan.allocator import bound_cpu_allocator
-
     applied = bound_cpu_allocator()
     why = (
         "bound_allocator: true"
