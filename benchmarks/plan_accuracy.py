@@ -164,6 +164,17 @@ def _segments(spec: dict[str, Any]) -> tuple[tuple[int, float], ...]:
     return packed_segments(lengths, spec["seq_len"], chunk=True)[0]
 
 
+def _record_lengths(spec: dict[str, Any]) -> tuple[int, ...]:
+    """Padded batches (the classifier rows): the records' length quantiles, as `shoestring plan` reads them."""
+    if spec["task"] != "classification":
+        return ()
+    from shoestring.models.loading import load_tokenizer
+    from shoestring.plan.tokens import count_dataset_tokens, length_quantiles
+
+    _, lengths = count_dataset_tokens(Path(spec["dataset"]) / "train.jsonl", load_tokenizer(spec["model"]))
+    return length_quantiles(lengths, spec["seq_len"])
+
+
 def _setup(spec: dict[str, Any]) -> Any:
     from shoestring.plan.memory import TrainingSetup
 
@@ -172,7 +183,7 @@ def _setup(spec: dict[str, Any]) -> Any:
         precision="bf16-mixed" if spec["precision"] == "bf16" else "fp32",
         activation_checkpointing=spec["ckpt"], micro_batch_size=spec["mbs"], seq_len=spec["seq_len"],
         device_kind="cpu", fast_paths=spec.get("fast_paths", True), doc_segments=spec.get("segments", ()),
-        bounded_heap=spec.get("heap", "bounded") == "bounded",
+        bounded_heap=spec.get("heap", "bounded") == "bounded", record_lengths=tuple(spec.get("record_lengths", ())),
     )
 
 
@@ -317,14 +328,14 @@ def main() -> None:
             spec["model"] = SMOL if spec.get("pretrained") else str(_model_folder(spec["base"], spec["over"], root))
             spec.update(dataset=str(_dataset(root, spec["task"] == "classification")), heap=r.get("heap", "bounded"),
                         fast_paths=r.get("fast_paths", True))
-            spec["segments"] = _segments(spec)
+            spec["segments"], spec["record_lengths"] = _segments(spec), _record_lengths(spec)
             r["pred"] = predict(spec, overhead)
         chosen = []
     for i in chosen:
         spec = dict(CONFIGS[i])
         model = SMOL if spec.get("pretrained") else str(_model_folder(spec["base"], spec["over"], root))
         spec.update(model=model, fast_paths=not args.stock, dataset=str(_dataset(root, spec["task"] == "classification")))
-        spec["segments"] = _segments(spec)
+        spec["segments"], spec["record_lengths"] = _segments(spec), _record_lengths(spec)
         shape_s = calibrate_row(spec) if args.calibrate else None
         for heap in args.heaps:
             spec.update(heap=heap, workspace=str(root / f"ws{i}-{heap}"))

@@ -147,27 +147,27 @@ def test_time_model_sums_measured_calls_and_recomputes_blocks_under_checkpointin
     assert shape_seconds(s4, "fp32", table) == pytest.approx(2 * expected)
 
 
-def test_in_step_factor_and_streaming_rate_are_fitted_over_the_probes() -> None:
-    k, w = 1.3, 8e9
-    probes = [{"precision": "fp32", "heap": "default", "matmul_seconds": m, "streamed_bytes_rest": b,
-               "step_seconds": k * m + b / w} for m, b in ((0.4, 1.0e9), (0.01, 0.5e9), (2.0, 3.0e9))]
+def test_in_step_factor_and_per_operator_cost_are_fitted_over_the_probes() -> None:
+    k, c = 1.3, 2e-5
+    probes = [{"precision": "fp32", "heap": "default", "matmul_seconds": m, "ops": n, "step_seconds": k * m + c * n}
+              for m, n in ((0.4, 4000), (0.01, 1500), (2.0, 9000))]
     # The same probes under the bounded heap: the same work plus a page fault per fresh page.
     fault = 3e9
     bounded = [{**p, "heap": "bounded", "allocated_bytes": a, "step_seconds": p["step_seconds"] + a / fault}
                for p, a in zip(probes, (2e9, 1e8, 5e9), strict=True)]
     got = derive_shape_rates(probes + bounded)
     assert got["matmul_factor"]["fp32"] == pytest.approx(k)
-    assert got["stream_rate"]["fp32"] == pytest.approx(w)
+    assert got["op_seconds"]["fp32"] == pytest.approx(c)
     assert got["fault_rate"]["fp32"] == pytest.approx(fault)
-    assert set(got["matmul_factor"]) == {"fp32"}  # the bounded probes do not move k or W
-    # Timed calls that already cover the steps: no streaming term (not a negative rate).
-    probes = [{**p, "heap": "default", "step_seconds": p["matmul_seconds"] * 0.9} for p in probes]
+    assert set(got["matmul_factor"]) == {"fp32"}  # the bounded probes do not move k or c
+    # Timed calls that already cover the steps: no per-operator term (not a negative one).
+    probes = [{**p, "step_seconds": p["matmul_seconds"] * 0.9} for p in probes]
     got = derive_shape_rates(probes)
-    assert got["matmul_factor"]["fp32"] == pytest.approx(0.9) and got["stream_rate"]["fp32"] >= 1e15
-    # A single probe cannot separate the two: k = 1 and the rate from its remainder.
-    got = derive_shape_rates([{"precision": "fp32", "heap": "default", "matmul_seconds": 0.4,
-                               "streamed_bytes_rest": 1e9, "step_seconds": 0.5}])
-    assert got["matmul_factor"]["fp32"] == 1.0 and got["stream_rate"]["fp32"] == pytest.approx(1e10)
+    assert got["matmul_factor"]["fp32"] == pytest.approx(0.9) and got["op_seconds"]["fp32"] == 0.0
+    # A single probe cannot separate the two: k = 1 and the operator cost from its remainder.
+    got = derive_shape_rates([{"precision": "fp32", "heap": "default", "matmul_seconds": 0.4, "ops": 1000,
+                               "step_seconds": 0.5}])
+    assert got["matmul_factor"]["fp32"] == 1.0 and got["op_seconds"]["fp32"] == pytest.approx(1e-4)
 
 
 def test_measured_shapes_are_cached_per_machine_and_used_by_the_search(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -189,21 +189,39 @@ def test_measured_shapes_are_cached_per_machine_and_used_by_the_search(monkeypat
     monkeypatch.setattr(subprocess, "run", no_subprocess)
     assert measure_shapes(shapes, "fp32") == hw["shape_times"]
     # With calibrated shape rates the search costs the step from the timed shapes.
-    hw["calibration"] = {"shape_model": {"matmul_factor": {"fp32": 2.0}, "stream_rate": {"fp32": 1e10}}}
+    hw["calibration"] = {"shape_model": {"matmul_factor": {"fp32": 2.0}, "op_seconds": {"fp32": 1e-5}}}
     save_hardware(hw)
     dev = cpu_device()
     mm = measured_matmul_seconds(config, setup, dev)
     opt = optimizer_seconds(shapes, table)
     assert opt is not None and opt > 0
-    assert mm == pytest.approx(2.0 * (shape_seconds(shapes, "fp32", table) + opt))  # type: ignore[operator]
+    timed = 2.0 * (shape_seconds(shapes, "fp32", table) + opt)  # type: ignore[operator]
+    assert shapes.ops > 0 and mm == pytest.approx(timed + 1e-5 * shapes.ops)
     shape = describe_model(config, "causal-lm")
     cand = evaluate(config, shape, setup, Workload(sequences=1, tokens_per_sequence=8, batch_size=1), dev,
                     memory_limit=2**40, grad_accum=1)
-    assert cand.run.step_seconds > mm  # plus the streamed bytes
-    uncalibrated = replace(dev, shape_stream_rate_by_dtype={})
+    assert cand.run.step_seconds == pytest.approx(mm)  # the whole step comes from the timed shapes
+    uncalibrated = replace(dev, matmul_factor_by_dtype={})
     assert measured_matmul_seconds(config, setup, uncalibrated) is None
     # Under the bounded heap every fresh allocation pages in: + allocated bytes / fault rate.
     assert shapes.allocated_bytes > 0
     faulting = replace(dev, fault_rate_by_dtype={"fp32": 1e9})
     bounded = measured_matmul_seconds(config, replace(setup, bounded_heap=True), faulting)
     assert bounded == pytest.approx(mm + shapes.allocated_bytes / 1e9)  # type: ignore[operator]
+
+
+def test_padded_batches_are_costed_at_their_expected_width() -> None:
+    # Half the records are 32 tokens, half 128: a batch of 4 is 128 wide unless all four are short.
+    setup = TrainingSetup(task="classification", micro_batch_size=4, seq_len=128, record_lengths=(32,) * 8 + (128,) * 8)
+    assert setup.expected_width() == round(128 - 96 * 0.5**4)
+    assert replace(setup, micro_batch_size=1).expected_width() == 80
+    assert replace(setup, record_lengths=()).expected_width() == 128
+    # An attention shape timed at one length and batch is scaled to another: linear in the
+    # sequences, quadratic in the length.
+    from shoestring.plan.shapes import AttentionCall, _lookup
+
+    timed = AttentionCall(batch=4, heads=2, kv_heads=2, q_len=128, kv_len=128, head_dim=16, masked=True,
+                          causal=False, dropout=0.1, grad=True)
+    table = {timed.key("fp32"): [0.01, 0.04]}
+    narrower = replace(timed, batch=8, q_len=64, kv_len=64)
+    assert _lookup(narrower.key("fp32"), 8, table) == pytest.approx([0.01 * 2 / 4, 0.04 * 2 / 4])

@@ -232,7 +232,7 @@ def _probe_shapes(probe: dict[str, Any], hw: dict[str, Any], measure: bool = Tru
         seconds, per_step = seconds + opt, 0.0
     # The rest of the step: the forward's untimed ops (their backward is proportional).
     return {"matmul_seconds": seconds, "streamed_bytes_rest": shapes.untimed_bytes + per_step,
-            "allocated_bytes": shapes.allocated_bytes}
+            "allocated_bytes": shapes.allocated_bytes, "ops": shapes.ops}
 
 
 def heap_retention(probes: list[dict[str, Any]]) -> dict[str, float]:
@@ -257,40 +257,43 @@ def heap_retention(probes: list[dict[str, Any]]) -> dict[str, float]:
 
 
 def derive_shape_rates(probes: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
-    """In-step factor ``k``, streaming rate ``W`` and bounded-heap fault rate ``F`` per precision
-    for the shape-timed model.
+    """In-step factor ``k``, seconds per operator ``c`` and bounded-heap fault rate ``F`` per
+    precision for the shape-timed model.
 
     Each probe's step is ``k`` × its timed calls (matmuls, attention, loss, optimizer) plus
-    ``streamed bytes / W`` for the rest (norms, activation functions, residual adds, casts
-    between them). ``k`` is how much slower the same calls run inside a step than alone
-    (their operands arrive cache-cold, other ops' pages are faulted in between); both are
-    fitted, by least squares on the *relative* error, over the probe steps only (two
-    256-wide shapes and one 512-wide, 6-layer one), never on a configuration being
-    predicted. Both are kept positive (:func:`_fit_factor_and_rate`); no remainder means no
-    streaming term. ``k`` and ``W`` come from the default-heap probes (the trainer's usual
-    heap). A bounded step runs the same work plus a page fault for every page of every fresh
+    ``c`` × the operators its forward dispatches. ``k`` is how much slower the same calls run
+    inside a step than alone (their operands arrive cache-cold); ``c`` is what every operator
+    adds beyond them (dispatch, autograd bookkeeping, its backward, the small elementwise
+    work between the timed calls), which is why a model of many small operators (narrow,
+    deep, LoRA on every Linear) costs more than its matmuls say. Both are fitted, by least
+    squares on the *relative* error, over the probe steps only (two 256-wide shapes and one
+    512-wide, 6-layer one), never on a configuration being predicted, and kept non-negative
+    (:func:`_fit_factor_and_rate`). (The first version of this model used the forward's
+    streamed bytes instead of its operator count; on this machine that fit collapsed to "no
+    term" in every calibration of this session.) ``k`` and ``c`` come from the default-heap
+    probes (the trainer's usual heap). A bounded step runs the same work plus a page fault for every page of every fresh
     allocation: its extra time over the default heap's prediction is ``allocated bytes / F``,
     ``F`` fitted by least squares over the bounded probes (probes without a ``heap`` count as
     default-heap ones).
     """
     factor: dict[str, float] = {}
-    stream: dict[str, float] = {}
+    per_op: dict[str, float] = {}
     faults: dict[str, float] = {}
     timed = [p for p in probes if p.get("matmul_seconds") is not None]
     for precision in dict.fromkeys(p["precision"] for p in timed):
         default = [p for p in timed if p["precision"] == precision and p.get("heap", "default") == "default"]
         if not default:
             continue
-        rows = [(p["matmul_seconds"] / p["step_seconds"], p["streamed_bytes_rest"] / p["step_seconds"]) for p in default]
+        rows = [(p["matmul_seconds"] / p["step_seconds"], p["ops"] / p["step_seconds"]) for p in default]
         k, x = _fit_factor_and_rate(rows)
         factor[precision] = k
-        stream[precision] = 1.0 / x if x > 0 else NO_STREAMING
-        extra = [(p["allocated_bytes"], p["step_seconds"] - k * p["matmul_seconds"] - x * p["streamed_bytes_rest"])
+        per_op[precision] = x
+        extra = [(p["allocated_bytes"], p["step_seconds"] - k * p["matmul_seconds"] - x * p["ops"])
                  for p in timed if p["precision"] == precision and p.get("heap") == "bounded" and p.get("allocated_bytes")]
         num, den = sum(a * a for a, _ in extra), sum(a * d for a, d in extra)
         if extra and den > 0:
             faults[precision] = num / den
-    return {"matmul_factor": factor, "stream_rate": stream, "fault_rate": faults}
+    return {"matmul_factor": factor, "op_seconds": per_op, "fault_rate": faults}
 
 
 def _fit_factor_and_rate(rows: list[tuple[float, float]]) -> tuple[float, float]:
@@ -326,10 +329,14 @@ NO_STREAMING = 1e18
 
 def calibrate_shapes(config: Any, setup: Any) -> dict[str, list[float]]:
     """Time the Linear and attention shapes of a planned configuration on this machine (cached)."""
+    from dataclasses import replace
+
     from shoestring.plan.shape_timing import measure_shapes
     from shoestring.plan.shapes import step_shapes_cached
 
-    return measure_shapes(step_shapes_cached(config, setup), setup.compute_dtype, refresh=True)
+    # Padded batches are timed at their expected width, as the search costs them.
+    timed = replace(setup, seq_len=setup.expected_width(), record_lengths=())
+    return measure_shapes(step_shapes_cached(config, timed), setup.compute_dtype, refresh=True)
 
 
 def rederive(hw: dict[str, Any]) -> dict[str, Any]:

@@ -51,8 +51,9 @@ class DeviceSpec:
     (:mod:`shoestring.plan.shapes`, CPU ``--calibrate``), by shape key."""
     matmul_factor_by_dtype: dict[str, float] = field(default_factory=dict)
     """Calibrated ratio of in-step to isolated time of the timed calls, per precision (shape-timed model)."""
-    shape_stream_rate_by_dtype: dict[str, float] = field(default_factory=dict)
-    """Streaming rate of the non-matmul work per precision when matmuls are shape-timed, bytes/s."""
+    op_seconds_by_dtype: dict[str, float] = field(default_factory=dict)
+    """Seconds each dispatched forward operator adds to a step beyond the timed calls, per
+    precision (shape-timed model; measured by ``--calibrate``)."""
     fault_rate_by_dtype: dict[str, float] = field(default_factory=dict)
     """Bounded heap: bytes of fresh allocations paged in per second (the extra time of a bounded
     step over the default heap's), per precision; measured by ``--calibrate``."""

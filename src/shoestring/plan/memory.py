@@ -95,6 +95,20 @@ class TrainingSetup:
     timing grid (:func:`shoestring.plan.tokens.packed_segments`); empty = one ``seq_len`` document."""
     bounded_heap: bool | None = None
     """CPU: glibc's heap bounded (``train.bound_allocator``); None = decide as the trainer does."""
+    record_lengths: tuple[int, ...] = ()
+    """Padded batches (classification, unpacked data): quantiles of the records' lengths after
+    truncation at ``seq_len``. A micro-batch is as wide as its longest record, so time is costed
+    at the expected width (:func:`expected_width`); memory at ``seq_len`` (the widest batch)."""
+
+    def expected_width(self) -> int:
+        """Expected width of a padded micro-batch: E[max of ``micro_batch_size`` record lengths]
+        over the length quantiles (``seq_len`` when they are unknown or batches are packed)."""
+        q = sorted(self.record_lengths)
+        if not q:
+            return self.seq_len
+        n, b = len(q), self.micro_batch_size
+        width = sum(x * ((i / n) ** b - ((i - 1) / n) ** b) for i, x in enumerate(q, start=1))
+        return max(1, min(self.seq_len, round(width)))
 
     @property
     def compute_dtype(self) -> str:

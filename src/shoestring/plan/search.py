@@ -114,11 +114,10 @@ def evaluate(config: PretrainedConfig, shape: ModelShape, setup: TrainingSetup, 
     stream_rate = device.stream_rate_for(setup.compute_dtype)
     parts = measured_step_parts(config, setup, device)
     measured = None
-    if parts is not None:  # this machine timed the model's own shapes: matmuls, loss, optimizer from them
-        micro_s, opt_s, untimed = parts
-        stream_rate = device.shape_stream_rate_by_dtype[setup.compute_dtype]
+    if parts is not None:  # this machine timed the model's own shapes: the whole step from them
+        micro_s, opt_s = parts
         measured = micro_s * accum + (opt_s or 0.0)
-        per_micro = untimed * (UNTIMED_RECOMPUTE if setup.activation_checkpointing else 1.0)
+        per_micro = 0.0
         per_opt_step = 0.0 if opt_s is not None else float(OPTIMIZER_STREAM_BYTES.get(setup.optimizer, 92)
                                                            * mem.trainable_params)
     run = estimate_run(flops_per_token=fpt, tokens_per_step=tokens_per_micro * accum, steps=steps,
@@ -138,35 +137,37 @@ def evaluate(config: PretrainedConfig, shape: ModelShape, setup: TrainingSetup, 
 
 
 UNTIMED_RECOMPUTE = 4.0 / 3.0
-"""Activation checkpointing runs the untimed forward ops once more: forward 1 + backward ~2 + recompute 1."""
+"""Activation checkpointing runs the forward's operators once more: forward 1 + backward ~2 + recompute 1."""
 
 
 def measured_step_parts(config: PretrainedConfig, setup: TrainingSetup,
-                        device: DeviceSpec) -> tuple[float, float | None, int] | None:
-    """(one micro-batch's matmul + attention + loss seconds, the optimizer step's seconds or
-    None when not timed, the micro-batch's untimed forward bytes) from this machine's timed
-    shapes, or None.
+                        device: DeviceSpec) -> tuple[float, float | None] | None:
+    """(one micro-batch's seconds, the optimizer step's seconds or None when not timed) from
+    this machine's timed shapes, or None.
 
-    None unless ``--calibrate`` timed this model's shapes (at some micro-batch size) and
-    derived the streaming rate for this precision; both carry the calibrated in-step
-    factor.
+    A micro-batch = k × (its timed matmul, attention and loss calls (+ the blocks' forward
+    again under checkpointing) + [bounded heap] allocated bytes / F) + its forward operators ×
+    the per-operator seconds (×4/3 under checkpointing). None unless ``--calibrate`` timed this
+    model's shapes (at some micro-batch size) and fitted k for this precision.
     """
     dtype = setup.compute_dtype
-    if not device.shape_times or not device.shape_stream_rate_by_dtype.get(dtype):
+    if not device.shape_times or dtype not in device.matmul_factor_by_dtype:
         return None
     from shoestring.plan.shapes import optimizer_seconds, shape_seconds, step_shapes_cached
 
-    shapes = step_shapes_cached(config, setup)
+    width = setup.expected_width()  # padded batches are as wide as their longest record
+    shapes = step_shapes_cached(config, replace(setup, seq_len=width, record_lengths=()))
     seconds = shape_seconds(shapes, dtype, device.shape_times, checkpointing=setup.activation_checkpointing)
     if seconds is None:
         return None
     opt = optimizer_seconds(shapes, device.shape_times)
-    k = device.matmul_factor_by_dtype.get(dtype, 1.0)
+    k = device.matmul_factor_by_dtype[dtype]
+    recompute = UNTIMED_RECOMPUTE if setup.activation_checkpointing else 1.0
     if setup.bounded_heap and device.fault_rate_by_dtype.get(dtype):
         # Every fresh block is a new mapping: its pages fault in (forward + backward allocations).
-        recompute = UNTIMED_RECOMPUTE if setup.activation_checkpointing else 1.0
         seconds += shapes.allocated_bytes * recompute / device.fault_rate_by_dtype[dtype] / k
-    return k * seconds, None if opt is None else k * opt, shapes.untimed_bytes
+    overhead = shapes.ops * recompute * device.op_seconds_by_dtype.get(dtype, 0.0)
+    return k * seconds + overhead, None if opt is None else k * opt
 
 
 def measured_matmul_seconds(config: PretrainedConfig, setup: TrainingSetup, device: DeviceSpec) -> float | None:

@@ -16,8 +16,8 @@ So ``--calibrate`` times the *model's own* shapes instead:
 * :func:`shoestring.plan.shape_timing.measure_shapes` times each distinct call on real
   tensors (``--calibrate``; cached per machine and shape).
 * :func:`shape_seconds` and :func:`optimizer_seconds` sum them, with a recomputed forward
-  for activation checkpointing; the search adds the untimed bytes at the streaming rate
-  and scales both by the in-step factor, both fitted on the probe steps of
+  for activation checkpointing; the search scales them by the in-step factor and adds a
+  fixed cost per dispatched forward operator, both fitted on the probe steps of
   :mod:`shoestring.plan.calibrate`.
 """
 
@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import copy
 import json
+import math
+import re
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
@@ -151,6 +153,10 @@ class StepShapes:
     """Bytes of every new tensor the forward creates (timed calls included; views excluded):
     under the bounded heap each is a fresh mapping whose pages fault in (its backward's
     allocations are proportional)."""
+    ops: float = 0.0
+    """Operators the forward dispatches (views excluded; forward-only ones in frozen blocks at a
+    third): each costs a fixed overhead in a step (dispatch, autograd bookkeeping, its backward)
+    beyond what the timed calls' isolated times hold."""
 
     def calls(self) -> tuple[tuple[Any, float], ...]:
         return (*self.linears, *self.attention, *self.loss)
@@ -337,7 +343,7 @@ def step_shapes(config: PretrainedConfig, task: str, setup: TrainingSetup, *, pa
     trainable = tuple(tuple(int(d) for d in p.shape) for p in model.parameters() if p.requires_grad)
     optimizer = OptimizerCall(trainable) if setup.optimizer == "adamw" and trainable else None
     return StepShapes(_count(linears), _count(attention), _count(loss), optimizer, int(counter.bytes),
-                      int(counter.allocated))
+                      int(counter.allocated), round(counter.ops, 2))
 
 
 def _untimed_bytes_counter(inside: list[bool], weight: list[float]) -> Any:
@@ -353,14 +359,16 @@ def _untimed_bytes_counter(inside: list[bool], weight: list[float]) -> Any:
     class Counter(TorchDispatchMode):
         bytes = 0.0
         allocated = 0.0
+        ops = 0.0
 
         def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
             out = func(*args, **(kwargs or {}))
             if getattr(func, "is_view", False):
                 return out
             outs = [t for t in tree_flatten(out)[0] if isinstance(t, torch.Tensor)]
+            type(self).ops += weight[0]
             if not func._schema.name.endswith("_"):  # in-place ops write into existing memory
-                type(self).allocated += sum(t.numel() * t.element_size() for t in outs)
+                type(self).allocated += weight[0] * sum(t.numel() * t.element_size() for t in outs)
             if inside[0]:
                 return out
             ins = [] if "embedding" in str(func) else [t for t in tree_flatten((args, kwargs))[0]
@@ -371,22 +379,27 @@ def _untimed_bytes_counter(inside: list[bool], weight: list[float]) -> Any:
     return Counter()
 
 
-def _lookup(key: str, tokens: int, table: dict[str, list[float]]) -> list[float] | None:
-    """A measured entry, or the same call measured at another size, scaled linearly in rows.
+_SDPA_SIZE = re.compile(r"^(sdpa\|[^|]*\|)b(\d+)(h\d+kv\d+\|)(\d+)x(\d+)(\|.*)$")
 
-    The search costs micro-batch sizes that were not timed; matmul and attention time grow
-    about linearly with the rows (tokens, or sequences for attention) once they fill the
-    cores, so the nearest measured size is scaled.
+
+def _lookup(key: str, tokens: int, table: dict[str, list[float]]) -> list[float] | None:
+    """A measured entry, or the same call measured at another size, scaled.
+
+    The search costs micro-batch sizes (and padded batch widths) that were not timed:
+    matmul time grows about linearly with the rows once they fill the cores, attention
+    linearly with the sequences and quadratically with the length, so the nearest measured
+    size is scaled.
     """
     if key in table:
         return table[key]
-    size_field = "|b" if key.startswith("sdpa|") else "|t"
-    head, _, rest = key.partition(size_field)
-    _size, _, tail = rest.partition("|") if size_field == "|t" else rest.partition("h")
+    if key.startswith("sdpa|"):
+        return _lookup_attention(key, table)
+    head, _, rest = key.partition("|t")
+    _size, _, tail = rest.partition("|")
     best: tuple[float, list[float]] | None = None
     for k, v in table.items():
-        h2, _, r2 = k.partition(size_field)
-        s2, _, t2 = r2.partition("|") if size_field == "|t" else r2.partition("h")
+        h2, _, r2 = k.partition("|t")
+        s2, _, t2 = r2.partition("|")
         if h2 == head and t2 == tail and s2.isdigit():
             ratio = tokens / int(s2)
             if best is None or abs(ratio - 1) < abs(best[0] - 1):
@@ -394,6 +407,26 @@ def _lookup(key: str, tokens: int, table: dict[str, list[float]]) -> list[float]
     if best is None:
         return None
     return [best[1][0] * best[0], best[1][1] * best[0]]
+
+
+def _lookup_attention(key: str, table: dict[str, list[float]]) -> list[float] | None:
+    m = _SDPA_SIZE.match(key)
+    if m is None:
+        return None
+    pre, b, mid, q, kv, post = m.groups()
+    best: tuple[float, float, list[float]] | None = None  # (distance, scale, times)
+    for k, v in table.items():
+        m2 = _SDPA_SIZE.match(k)
+        if m2 is None or (m2.group(1), m2.group(3), m2.group(6)) != (pre, mid, post):
+            continue
+        b2, q2, kv2 = int(m2.group(2)), int(m2.group(4)), int(m2.group(5))
+        scale = (int(b) / b2) * (int(q) / q2) * (int(kv) / kv2)
+        dist = abs(math.log(int(b) / b2)) + abs(math.log(int(q) / q2)) + abs(math.log(int(kv) / kv2))
+        if best is None or dist < best[0]:
+            best = (dist, scale, v)
+    if best is None:
+        return None
+    return [best[2][0] * best[1], best[2][1] * best[1]]
 
 
 def shape_seconds(shapes: StepShapes, compute: str, table: dict[str, list[float]], *,
@@ -434,7 +467,7 @@ def with_batch(shapes: StepShapes, micro_batch_size: int, measured_batch: int) -
     att = tuple((c, n * f) if c.packed_docs else (replace(c, batch=micro_batch_size), n) for c, n in shapes.attention)
     loss = tuple((replace(c, rows=max(1, round(c.rows * f))), n) for c, n in shapes.loss)
     return StepShapes(lin, att, loss, shapes.optimizer, round(shapes.untimed_bytes * f),
-                      round(shapes.allocated_bytes * f))
+                      round(shapes.allocated_bytes * f), shapes.ops)
 
 
 _CACHE: dict[tuple[Any, ...], StepShapes] = {}

@@ -139,12 +139,15 @@ def _workload(cfg: PlanConfig, ctx: StageContext | None, model_spec: str) -> tup
             segments, seqs = packed_segments(lengths, cfg.seq_len, chunk=cfg.task == "causal-lm")
             info["doc_segments_per_row"] = [list(x) for x in segments]
             per_seq = cfg.seq_len
-        elif cfg.packing:
+        elif cfg.packing and cfg.task == "masked-lm":  # the trainer concatenates records into full rows
             seqs = math.ceil(counted.tokens / cfg.seq_len)
             per_seq = cfg.seq_len
-        else:
+        else:  # padded batches (classification, packing off): as wide as their longest record
+            from shoestring.plan.tokens import length_quantiles
+
             seqs = counted.records
             per_seq = max(1, math.ceil(sum(truncated) / len(truncated)))
+            info["record_length_quantiles"] = list(length_quantiles(lengths, cfg.seq_len))
     elif cfg.dataset_tokens is not None:
         info = {"tokens": cfg.dataset_tokens}
         seqs = math.ceil(cfg.dataset_tokens / cfg.seq_len)
@@ -227,6 +230,7 @@ def make_plan(cfg: PlanConfig, ctx: StageContext | None = None) -> dict[str, Any
         attn_implementation=cfg.attn_implementation, micro_batch_size=cfg.micro_batch_size or 1,
         fast_paths=cfg.fast_paths,
         doc_segments=tuple((int(n), float(w)) for n, w in data_info.get("doc_segments_per_row", ())),
+        record_lengths=tuple(int(n) for n in data_info.get("record_length_quantiles", ())),
     )
     if cfg.calibrate and device.kind == "cpu":
         # Time this model's own Linear, attention, loss and optimizer shapes at the planned

@@ -78,6 +78,15 @@ def count_dataset_tokens(train_jsonl: Path, tokenizer: Any, *, batch: int = 256)
     ), lengths
 
 
+def length_quantiles(lengths: list[int], seq_len: int, n: int = 64) -> tuple[int, ...]:
+    """``n`` evenly spaced quantiles of the records' lengths truncated at ``seq_len`` (what a
+    padded batch's width is drawn from; :meth:`TrainingSetup.expected_width`)."""
+    srt = sorted(min(x, seq_len) for x in lengths if x > 0)
+    if not srt:
+        return ()
+    return tuple(srt[min(len(srt) - 1, (2 * i + 1) * len(srt) // (2 * n))] for i in range(n))
+
+
 def attention_grid(seq_len: int) -> list[int]:
     """Document lengths at which per-document attention is timed: 16·2^k and 24·2^k below
     ``seq_len``, and ``seq_len`` itself."""
