@@ -160,6 +160,11 @@ def test_in_step_factor_and_per_operator_cost_are_fitted_over_the_probes() -> No
     assert got["op_seconds"]["fp32"] == pytest.approx(c)
     assert got["fault_rate"]["fp32"] == pytest.approx(fault)
     assert set(got["matmul_factor"]) == {"fp32"}  # the bounded probes do not move k or c
+    # Two precisions share the operator cost: fitted once over all six probes, k per precision.
+    bf16 = [{**p, "precision": "bf16", "step_seconds": 0.8 * p["matmul_seconds"] + c * p["ops"]} for p in probes]
+    got = derive_shape_rates(probes + bf16)
+    assert got["matmul_factor"] == {"fp32": pytest.approx(k), "bf16": pytest.approx(0.8)}
+    assert got["op_seconds"] == {"fp32": pytest.approx(c), "bf16": pytest.approx(c)}
     # Timed calls that already cover the steps: no per-operator term (not a negative one).
     probes = [{**p, "step_seconds": p["matmul_seconds"] * 0.9} for p in probes]
     got = derive_shape_rates(probes)
