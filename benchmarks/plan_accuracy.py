@@ -226,14 +226,11 @@ def predict(spec: dict[str, Any], overhead: int | None) -> dict[str, Any]:
     mem = cand.memory
     step = cand.run.step_seconds
     from shoestring.plan.allocator import UNBOUNDED_HEAP_FACTOR
-    from shoestring.plan.hardware import load_hardware
 
-    retention = (load_hardware().get("calibration", {}).get("heap_retention") or {}).get("median")
     shaped = measured_matmul_seconds(config, setup, dev)
     total, _largest = calculate_maximum_sizes(meta_model(config, task))
     acc = max(estimate_training_usage(total, "bfloat16" if spec["precision"] == "bf16" else "float32").values())
     return {"peak_memory_bytes": mem.peak_bytes, "terms": mem.terms(), "step_seconds": step,
-            "resident_default_heap_bytes": int(mem.peak_bytes * retention) if retention else None,
             "resident_default_heap_upper_bytes": int(mem.peak_bytes * UNBOUNDED_HEAP_FACTOR),
             "matmul_seconds": shaped, "accelerate_bytes": int(acc), "trainable": mem.trainable_params}
 

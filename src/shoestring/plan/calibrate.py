@@ -212,11 +212,8 @@ def _probe_setup(method: str, precision: str, batch_size: int, seq_len: int) -> 
 
 
 def _probe_shapes(probe: dict[str, Any], hw: dict[str, Any], measure: bool = True) -> dict[str, Any]:
-    """The probe's timed matmul + attention seconds and its streamed bytes without them."""
+    """The probe's timed seconds (its calls + the optimizer), forward allocations and operator count."""
 
-    from shoestring.plan.arch import describe_model
-    from shoestring.plan.flops import OPTIMIZER_STREAM_BYTES
-    from shoestring.plan.memory import estimate_training_memory
     from shoestring.plan.shape_timing import measure_shapes
     from shoestring.plan.shapes import optimizer_seconds, shape_seconds, step_shapes_cached
 
@@ -226,13 +223,9 @@ def _probe_shapes(probe: dict[str, Any], hw: dict[str, Any], measure: bool = Tru
     table = measure_shapes(shapes, setup.compute_dtype, hw=hw, refresh=True) if measure else hw.get("shape_times", {})
     seconds = shape_seconds(shapes, setup.compute_dtype, table)
     opt = optimizer_seconds(shapes, table)
-    mem = estimate_training_memory(config, describe_model(config, "causal-lm"), setup, framework_overhead=0)
-    per_step = float(OPTIMIZER_STREAM_BYTES["adamw"] * mem.trainable_params)
     if seconds is not None and opt is not None:
-        seconds, per_step = seconds + opt, 0.0
-    # The rest of the step: the forward's untimed ops (their backward is proportional).
-    return {"matmul_seconds": seconds, "streamed_bytes_rest": shapes.untimed_bytes + per_step,
-            "allocated_bytes": shapes.allocated_bytes, "ops": shapes.ops}
+        seconds += opt
+    return {"matmul_seconds": seconds, "allocated_bytes": shapes.allocated_bytes, "ops": shapes.ops}
 
 
 def heap_retention(probes: list[dict[str, Any]]) -> dict[str, float]:
@@ -352,10 +345,6 @@ def _fit_factor_and_rate(rows: list[tuple[float, float]]) -> tuple[float, float]
         return sum((c[0] * m + c[1] * s - 1.0) ** 2 for m, s in rows)
 
     return min(((m1 / mm if mm else 1.0), 0.0), (1.0, x_alone), key=err)
-
-
-NO_STREAMING = 1e18
-"""Bytes/s standing for "no streaming term" (a JSON-safe infinity)."""
 
 
 def calibrate_shapes(config: Any, setup: Any) -> dict[str, list[float]]:
