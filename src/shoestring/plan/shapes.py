@@ -11,8 +11,8 @@ So ``--calibrate`` times the *model's own* shapes instead:
   gradient and the weight gradient, the input dtype under autocast), every
   ``scaled_dot_product_attention`` call as training runs it, the trainer's vocabulary loss
   and the optimizer step; a peft LoRA Linear is one call (base matmul, dropout, adapters
-  and scaling together). A dispatch mode adds up the bytes every *other* forward op reads
-  and writes (norms, rotary, activation functions, residual adds, dropout, casts).
+  and scaling together). A dispatch mode counts the forward's operators and the bytes
+  of the tensors they allocate.
 * :func:`shoestring.plan.shape_timing.measure_shapes` times each distinct call on real
   tensors (``--calibrate``; cached per machine and shape).
 * :func:`shape_seconds` and :func:`optimizer_seconds` sum them, with a recomputed forward
@@ -146,9 +146,6 @@ class StepShapes:
     attention: tuple[tuple[AttentionCall, float], ...]
     loss: tuple[tuple[LossCall, float], ...] = ()
     optimizer: OptimizerCall | None = None
-    untimed_bytes: int = 0
-    """Bytes the forward's other ops (outside the timed calls) read and write: the measure of
-    the step's remaining, memory-bound work (its backward is proportional)."""
     allocated_bytes: int = 0
     """Bytes of every new tensor the forward creates (timed calls included; views excluded):
     under the bounded heap each is a fresh mapping whose pages fault in (its backward's
@@ -189,7 +186,7 @@ def step_shapes(config: PretrainedConfig, task: str, setup: TrainingSetup, *, pa
 
     With ``setup.fast_paths`` (the trainer's default) a packed causal LM's attention is
     instead one causal SDPA per document (``setup.doc_segments``; fp32 on CPU, K/V at their
-    own head count), plus the casts in and out of fp32 as untimed bytes; LoRA calls are
+    own head count); LoRA calls are
     timed with ``FastDropout`` and hoisted frozen weights.
     """
     import torch
@@ -247,21 +244,11 @@ def step_shapes(config: PretrainedConfig, task: str, setup: TrainingSetup, *, pa
                 in_block=id(mod) in in_blocks, fast=bool(rank) and setup.fast_paths))
         return pre
 
-    inside = [False]  # within a timed call: its ops' bytes are in its measured time
-
-    def enter(*_a: Any) -> None:
-        inside[0] = True
-
-    def leave(*_a: Any) -> None:
-        inside[0] = False
-
     hooks = []
     for name, mod in model.named_modules():
         is_lora = hasattr(mod, "lora_A") and hasattr(mod, "base_layer")
         if (isinstance(mod, torch.nn.Linear) and id(mod) not in lora_children) or is_lora:
             hooks.append(mod.register_forward_pre_hook(hook_for(name, mod)))
-            hooks.append(mod.register_forward_pre_hook(enter))
-            hooks.append(mod.register_forward_hook(leave))
     attention: list[Any] = []
     original_sdpa, original_linear = F.scaled_dot_product_attention, F.linear
 
@@ -276,17 +263,10 @@ def step_shapes(config: PretrainedConfig, task: str, setup: TrainingSetup, *, pa
                                                 dropout=0.0, grad=bool(q.requires_grad),
                                                 enable_gqa=kv_heads_cfg != int(h), dtype="fp32" if cpu else "",
                                                 packed_docs=True), per_row * int(b)))
-            if autocast and cpu:  # q, k, v to fp32 and the output back: read low + write fp32, and back
-                n_q, n_kv = q.numel(), 2 * q.numel() * kv_heads_cfg // max(int(h), 1)
-                low_size = torch.finfo(low).bits // 8
-                type(counter).bytes += backward[0] * (n_q + n_kv + n_q) * (low_size + 4)
             if autocast:
                 q, k, v = q.to(low), k.to(low), v.to(low)
-            inside[0] = True
-            try:  # the same output shape, connected to q, k, v (later layers' gradients depend on it)
-                return original_sdpa(q, k, v, is_causal=True, scale=scale, enable_gqa=enable_gqa)
-            finally:
-                inside[0] = False
+            # The same output shape, connected to q, k, v (later layers' gradients depend on it).
+            return original_sdpa(q, k, v, is_causal=True, scale=scale, enable_gqa=enable_gqa)
         if autocast:
             q, k, v = q.to(low), k.to(low), v.to(low)
         b, h, tq, d = q.shape
@@ -295,20 +275,16 @@ def step_shapes(config: PretrainedConfig, task: str, setup: TrainingSetup, *, pa
         attention.append(AttentionCall(batch=int(b), heads=int(h), kv_heads=int(h), q_len=int(tq),
                                        kv_len=int(k.shape[2]), head_dim=int(d), masked=True, causal=False,
                                        dropout=float(dropout_p), grad=bool(q.requires_grad)))
-        inside[0] = True
-        try:
-            return original_sdpa(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal,
-                                 scale=scale, enable_gqa=enable_gqa)
-        finally:
-            inside[0] = False
+        return original_sdpa(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal,
+                             scale=scale, enable_gqa=enable_gqa)
 
     ids = torch.zeros(batch, seq, dtype=torch.long, device="meta")
     kwargs: dict[str, Any] = {"input_ids": ids}
     F.scaled_dot_product_attention = sdpa  # type: ignore[assignment]
     if autocast:
         F.linear = _autocast_linear(low)
-    # Untimed ops in a block that gets no backward (frozen lower blocks) run forward only:
-    # a third of the forward + backward (~2x forward) that the streaming rate is fitted for.
+    # Operators in a block that gets no backward (frozen lower blocks) run forward only:
+    # a third of the forward + backward (~2x forward) the per-operator cost is fitted for.
     backward = [1.0]
 
     def block_in(mod: Any, args: Any, kwargs: Any = None) -> None:
@@ -322,7 +298,7 @@ def step_shapes(config: PretrainedConfig, task: str, setup: TrainingSetup, *, pa
     for b in _layer_blocks(model, n_layers):
         hooks.append(b.register_forward_pre_hook(block_in, with_kwargs=True))
         hooks.append(b.register_forward_hook(block_out))
-    counter = _untimed_bytes_counter(inside, backward)
+    counter = _operator_counter(backward)
     try:
         with counter:
             model(**kwargs)
@@ -342,22 +318,19 @@ def step_shapes(config: PretrainedConfig, task: str, setup: TrainingSetup, *, pa
     # (A classifier's loss over batch x labels is negligible.)
     trainable = tuple(tuple(int(d) for d in p.shape) for p in model.parameters() if p.requires_grad)
     optimizer = OptimizerCall(trainable) if setup.optimizer == "adamw" and trainable else None
-    return StepShapes(_count(linears), _count(attention), _count(loss), optimizer, int(counter.bytes),
-                      int(counter.allocated), round(counter.ops, 2))
+    return StepShapes(_count(linears), _count(attention), _count(loss), optimizer, int(counter.allocated),
+                      round(counter.ops, 2))
 
 
-def _untimed_bytes_counter(inside: list[bool], weight: list[float]) -> Any:
-    """A dispatch mode that adds up the bytes every forward op outside the timed calls reads
-    and writes (norms, activation functions, rotary embeddings, residual adds, dropout,
-    casts between them); views move no data and count nothing, an embedding lookup only
-    its output (it reads just the rows it returns). Each op's bytes are multiplied by
+def _operator_counter(weight: list[float]) -> Any:
+    """A dispatch mode that counts the forward's operators and the bytes of the new tensors
+    they create (views count nothing; in-place ops allocate nothing). Each is multiplied by
     ``weight[0]`` (1, or 1/3 for forward-only work)."""
     import torch
     from torch.utils._python_dispatch import TorchDispatchMode
     from torch.utils._pytree import tree_flatten
 
     class Counter(TorchDispatchMode):
-        bytes = 0.0
         allocated = 0.0
         ops = 0.0
 
@@ -369,11 +342,6 @@ def _untimed_bytes_counter(inside: list[bool], weight: list[float]) -> Any:
             type(self).ops += weight[0]
             if not func._schema.name.endswith("_"):  # in-place ops write into existing memory
                 type(self).allocated += weight[0] * sum(t.numel() * t.element_size() for t in outs)
-            if inside[0]:
-                return out
-            ins = [] if "embedding" in str(func) else [t for t in tree_flatten((args, kwargs))[0]
-                                                       if isinstance(t, torch.Tensor)]
-            type(self).bytes += weight[0] * sum(t.numel() * t.element_size() for t in (*ins, *outs))
             return out
 
     return Counter()
@@ -466,8 +434,7 @@ def with_batch(shapes: StepShapes, micro_batch_size: int, measured_batch: int) -
     lin = tuple((replace(c, tokens=max(1, round(c.tokens * f))), n) for c, n in shapes.linears)
     att = tuple((c, n * f) if c.packed_docs else (replace(c, batch=micro_batch_size), n) for c, n in shapes.attention)
     loss = tuple((replace(c, rows=max(1, round(c.rows * f))), n) for c, n in shapes.loss)
-    return StepShapes(lin, att, loss, shapes.optimizer, round(shapes.untimed_bytes * f),
-                      round(shapes.allocated_bytes * f), shapes.ops)
+    return StepShapes(lin, att, loss, shapes.optimizer, round(shapes.allocated_bytes * f), shapes.ops)
 
 
 _CACHE: dict[tuple[Any, ...], StepShapes] = {}
