@@ -199,9 +199,12 @@ def _changes(f: ComputeFacts, algo: list[Component]) -> list[Change]:
                  + [float(v.plan["predicted"]["total_seconds"]) for v in _same_device(f)])
     m_best = min([float(f.baseline["predicted"]["peak_memory_bytes"])]
                  + [float(v.plan["predicted"]["peak_memory_bytes"]) for v in _same_device(f)])
+    # The planner's MFU on another device is its catalogue assumption, not a measurement, so a
+    # change is scored on hardware (and algorithmic) terms; allocation is carried over as it is now.
+    allocation = [c for c in now_comps if c.pillar == "allocation"]
     out = []
     for v in f.variants:
-        comps = hardware_allocation(v.plan, f, measured=False)
+        comps = [c for c in hardware_allocation(v.plan, f, measured=False) if c.pillar == "hardware"] + allocation
         if v.algorithmic:  # re-score what is left on the table relative to the same best
             t, m = float(v.plan["predicted"]["total_seconds"]), float(v.plan["predicted"]["peak_memory_bytes"])
             comps += [algo[0].rescored(1 - _frac(t_best, t), 1 - _frac(t_best, t)),

@@ -14,7 +14,10 @@ import statistics
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-__all__ = ["Change", "Component", "Wall", "clip01", "wall_from"]
+__all__ = ["MIN_REDUCTION", "Change", "Component", "Wall", "clip01", "wall_from"]
+
+MIN_REDUCTION = 0.01
+"""A change must lower a wall's score by at least this much to be named the one that helps most."""
 
 
 def clip01(x: float) -> float:
@@ -83,7 +86,7 @@ class Wall:
 
     @property
     def best_change(self) -> Change | None:
-        return self.changes[0] if self.changes and self.changes[0].reduction > 0 else None
+        return self.changes[0] if self.changes and self.changes[0].reduction >= MIN_REDUCTION else None
 
     def as_dict(self) -> dict[str, Any]:
         best = self.best_change

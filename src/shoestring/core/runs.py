@@ -10,7 +10,7 @@ it resumes.
 Record layout::
 
     {"run_id", "recipe", "cwd", "name", "workspace", "pid", "status", "started", "finished",
-     "overrides": [...], "force": [...], "only": [...], "error",
+     "overrides": [...], "force": [...], "only": [...], "error", "order": [stage ids in recipe order],
      "stages": {id: {"stage", "status", "artifact", "kind", "cached", "seconds",
                      "started", "error"}}}
 
@@ -30,7 +30,7 @@ from typing import Any
 from shoestring.core.artifact import atomic_write_json
 from shoestring.core.errors import ShoestringError
 
-__all__ = ["RunRecord", "error_line", "list_runs", "pid_alive", "read_run"]
+__all__ = ["RunRecord", "error_line", "list_runs", "ordered_stages", "pid_alive", "read_run"]
 
 RUNS_DIR = "runs"
 
@@ -81,6 +81,7 @@ class RunRecord:
             "force": sorted(force),
             "only": sorted(only),
             "error": None,
+            "order": list(stages),
             "stages": {sid: {"stage": st, "status": "pending"} for sid, st in stages.items()},
         }
         self.save()
@@ -135,6 +136,13 @@ def pid_alive(pid: int) -> bool:
             return fh.read().rsplit(")", 1)[-1].split()[0] != "Z"
     except OSError:
         return True
+
+
+def ordered_stages(run: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """A record's stages in recipe order (JSON files store the mapping with sorted keys)."""
+    stages = run.get("stages") or {}
+    order = [s for s in run.get("order") or [] if s in stages]
+    return [(sid, stages[sid]) for sid in [*order, *(s for s in stages if s not in order)]]
 
 
 def read_run(path: Path) -> dict[str, Any] | None:

@@ -45,6 +45,10 @@ async def form_fields(request: Request) -> dict[str, str]:
     return {k: v[-1] for k, v in parse_qs(body.decode("utf-8", errors="replace"), keep_blank_values=True).items()}
 
 
+class Forbidden(ShoestringError):
+    """A request the dashboard refuses (stale or cross-site form): HTTP 403."""
+
+
 def _static(name: str) -> Path:
     return Path(str(resources.files("shoestring.ui") / "static" / name))
 
@@ -64,13 +68,14 @@ def create_app(cfg: UiConfig) -> FastAPI:
 
     @app.exception_handler(ShoestringError)
     async def _user_error(request: Request, err: ShoestringError) -> Response:
+        code = 403 if isinstance(err, Forbidden) else 404
         if "text/html" in request.headers.get("accept", ""):
-            return html("Not found", Raw(f'<p class="err">{esc(err)}</p>'), status=404)
-        return JSONResponse({"error": str(err)}, status_code=404)
+            return html("Refused" if code == 403 else "Not found", Raw(f'<p class="err">{esc(err)}</p>'), status=code)
+        return JSONResponse({"error": str(err)}, status_code=code)
 
     def check_csrf(token: str | None, request: Request) -> None:
         if not guard.csrf_ok(token or request.headers.get(CSRF_HEADER, "")):
-            raise ShoestringError("this form is stale or came from another site; reload the page and try again")
+            raise Forbidden("this form is stale or came from another site; reload the page and try again")
 
     @app.get("/health")
     async def health() -> JSONResponse:

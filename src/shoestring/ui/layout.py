@@ -97,10 +97,14 @@ def table(header: Sequence[str], rows: Iterable[Sequence[Any]], *, cls: str = ""
           numeric: Sequence[int] = ()) -> Raw:
     """A table; cells are escaped unless :class:`Raw`; ``numeric`` column indexes align right."""
     num = set(numeric)
+
+    def cell(c: Any) -> str:
+        return esc(fmt_value(c) if isinstance(c, int | float) else c)
+
     head = "".join(f'<th{" class=num" if i in num else ""}>{esc(h)}</th>' for i, h in enumerate(header))
     body = []
     for r in rows:
-        cells = "".join(f'<td{" class=num" if i in num else ""}>{esc(c)}</td>' for i, c in enumerate(r))
+        cells = "".join(f'<td{" class=num" if i in num else ""}>{cell(c)}</td>' for i, c in enumerate(r))
         body.append(f"<tr>{cells}</tr>")
     if not body:
         body.append(f'<tr><td colspan="{len(header)}" class="muted">none</td></tr>')

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from shoestring.core.runs import ordered_stages
 from shoestring.train.tracking import LIVE_META, LIVE_ROWS
 from shoestring.ui.store import ArtifactView, Store, WorkspaceView, read_jsonl
 
@@ -49,7 +50,7 @@ class Progress:
 
 
 def train_stage_ids(run: dict[str, Any]) -> list[str]:
-    return [sid for sid, st in run.get("stages", {}).items() if st.get("stage") == TRAIN_STAGE]
+    return [sid for sid, st in ordered_stages(run) if st.get("stage") == TRAIN_STAGE]
 
 
 def _live_dirs(ws: WorkspaceView, pid: int) -> list[Path]:

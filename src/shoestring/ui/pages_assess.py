@@ -26,8 +26,23 @@ def meter(score: float | None, width: int = 180) -> Raw:
                f'<text x="{width + 6}" y="11" class="tick">{score:.2f}</text></svg>')
 
 
+PILLAR_ORDER = ("acquisition", "processing", "sharing", "hardware", "allocation", "algorithmic")
+
+
+def _measured(c: dict[str, Any]) -> str:
+    """A component's measurement in its unit; fractions as percentages."""
+    if c["value"] is None:
+        return "-"
+    unit = str(c["unit"])
+    if unit.startswith("fraction"):
+        rest = unit[len("fraction"):].strip()
+        return f"{c['value'] * 100:.3g}% {rest}".strip()
+    return f"{fmt_value(c['value'])} {unit}"
+
+
 def _wall(key: str, wall: dict[str, Any]) -> Raw:
-    pillars = "".join(f'<div class="pillar"><span>{esc(p)}</span>{meter(v, 120)}</div>' for p, v in wall["pillars"].items())
+    order = sorted(wall["pillars"], key=lambda p: PILLAR_ORDER.index(p) if p in PILLAR_ORDER else 99)
+    pillars = "".join(f'<div class="pillar"><span>{esc(p)}</span>{meter(wall["pillars"][p], 120)}</div>' for p in order)
     best = wall.get("best_change")
     if best:
         advice = (f'<div class="advice" id="{esc(key)}-best"><div class="advice-label">the one change that lowers it most'
@@ -46,8 +61,7 @@ def _wall(key: str, wall: dict[str, Any]) -> Raw:
 def _components(wall: dict[str, Any]) -> Raw:
     rows = []
     for c in wall["components"]:
-        measured = "-" if c["value"] is None else f"{fmt_value(c['value'])} {c['unit']}"
-        rows.append([c["pillar"], c["label"], measured, meter(c["score"], 90), Raw(f"<code>{esc(c['rule'])}</code>"),
+        rows.append([c["pillar"], c["label"], _measured(c), meter(c["score"], 90), Raw(f"<code>{esc(c['rule'])}</code>"),
                      c["source"], c["detail"] or Raw(f'<span class="muted">{esc(c["missing"])}</span>')])
     return table(["pillar", "component", "measured", "score", "normalisation", "from", "detail"], rows,
                  cls="components", tid=f"components-{wall['name'].replace(' ', '-')}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from shoestring.core.errors import ShoestringError
+from shoestring.core.runs import ordered_stages
 from shoestring.ui import charts
 from shoestring.ui.layout import Raw, esc, fmt_value, link, section, table
 from shoestring.ui.store import ArtifactView, Store
@@ -37,7 +38,7 @@ def resolve_side(store: Store, ref: str) -> tuple[str, dict[str, ArtifactView]]:
     if kind == "run":
         ws = store.workspace(ws_id)
         run = ws.run(key)
-        arts = {sid: a for sid, st in run.get("stages", {}).items() if st.get("artifact")
+        arts = {sid: a for sid, st in ordered_stages(run) if st.get("artifact")
                 for a in [store.artifact_at(st["artifact"])] if a is not None}
         return f"{run.get('name', '')} {key}", arts
     if kind == "art":
@@ -96,7 +97,7 @@ def _curves(sa: dict[str, ArtifactView], sb: dict[str, ArtifactView]) -> Raw:
     if not series:
         return Raw('<p class="muted">no training curves on either side</p>')
     return Raw(charts.line_chart(series, title="train loss, overlaid", x_label="optimizer step", y_label="nats/token",
-                                 width=760, height=280, chart_id="compare-loss"))
+                                 width=1140, height=300, chart_id="compare-loss"))
 
 
 def compare_body(store: Store, a_ref: str, b_ref: str) -> Raw:

@@ -106,8 +106,8 @@ def evaluation_body(a: ArtifactView) -> Raw:
     parts.append(section("Explanations", _explanations(m.get("explanations"))))
     gens = m.get("generations") or []
     if gens:
-        parts.append(section("Generations", table(["prompt", "model", "compare"], [
-            [g.get("prompt"), Raw(f'<pre class="text">{esc(g.get("model", ""))}</pre>'),
+        parts.append(section("Generations", table(["prompt", "decoding", "model", "compare"], [
+            [g.get("prompt"), g.get("mode", ""), Raw(f'<pre class="text">{esc(g.get("model", ""))}</pre>'),
              Raw(f'<pre class="text">{esc(g.get("compare", ""))}</pre>')] for g in gens[:10]], tid="generations")))
     if (a.path / "report.html").is_file():
         parts.append(section("Full report", Raw(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from shoestring.core.runs import ordered_stages
 from shoestring.ui import charts
 from shoestring.ui.layout import (
     Raw,
@@ -47,13 +48,14 @@ def run_url(ws: WorkspaceView, run: dict[str, Any]) -> str:
 def runs_table(rows: list[tuple[WorkspaceView, dict[str, Any]]], *, show_ws: bool = True) -> Raw:
     body = []
     for ws, r in rows:
-        cells: list[Any] = [link(run_url(ws, r), r.get("run_id", "run"))]
+        cells: list[Any] = [link(run_url(ws, r), r.get("name") or r.get("run_id", "run"))]
         if show_ws:
             cells.append(link(f"/ws/{ws.id}", ws.label))
-        cells += [r.get("name", ""), badge(str(r.get("status", "?"))), fmt_time(r.get("started")),
-                  fmt_seconds(_duration(r)), _stage_counts(r), Raw(f'<span class="err">{esc(r.get("error") or "")}</span>')]
+        cells += [badge(str(r.get("status", "?"))), fmt_time(r.get("started")), fmt_seconds(_duration(r)),
+                  _stage_counts(r), " ".join(r.get("overrides") or []) or "-",
+                  Raw(f'<span class="err">{esc(r.get("error") or "")}</span>')]
         body.append(cells)
-    head = ["run", *(["workspace"] if show_ws else []), "recipe", "status", "started", "took", "stages", "error"]
+    head = ["run", *(["workspace"] if show_ws else []), "status", "started", "took", "stages", "overrides", "error"]
     return table(head, body, cls="runs", tid="runs")
 
 
@@ -146,10 +148,11 @@ def workspace_body(store: Store, ws: WorkspaceView) -> Raw:
 
 def stages_table(ws: WorkspaceView, run: dict[str, Any], store: Store) -> Raw:
     rows = []
-    for sid, st in run.get("stages", {}).items():
+    for sid, st in ordered_stages(run):
         art = store.artifact_at(st["artifact"]) if st.get("artifact") else None
         err = st.get("error") or ""
-        rows.append([sid, st.get("stage", ""), badge(str(st.get("status", "?"))), fmt_seconds(st.get("seconds")),
+        took = "-" if st.get("cached") or st.get("seconds") is None else fmt_seconds(st.get("seconds"))
+        rows.append([sid, st.get("stage", ""), badge(str(st.get("status", "?"))), took,
                      link(art.url, art.name) if art else "-",
                      Raw(f'<span class="stage-error" data-stage="{esc(sid)}">{esc(err)}</span>') if err else ""])
     return table(["stage id", "stage", "status", "took", "artifact", "error"], rows, cls="stages", tid="stages")
@@ -165,13 +168,15 @@ def train_panel(p: Progress) -> Raw:
     pl, me = p.planned, p.measured
     loss_chart = charts.line_chart(
         [charts.Series("train loss", loss), charts.Series("validation loss", val, charts.PALETTE[1], markers=True)],
-        title="loss", x_label="optimizer step", y_label="nats/token", chart_id=f"loss-{p.stage_id}")
+        title="loss", x_label="optimizer step", y_label="nats/token", width=1140, height=260, chart_id=f"loss-{p.stage_id}")
     ref_t = [(float(pl["tokens_per_second"]), "planned", "#7a5cc2")] if pl.get("tokens_per_second") else []
     tps_chart = charts.line_chart([charts.Series("tokens/s", tps, charts.PALETTE[2])], title="throughput",
-                                  x_label="optimizer step", y_label="tokens/s", hlines=ref_t, chart_id=f"tps-{p.stage_id}")
+                                  x_label="optimizer step", y_label="tokens/s", hlines=ref_t, width=560,
+                                  chart_id=f"tps-{p.stage_id}")
     ref_s = [(float(pl["step_seconds"]), "planned", "#7a5cc2")] if pl.get("step_seconds") else []
     step_chart = charts.line_chart([charts.Series("step time", step_s, charts.PALETTE[3])], title="step time",
-                                   x_label="optimizer step", y_label="seconds", hlines=ref_s, chart_id=f"step-{p.stage_id}")
+                                   x_label="optimizer step", y_label="seconds", hlines=ref_s, width=560,
+                                   chart_id=f"step-{p.stage_id}")
     total = p.total_steps
     head = cards([
         ("step", f"{p.step:,}" + (f" / {total:,}" if total else ""), p.status),
