@@ -23,8 +23,8 @@ def client(tiny_run: TinyRun) -> TestClient:
 
 @pytest.fixture(scope="module")
 def arts(tiny_run: TinyRun) -> dict[str, object]:
-    ws = Store([".shoestring"], base=tiny_run.root).workspaces()[0]
-    return {a.stage: a for a in ws.artifacts()}
+    ws = Store([".shoestring"], base=tiny_run.root).workspace_of(tiny_run.ws)
+    return {a.stage: a for a in reversed(ws.artifacts())}  # the newest of each stage
 
 
 def _links(html: str) -> set[str]:
@@ -67,7 +67,8 @@ def test_plan_and_model_pages_show_planned_beside_measured(client: TestClient, a
     assert page.count("<tr>", page.index('id="candidates"')) >= len(plan["candidates"])
     assert 'id="gpu-costs"' in page and "l4-24gb" in page  # cost per GPU type, from the assessment's what-if plans
     model = client.get(arts["train"].url).text
-    assert 'id="plan-vs-measured-train"' in model and 'data-series="train loss" data-points="6"' in model
+    steps = arts["train"].stats["steps"]
+    assert 'id="plan-vs-measured-train"' in model and f'data-series="train loss" data-points="{steps}"' in model
     ev = client.get(arts["evaluate"].url).text
     assert 'id="eval-metrics"' in ev and "perplexity" in ev and 'id="comparison"' in ev
 
@@ -86,7 +87,7 @@ def test_the_assessment_page_shows_both_walls_and_their_best_change(client: Test
 
 
 def test_compare_two_runs_shows_config_differences(client: TestClient, tiny_run: TinyRun) -> None:
-    ws = Store([".shoestring"], base=tiny_run.root).workspaces()[0]
+    ws = Store([".shoestring"], base=tiny_run.root).workspace_of(tiny_run.ws)
     run = ws.runs()[-1]
     ref = f"run:{ws.id}:{run['run_id']}"
     page = client.get("/compare", params={"a": ref, "b": ref}).text

@@ -130,7 +130,7 @@ def line_chart(
             parts.append(f'<line x1="{left}" x2="{left + pw}" y1="{sy(y):.1f}" y2="{sy(y):.1f}" stroke="{colour}" '
                          f'stroke-dasharray="6 4" class="ref"/><text x="{left + 6}" y="{sy(y) - 5:.1f}" '
                          f'class="ref-label" fill="{colour}">{_e(label)} {fmt_num(y)}</text>')
-    legend_x = left + pw
+    legend_x = float(left + pw)
     for i, s in enumerate(series):
         colour = s.colour or PALETTE[i % len(PALETTE)]
         good = [p for p in s.points if all(math.isfinite(v) for v in p)]

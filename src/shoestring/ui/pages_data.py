@@ -45,10 +45,10 @@ def _drops(card: dict[str, Any], stats: dict[str, Any]) -> Raw:
 
 
 def _clusters(a: ArtifactView, card: dict[str, Any]) -> Raw:
-    out = []
+    out: list[str] = []
     d = card.get("dedup") or {}
     if d:
-        out.append(table(["near-duplicate groups", "candidates checked", "rejected by verification",
+        out.append(table(["records after dedup", "candidates checked", "rejected by verification",
                           "exact Jaccard checks", "mean Jaccard of removed", "re-centred clusters"], [[
             d.get("groups", "-"), d.get("candidates_checked", "-"), d.get("candidates_rejected_by_verification", "-"),
             d.get("exact_jaccard_checks", "-"), d.get("near_duplicate_mean_jaccard", "-"), d.get("recentred_clusters", "-")]],

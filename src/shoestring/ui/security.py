@@ -60,6 +60,7 @@ class Guard:
         return hmac.compare_digest(token.encode(), self.csrf.encode())
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        assert self.app is not None, "Guard.app is set when the middleware stack is built"
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
