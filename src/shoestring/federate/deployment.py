@@ -102,16 +102,35 @@ def _wait_listening(port: int, procs: list[subprocess.Popen[bytes]], timeout: fl
     raise ShoestringError(f"federate: nothing listened on 127.0.0.1:{port} within {timeout:.0f} s")
 
 
+def _stop_stale(pidfile: Path) -> None:
+    """Stop the Flower processes a killed run left behind (by the pids it recorded)."""
+    import signal
+
+    import psutil
+
+    if not pidfile.is_file():
+        return
+    for line in pidfile.read_text().split():
+        with contextlib.suppress(ValueError, psutil.Error, ProcessLookupError, PermissionError):
+            pid = int(line)
+            if "flower-super" in " ".join(psutil.Process(pid).cmdline()):
+                os.killpg(pid, signal.SIGKILL)
+    pidfile.unlink(missing_ok=True)
+
+
 @contextlib.contextmanager
 def _loopback_federation(port: int, n_clients: int, env: dict[str, str], logs: Path) -> Iterator[list[int]]:
     """SuperLink + ``n_clients`` SuperNodes on 127.0.0.1; yields their pids; stops them after."""
     logs.mkdir(parents=True, exist_ok=True)
+    pidfile = logs / "flower.pids"
+    _stop_stale(pidfile)
     procs: list[subprocess.Popen[bytes]] = []
 
     def start(cmd: list[str], name: str) -> subprocess.Popen[bytes]:
         with open(logs / f"{name}.log", "ab") as out:
             p = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
         procs.append(p)
+        pidfile.write_text(" ".join(str(q.pid) for q in procs))
         return p
 
     try:
@@ -126,6 +145,7 @@ def _loopback_federation(port: int, n_clients: int, env: dict[str, str], logs: P
     finally:
         for p in reversed(procs):
             _stop(p)
+        pidfile.unlink(missing_ok=True)
 
 
 def _stop(p: subprocess.Popen[bytes]) -> None:

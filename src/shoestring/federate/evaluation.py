@@ -98,7 +98,7 @@ def compare_systems(task: FederatedTask, cfg: FederateConfig, federated: State,
     if baselines.get("local"):
         per_client = {c: task.evaluate(s, "test") for c, s in baselines["local"].items()}
         mean = {m: np.mean([s.values[m] for s in per_client.values()], axis=0) for m in fed.values}
-        systems["local-only (mean over clients)"] = Scores(mean, fed.client, head)
+        systems["local-only (mean over clients)"] = Scores(mean, fed.client, head, fed.higher_is_better)
         # Each unit scored by its own client's local model (clients without one: NaN, left out).
         local_own = np.full(len(fed.client), np.nan)
         for c, s in per_client.items():
@@ -119,5 +119,5 @@ def compare_systems(task: FederatedTask, cfg: FederateConfig, federated: State,
         clients.append(row)
     central = table.get("centralised", {}).get(head, {}).get("value")
     ratio = table["federated"][head]["value"] / central if central else None
-    return {"headline": head, "systems": table, "paired": paired, "clients": clients,
-            "federated_over_centralised": ratio}  # fmt: skip
+    return {"headline": head, "higher_is_better": fed.higher_is_better, "systems": table, "paired": paired,
+            "clients": clients, "federated_over_centralised": ratio}  # fmt: skip

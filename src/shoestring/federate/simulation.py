@@ -67,9 +67,27 @@ def _wait_for_port(port: int, proc: subprocess.Popen[bytes], timeout: float, log
     raise ShoestringError(f"federate: Ray did not open port {port} within {timeout:.0f} s; the machine may be overloaded")
 
 
+def _stop_stale_head(pidfile: Path) -> None:
+    """A run killed with -9 leaves its Ray head behind; stop that one (by the pid it recorded)."""
+    if not pidfile.is_file():
+        return
+    with contextlib.suppress(ValueError, psutil.Error, ProcessLookupError, PermissionError):
+        pid = int(pidfile.read_text().strip())
+        cmd = " ".join(psutil.Process(pid).cmdline())
+        if "start" in cmd and "--head" in cmd and str(RAY_TEMP_ROOT) in cmd:
+            os.killpg(pid, signal.SIGKILL)
+    pidfile.unlink(missing_ok=True)
+
+
 @contextlib.contextmanager
 def private_ray(num_cpus: int, log: Path) -> Iterator[tuple[str, int]]:
-    """Start a Ray head on fixed loopback ports; yields (address, pid of the head's process group)."""
+    """Start a Ray head on fixed loopback ports; yields (address, pid of the head's process group).
+
+    The head's pid is kept in ``<log folder>/ray-head.pid`` so that the next run in the same
+    work folder can stop a head that a killed run left behind.
+    """
+    pidfile = log.parent / "ray-head.pid"
+    _stop_stale_head(pidfile)
     ray_bin = Path(sys.executable).with_name("ray")
     exe = str(ray_bin) if ray_bin.is_file() else shutil.which("ray")
     if exe is None:
@@ -89,11 +107,13 @@ def private_ray(num_cpus: int, log: Path) -> Iterator[tuple[str, int]]:
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "ab") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    pidfile.write_text(str(proc.pid))
     try:
         _wait_for_port(base, proc, 180.0, log)
         yield f"127.0.0.1:{base}", proc.pid
     finally:
         _stop_group(proc)
+        pidfile.unlink(missing_ok=True)
         shutil.rmtree(temp, ignore_errors=True)
 
 

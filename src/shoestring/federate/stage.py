@@ -37,6 +37,9 @@ def _check(cfg: FederateConfig) -> None:
     if cfg.privacy is not None and cfg.task != "classification":
         raise ShoestringError(f"federate: client-side DP-SGD is supported for classification, not {cfg.task}; "
                               "remove `privacy:` or use task: classification")  # fmt: skip
+    if cfg.privacy is not None and cfg.strategy == "fedprox":
+        raise ShoestringError("federate: fedprox's proximal term is not privatised by DP-SGD; use fedavg, fedadam "
+                              "or fedyogi with privacy")  # fmt: skip
     if cfg.engine == "deployment" and cfg.faults.straggler and cfg.superlink:
         raise ShoestringError("federate: faults are injected by our own ClientApps; use them on loopback only")
 

@@ -100,7 +100,8 @@ def federation_summary(task: FederatedTask, cfg: FederateConfig, job: Job, saved
     traffic = _traffic(task, cfg, rows)
     privacy = _privacy(cfg, job, saved.get("privacy", []), len(task.clients))
     robustness = _robustness(rows)
-    to95 = rounds_to_reach(rows, head, 0.95 * central if central else None)
+    # "95% of centralised" is defined for scores where higher is better (NDCG, accuracy), not for a loss.
+    to95 = rounds_to_reach(rows, head, 0.95 * central if central and comparison["higher_is_better"] else None)
     fed = systems["federated"][head]
     lines = [f"{name}: {head} {v[head]['value']:.4f} [{v[head]['low']:.4f}, {v[head]['high']:.4f}]"
              for name, v in systems.items()]  # fmt: skip

@@ -88,7 +88,8 @@ class Scores:
     client: np.ndarray
     """Client index of every scored unit."""
     headline: str
-    """The metric that stands for quality (ndcg@10, accuracy, ...; higher is better)."""
+    """The metric that stands for quality (ndcg@10, accuracy, loss)."""
+    higher_is_better: bool = True
 
 
 class FederatedTask(Protocol):
