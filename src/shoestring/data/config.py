@@ -183,6 +183,10 @@ class DedupConfig(_Section):
     """Also drop records whose all-MiniLM-L6-v2 embedding has cosine >= semantic_threshold with a kept one."""
     semantic_threshold: float = 0.95
     """Cosine similarity for semantic duplicates."""
+    max_memory: Annotated[int, NotHashed()] = 256
+    """MiB the near-dup index may hold at once in one process: the documents that have LSH
+    candidates are clustered in batches of whole candidate components that fit (about 1.3 KB a
+    document); the data card reports the batches and the largest one. Does not change the result."""
 
 
 class PIIConfig(_Section):
