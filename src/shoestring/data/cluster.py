@@ -31,6 +31,7 @@ moves the centre of a cluster that holds semantic duplicates (they matched the c
 from __future__ import annotations
 
 import os
+import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -124,14 +125,17 @@ class NearDupClusterer:
         self.candidates_rejected = 0
         self.exact_checks = 0
         self.exact_flips = 0  # exact check disagreed with the estimate's side of the threshold
+        self.exact_seconds = 0.0  # CPU seconds reading shingles back and intersecting them
 
     # -- similarity ---------------------------------------------------------------------------
     def _decide(self, est: float, a: Loc | np.ndarray, b: Loc) -> float:
         """The similarity used for the decision: the estimate outside the band, else exact Jaccard."""
         if est < self.low or est >= self.high:
             return est
+        clock = time.process_time()
         sa = a if isinstance(a, np.ndarray) else self.store.get(a)
         exact = exact_jaccard(sa, self.store.get(b))
+        self.exact_seconds += time.process_time() - clock
         self.exact_checks += 1
         self.exact_flips += (exact >= self.threshold) != (est >= self.threshold)
         return exact

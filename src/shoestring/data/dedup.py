@@ -51,7 +51,7 @@ __all__ = [
 
 _WORD = re.compile(r"\w+", re.UNICODE)
 _BLOCK = 1024  # shingles per MinHash block: 128 x 1024 x 8 B = 1 MiB, stays in L2 (measured 3x faster than 4096)
-_BATCH_CHARS = 1 << 20  # code points per shingling batch (a longer text gets a batch of its own)
+_BATCH_CHARS = 1 << 18  # code points per shingling batch (a longer text gets a batch of its own): ~10 MB of arrays
 _P_CHAR = np.uint64(0x100000001B3)  # odd, so invertible mod 2^64
 _P_WORD = np.uint64(0x100000001B3)
 
@@ -87,7 +87,8 @@ def _word_table() -> np.ndarray:
     """(0x110000,) bool: code point c is a ``\\w`` character. Built once per process (~0.1 s)."""
     global _WORD_TABLE
     if _WORD_TABLE is None:
-        every = "".join(map(chr, range(0x110000)))
+        # Every code point as one string, straight from bytes (no per-character objects).
+        every = np.arange(0x110000, dtype="<u4").tobytes().decode("utf-32-le", "surrogatepass")
         # Word characters become NUL (one character for one, so positions are kept).
         marked = re.sub(r"\w", "\0", every)
         cps = np.frombuffer(marked.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
@@ -180,7 +181,7 @@ def shingle_batch(texts: Sequence[str], n: int = 5) -> tuple[np.ndarray, np.ndar
 
     Text k's shingles are ``flat[offsets[k]:offsets[k + 1]]``, sorted and duplicate-free; a
     text shorter than n words has one shingle (all its words), an empty one none. Texts are
-    processed in batches of about 1M code points, so memory is bounded by the batch.
+    processed in batches of about 256k code points, so memory is bounded by the batch.
     """
     parts: list[np.ndarray] = []
     counts: list[np.ndarray] = []

@@ -122,15 +122,19 @@ def build(cfg: CurateConfig, ctx: StageContext) -> dict[str, Any]:
     # One executor for both parallel parts (the map phase, then the dedup batches): workers start once.
     executor = make_executor(cfg.executor, cfg.workers)
     try:
+        cpu = time.process_time()
         chunks = run_map_phase(cfg, sources, ctx.work_dir, ctx.console, executor)
         wall["map"] = time.perf_counter()
+        wall["main_cpu_map"] = time.process_time() - cpu
         ops = _merge_ops(chunks)
         d = decide(cfg, ctx.work_dir, len(chunks), ops["label"].counters, executor)
         wall["dedup"] = time.perf_counter()
     finally:
         executor.close()
+    cpu = time.process_time()
     out = write_dataset(cfg, ctx.work_dir, ctx.out_dir, len(chunks), d)
     wall["write"] = time.perf_counter()
+    wall["main_cpu_write"] = time.process_time() - cpu
 
     read = sum(int(c["read"]) for c in chunks)
     quarantined = sum(int(c["quarantined"]) for c in chunks)
@@ -213,6 +217,8 @@ def _profile(chunks: list[dict[str, Any]], decide_cpu: dict[str, float], wall: d
     for c in chunks:
         cpu.update(c.get("cpu_seconds", {}))
     cpu.update(decide_cpu)
+    cpu["main_read_and_dispatch"] = wall["main_cpu_map"]  # reading sources, cutting and sending chunks
+    cpu["main_write_dataset"] = wall["main_cpu_write"]
     peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # Linux: KiB
     return {
         "wall_seconds": {
