@@ -17,9 +17,10 @@ Subcommands (each prints markdown tables; each fits in one ``/work/bin/timed`` s
   Jaccard >= t share a token among the first |s| - ceil(t |s|) + 1 of their tokens in a
   global rare-first order, so every such pair is a candidate; each candidate is verified).
 * ``scale --docs N``: near-dup only on an N-document corpus (``--datatrove`` runs the peer
-  too); quality from a sample: 2,000 removed documents checked against their kept
-  representative (precision) and every true partner of 2,000 sampled documents found with
-  the same prefix index (recall), all exact.
+  too, ``--datatrove-only`` only the peer, for its own timed slot); then ``score --docs N``
+  (untimed): 2,000 sampled removed documents checked against their kept representative
+  (precision) and every true partner of 2,000 sampled documents found with the same prefix
+  index (recall), all exact.
 
 A tool's *decision* is "removed doc -> kept doc of its cluster"; precision = decisions with
 true Jaccard >= 0.8; recall = true pairs the tool put in one cluster; document recall =
@@ -310,7 +311,7 @@ def shoestring_config(corpus: Path, full: bool, workers: int, max_memory: int) -
 
 
 def run_shoestring(
-    corpus: Path, work: Path, full: bool, workers: int, max_memory: int = 256
+    corpus: Path, work: Path, full: bool, workers: int, max_memory: int = 64
 ) -> tuple[float, int, Path]:
     import yaml
 
@@ -466,38 +467,47 @@ def cmd_compare(args: argparse.Namespace) -> None:
 
 
 def cmd_scale(args: argparse.Namespace) -> None:
+    """Timed part: the tools on an N-document corpus; figures and artifact paths saved for ``score``."""
     corpus = args.work / f"sampled-{args.docs}.jsonl"
-    n = write_corpus(corpus, args.docs, seed=args.seed)
+    if not corpus.is_file():
+        write_corpus(corpus, args.docs, seed=args.seed)
+    n = args.docs
     size_mb = corpus.stat().st_size / 1e6
     print(f"corpus: {n} sampled+perturbed documents, {size_mb:.1f} MB; load {os.getloadavg()[0]:.2f}", flush=True)
-    rows = []
-    wall, peak, art = run_shoestring(corpus, args.work, False, args.workers, args.max_memory)
-    rows.append(("shoestring near-dup only", wall, peak, art))
-    print(f"  shoestring: {wall:.1f} s, {peak / 2**20:.0f} MiB", flush=True)
-    if args.datatrove:
-        wall, peak, dt = run_datatrove(corpus, args.work, args.workers)
-        rows.append(("datatrove MinHash (default config)", wall, peak, dt))
-        print(f"  datatrove: {wall:.1f} s, {peak / 2**20:.0f} MiB", flush=True)
+    saved = args.work / f"scale-{args.docs}.json"
+    rows = json.loads(saved.read_text()) if saved.is_file() else {}
+    tools = ["datatrove"] if args.datatrove_only else ["shoestring", *(["datatrove"] if args.datatrove else [])]
+    for tool in tools:
+        if tool == "shoestring":
+            wall, peak, art = run_shoestring(corpus, args.work, False, args.workers, args.max_memory)
+        else:
+            wall, peak, art = run_datatrove(corpus, args.work, args.workers)
+        rows[tool] = {"wall": wall, "peak": peak, "art": str(art), "docs": n, "mb": size_mb}
+        print(f"| {tool} | {n} | {wall:.1f} | {n / wall:,.0f} | {peak / 2**20:.0f} |", flush=True)
+        if tool == "shoestring":
+            print(json.dumps(profile_rows(art)))
+    saved.write_text(json.dumps(rows))
     print(f"load average after the timed runs: {os.getloadavg()[0]:.2f}")
-    if args.no_quality:
-        for name, wall, peak, _ in rows:
-            print(f"| {name} | {n} | {wall:.1f} | {n / wall:,.0f} | {peak / 2**20:.0f} |")
-        print(f"\n{json.dumps(profile_rows(rows[0][3]))}")
-        return
+
+
+def cmd_score(args: argparse.Namespace) -> None:
+    """Untimed part: sampled exact precision/recall of the runs ``scale`` saved."""
+    corpus = args.work / f"sampled-{args.docs}.jsonl"
+    rows = json.loads((args.work / f"scale-{args.docs}.json").read_text())
     ids, flat, off = load_sets(corpus)
     idx = PrefixIndex(flat, off, THRESHOLD)
     print(
-        "\n| tool | documents | wall s | docs/s | peak RSS MiB | removed | precision (2,000 sampled) | recall (pairs of 2,000 sampled docs) | recall (docs) |"
+        "| tool | documents | removed | precision (2,000 sampled removals) | recall (pairs of 2,000 sampled docs) | recall (docs) |"
     )
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for name, wall, peak, art in rows:
-        cl = shoestring_clusters(art) if "shoestring" in name else datatrove_clusters(art)
+    print("|---|---:|---:|---:|---:|---:|")
+    for tool, row in rows.items():
+        art = Path(row["art"])
+        cl = shoestring_clusters(art) if tool == "shoestring" else datatrove_clusters(art)
         sc = score_sampled(*cl, ids, idx)
         print(
-            f"| {name} | {n} | {wall:.1f} | {n / wall:,.0f} | {peak / 2**20:.0f} | {sc['removed']} "
-            f"| {sc['precision']:.4f} | {sc['recall']:.4f} ({sc['sampled_pairs']} pairs) | {sc['doc_recall']:.4f} |"
+            f"| {tool} | {row['docs']} | {sc['removed']} | {sc['precision']:.4f} "
+            f"| {sc['recall']:.4f} ({sc['sampled_pairs']} pairs) | {sc['doc_recall']:.4f} |"
         )
-    print(f"\n{json.dumps(profile_rows(rows[0][3]))}")
 
 
 def main() -> None:
@@ -507,13 +517,15 @@ def main() -> None:
     sub = ap.add_subparsers(dest="cmd", required=True)
     c = sub.add_parser("compare", help="near-dup and full chain vs datatrove, exact truth")
     c.add_argument("--docs", type=int, default=None, help="sample this many documents instead of the real corpus")
-    c.add_argument("--max-memory", type=int, default=256)
+    c.add_argument("--max-memory", type=int, default=64)
     s = sub.add_parser("scale", help="near-dup on a sampled+perturbed corpus, sampled truth")
     s.add_argument("--docs", type=int, required=True)
     s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--max-memory", type=int, default=256)
-    s.add_argument("--datatrove", action="store_true")
-    s.add_argument("--no-quality", action="store_true", help="skip the sampled precision/recall")
+    s.add_argument("--max-memory", type=int, default=64)
+    s.add_argument("--datatrove", action="store_true", help="run datatrove too")
+    s.add_argument("--datatrove-only", action="store_true", help="run only datatrove (its own timed slot)")
+    q = sub.add_parser("score", help="sampled precision/recall of a finished `scale` run (untimed)")
+    q.add_argument("--docs", type=int, required=True)
     d = sub.add_parser("_datatrove")
     d.add_argument("shards")
     d.add_argument("out")
@@ -522,7 +534,7 @@ def main() -> None:
         datatrove_main(args.shards, args.out, args.workers)
         return
     args.work.mkdir(parents=True, exist_ok=True)
-    {"compare": cmd_compare, "scale": cmd_scale}[args.cmd](args)
+    {"compare": cmd_compare, "scale": cmd_scale, "score": cmd_score}[args.cmd](args)
 
 
 if __name__ == "__main__":

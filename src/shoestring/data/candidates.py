@@ -34,8 +34,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from scipy.sparse import coo_matrix
-from scipy.sparse.csgraph import connected_components
 
 from shoestring.data.cluster import NearDupClusterer, ShingleStore
 from shoestring.data.config import CurateConfig
@@ -97,6 +95,8 @@ def _band_column(work_dir: Path, chunk_start: np.ndarray, indexed: np.ndarray, b
 
 def _components(work_dir: Path, chunk_start: np.ndarray, indexed: np.ndarray, bands: int) -> np.ndarray:
     """(M,) int64: for each indexed document, the position of the first document of its component."""
+    from scipy.sparse import coo_matrix  # here, not at module level: batch workers never need scipy
+    from scipy.sparse.csgraph import connected_components
     m = indexed.size
     labels = np.arange(m, dtype=np.int64)
     for band in range(bands):

@@ -161,7 +161,8 @@ def _shingles_of_batch(texts: Sequence[str], n: int) -> tuple[list[np.ndarray], 
     with np.errstate(over="ignore"):
         for j in range(1, n):  # polynomial combination of up to n consecutive word hashes, mod 2^64
             ok = pos + j < end
-            nxt = np.concatenate((wh[j:], np.zeros(j, dtype=np.uint64)))
+            nxt = np.zeros_like(wh)  # wh shifted left by j (the tail never counts: ok is False there)
+            nxt[: max(0, wh.size - j)] = wh[j:]
             acc = np.where(ok, acc * _P_WORD + nxt, acc)
     start = w_off[:-1][doc]
     # A full n-gram starts here, or the text is shorter than n words and this is its only shingle.

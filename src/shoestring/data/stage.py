@@ -211,15 +211,13 @@ def build(cfg: CurateConfig, ctx: StageContext) -> dict[str, Any]:
 
 def _profile(chunks: list[dict[str, Any]], decide_cpu: dict[str, float], wall: dict[str, float]) -> dict[str, Any]:
     """Where the time went: wall seconds per phase, CPU seconds per step (workers' summed), peak RSS."""
-    import resource
-
     cpu: Counter[str] = Counter()
     for c in chunks:
         cpu.update(c.get("cpu_seconds", {}))
     cpu.update(decide_cpu)
     cpu["main_read_and_dispatch"] = wall["main_cpu_map"]  # reading sources, cutting and sending chunks
     cpu["main_write_dataset"] = wall["main_cpu_write"]
-    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # Linux: KiB
+    peak_kib = _peak_rss_kib()
     return {
         "wall_seconds": {
             "read_and_map": round(wall["map"] - wall["start"], 3),
@@ -227,8 +225,24 @@ def _profile(chunks: list[dict[str, Any]], decide_cpu: dict[str, float], wall: d
             "write": round(wall["write"] - wall["dedup"], 3),
         },
         "cpu_seconds": {k: round(v, 3) for k, v in sorted(cpu.items())},
-        "main_process_peak_rss_mib": round(peak_kib / 1024, 1),
+        "main_process_peak_rss_mib": round(peak_kib / 1024, 1) if peak_kib else None,
     }
+
+
+def _peak_rss_kib() -> int | None:
+    """This process's peak resident set (VmHWM, KiB); None off Linux.
+
+    Not ``getrusage``'s ru_maxrss: that one survives fork + exec, so a process started by a
+    big parent reports the parent's peak.
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
 
 
 def _fill_quarantine_by_source(path: Path, card: dict[str, Any]) -> None:
