@@ -192,13 +192,13 @@ def _dp_counts(records: dict[str, list[dict[str, Any]]], share: ShareConfig) -> 
     rng = np.random.default_rng(share.seed)
     per = share.epsilon / (len(cols) + 1)  # the total count is released too
     rows = [r for recs in records.values() for r in recs]
-    noisy_total = max(0, int(round(len(rows) + rng.laplace(0.0, 1.0 / per))))
+    noisy_total = max(0, round(len(rows) + float(rng.laplace(0.0, 1.0 / per))))
     out: dict[str, Any] = {"mechanism": "Laplace, sensitivity 1 (add/remove one record), delta 0",
                            "epsilon_total": share.epsilon, "epsilon_per_release": per, "records": noisy_total,
                            "columns": {}}  # fmt: skip
     for col in cols:
         counts = Counter(str(r.get(col)) for r in rows)
-        out["columns"][col] = {v: max(0, int(round(n + rng.laplace(0.0, 1.0 / per)))) for v, n in sorted(counts.items())}
+        out["columns"][col] = {v: max(0, round(n + float(rng.laplace(0.0, 1.0 / per)))) for v, n in sorted(counts.items())}
     return out
 
 
