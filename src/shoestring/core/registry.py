@@ -33,6 +33,7 @@ STAGES: dict[str, str] = {
     "curate": "shoestring.data.stage",
     "plan": "shoestring.plan.stage",
     "train": "shoestring.train.stage",
+    "federate": "shoestring.federate.stage",
     "evaluate": "shoestring.evaluate.stage",
     "compress": "shoestring.compress.stage",
     "export": "shoestring.compress.export_stage",
