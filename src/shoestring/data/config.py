@@ -12,6 +12,7 @@ from typing import Annotated, Literal, get_args
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from shoestring.core.config import HashedPath, NotHashed, StageConfig
+from shoestring.data.share import ShareConfig
 
 __all__ = [
     "AugmentConfig",
@@ -298,6 +299,8 @@ class CurateConfig(StageConfig):
     """Augmentation settings."""
     split: SplitConfig = Field(default_factory=SplitConfig)
     """Split settings."""
+    share: ShareConfig = Field(default_factory=ShareConfig)
+    """A privacy-checked release for a partner, written to share/ (shoestring.data.share)."""
     executor: Annotated[Literal["local", "ray"], NotHashed()] = "local"
     """Where the per-record ops run: local processes or a Ray cluster (a local one if none is running)."""
     workers: Annotated[int, NotHashed()] = 2

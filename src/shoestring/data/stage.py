@@ -191,6 +191,10 @@ def build(cfg: CurateConfig, ctx: StageContext) -> dict[str, Any]:
         card["labels"] = {"distribution": out["label_by_split"]}
         if cfg.labels.functions:
             card["labels"].update(label_stats(cfg.labels, ops["label"].counters, ops["label"].seen, d.weights))
+    if cfg.share.enabled:
+        from shoestring.data.share import write_release
+
+        card["release"] = write_release(cfg, ctx.out_dir, pii)
     atomic_write_json(ctx.out_dir / "datacard.json", card)
     atomic_write_text(ctx.out_dir / "datacard.html", render_html(card))
     return {
@@ -205,6 +209,7 @@ def build(cfg: CurateConfig, ctx: StageContext) -> dict[str, Any]:
         "pii": pii,
         "leak_check": d.leak,
         "chunks": len(chunks),
+        **({"release": card["release"]} if "release" in card else {}),
         "profile": {**_profile(chunks, d.profile, wall), "near_dup_index": d.index_run},
     }
 

@@ -43,6 +43,8 @@ def _env(home: Path) -> dict[str, str]:
     env = dict(os.environ)
     env["FLWR_HOME"] = str(home)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (src, env.get("PYTHONPATH", "")) if p)
+    # SuperLink and SuperNode start `flower-superexec`, `flwr-serverapp`, `flwr-clientapp` by name.
+    env["PATH"] = os.pathsep.join(p for p in (str(Path(sys.executable).parent), env.get("PATH", "")) if p)
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
     return env
 
@@ -165,8 +167,9 @@ def _stop(p: subprocess.Popen[bytes]) -> None:
 
 
 def run_deployment_engine(job_path: Path, n_clients: int, port: int, superlink: str | None, work: Path,
-                          timeout_s: float) -> list[int]:  # fmt: skip
-    """Run the federation of the job at ``job_path``; returns the pids of the processes started."""
+                          timeout_s: float, groups: list[int] | None = None) -> list[int]:  # fmt: skip
+    """Run the federation of the job at ``job_path``; returns the pids of the processes started
+    (SuperLink first). Their process groups are appended to ``groups`` (for memory metering)."""
     home, app, logs = work / "flwr-home", work / "flwr-app", work / "flwr-logs"
     write_app(app, job_path)
     logs.mkdir(parents=True, exist_ok=True)
@@ -177,6 +180,8 @@ def run_deployment_engine(job_path: Path, n_clients: int, port: int, superlink: 
     with contextlib.ExitStack() as stack:
         if superlink is None:
             started = stack.enter_context(_loopback_federation(port, n_clients, env, logs))
+            if groups is not None:
+                groups.extend(started)
         with open(logs / "flwr-run.log", "ab") as out:
             try:
                 subprocess.run([_bin("flwr"), "run", str(app), "shoestring", "--stream"], stdout=out,

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from shoestring.core.workspace import StageContext
     from shoestring.federate.tasks import FederatedTask, Job
 
-__all__ = ["CONFIG", "KIND", "SCHEMA_VERSION", "SUMMARY", "build", "summarize"]
+__all__ = ["CONFIG", "KIND", "SCHEMA_VERSION", "SUMMARY", "build", "fix_client_noise", "summarize"]
 
 CONFIG = FederateConfig
 KIND = "model"
@@ -54,7 +54,7 @@ def _job(cfg: FederateConfig, ctx: StageContext) -> Job:
                model=model if cfg.task != "sequential-recommendation" else None, work_dir=str(ctx.work_dir))  # fmt: skip
 
 
-def _with_privacy(job: Job, task: FederatedTask, cfg: FederateConfig, console: Console) -> Job:
+def fix_client_noise(job: Job, task: FederatedTask, cfg: FederateConfig, console: Console) -> Job:
     """Fix every client's DP-SGD noise before round 1 (so its budget holds over all rounds)."""
     from dataclasses import replace
 
@@ -99,9 +99,12 @@ def _run_engine(job: Job, cfg: FederateConfig, n: int, ctx: StageContext) -> dic
             from shoestring.federate.deployment import run_deployment_engine
 
             timeout = cfg.round_timeout_s * (cfg.rounds + 2) + 300
-            meter.groups = []
-            run_deployment_engine(path, n, cfg.port, cfg.superlink, ctx.work_dir, timeout)
-    return {"wall_seconds": round(time.perf_counter() - t0, 2), "peak_rss_bytes": int(meter.peak)}
+            started = run_deployment_engine(path, n, cfg.port, cfg.superlink, ctx.work_dir, timeout, meter.groups)
+    out: dict[str, Any] = {"wall_seconds": round(time.perf_counter() - t0, 2), "peak_rss_bytes": int(meter.peak)}
+    if cfg.engine == "deployment":
+        out["processes"] = {"superlink": started[0] if started else None, "supernodes": started[1:],
+                            "superlink_address": cfg.superlink or f"127.0.0.1:{cfg.port}"}  # fmt: skip
+    return out
 
 
 def _read_server(work: Path) -> tuple[dict[str, Any], Any]:
@@ -130,7 +133,7 @@ def build(cfg: FederateConfig, ctx: StageContext) -> dict[str, Any]:
     n = len(task.clients)
     ctx.console.print(f"  federate: {cfg.task}, {n} clients ({cfg.partition}), {cfg.rounds} rounds of {cfg.strategy}"
                       f" on Flower's {cfg.engine} engine" + (" with SecAgg+" if cfg.secure_aggregation else ""))  # fmt: skip
-    job = _with_privacy(job, task, cfg, ctx.console)
+    job = fix_client_noise(job, task, cfg, ctx.console)
     if (ctx.work_dir / "server" / "finished.json").is_file():
         run = {"wall_seconds": None, "peak_rss_bytes": None, "resumed": "finished before"}
     else:

@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from shoestring.federate.config import FederateConfig
     from shoestring.federate.tasks import FederatedTask, Job
 
-__all__ = ["federation_summary", "rounds_to_reach", "write_outputs"]
+__all__ = ["federation_summary", "privacy_summary", "rounds_to_reach", "write_outputs"]
 
 
 def rounds_to_reach(rows: list[dict[str, Any]], metric: str, target: float | None) -> int | None:
@@ -33,7 +33,8 @@ def rounds_to_reach(rows: list[dict[str, Any]], metric: str, target: float | Non
     return None
 
 
-def _privacy(cfg: FederateConfig, job: Job, entries: list[dict[str, Any]], n: int) -> dict[str, Any] | None:
+def privacy_summary(cfg: FederateConfig, job: Job, entries: list[dict[str, Any]], n: int) -> dict[str, Any] | None:
+    """Epsilon per client from the round log's DP entries (Opacus accountant), and overall."""
     from shoestring.train.privacy import epsilon_for_history
 
     p = cfg.privacy
@@ -98,7 +99,7 @@ def federation_summary(task: FederatedTask, cfg: FederateConfig, job: Job, saved
     systems = comparison["systems"]
     central = systems.get("centralised", {}).get(head, {}).get("value")
     traffic = _traffic(task, cfg, rows)
-    privacy = _privacy(cfg, job, saved.get("privacy", []), len(task.clients))
+    privacy = privacy_summary(cfg, job, saved.get("privacy", []), len(task.clients))
     robustness = _robustness(rows)
     # "95% of centralised" is defined for scores where higher is better (NDCG, accuracy), not for a loss.
     to95 = rounds_to_reach(rows, head, 0.95 * central if central and comparison["higher_is_better"] else None)
