@@ -7,15 +7,15 @@ their thread pools stay mapped, and a pretrained checkpoint's pages may stay map
 of that depends on the step's own sequence of allocations. So the planner runs it: the
 planned model, built by the trainer's own code (``shoestring.train.modeling.build_model``,
 same method, LoRA, fast paths, precision, heap, optimizer, loss and the dataset's own rows
-through ``shoestring.train.data.collate``) with its depth cut to ``b`` and ``b + 1`` blocks
-(``b`` = 1, or the trainable top blocks + 1 for ``method=frozen``). Each twin starts in a
+through ``shoestring.train.data.collate``) with its depth cut to two depths
+(see :func:`twin_depths`). Each twin starts in a
 fresh process forked right after the trainer's imports (so its heap starts as a training
 process's does), warms up and runs :data:`STEPS` optimizer steps under the trainer's
 :class:`~shoestring.core.metering.PeakMemoryMeter`.
 
 Every block of a transformer allocates the same tensors in the same order, so what one more
-block adds is measured (twin ``b + 1`` minus twin ``b``) and multiplied by the blocks the
-real model has: resident peak = twin(b) + (N - b) x (twin(b+1) - twin(b)). The step time
+block adds is measured (the difference of the twins per block) and multiplied by the blocks
+the real model has: resident peak = twin(a) + (N - a) x per-block growth. The step time
 uses the twins differently (:func:`shoestring.plan.search.evaluate`): the shape-timed model
 predicts both twins too, and their mean residual (what the model misses outside the blocks:
 the head on the rows that carry labels, the loss, the optimizer, collate) is added to the
@@ -39,10 +39,21 @@ STEPS = 3
 
 
 def twin_depths(method: str, trainable_layers: int, n_layers: int) -> tuple[int, int]:
-    """The two depths to run: frozen runs keep their trainable top blocks and add frozen ones."""
-    base = min(trainable_layers, n_layers - 1) + 1 if method == "frozen" else 1
-    base = max(1, min(base, n_layers - 1)) if n_layers > 1 else 1
-    return base, base + 1
+    """The two depths to run: ``b + 2`` and ``b + 4`` blocks (``b`` = the trainable top blocks of a
+    frozen run, else 0), or the model's last two even depths when it is shallower.
+
+    Two blocks apart, not one: a twin's resident peak moves by tens of MiB with where the
+    sampler catches the step's transients, and the first block's arenas grow differently from
+    the later ones (measured on SmolLM2 LoRA bf16: blocks 1 -> 2 added 28-53 MiB in two runs,
+    2 -> 4 added 40.5 and 40 MiB per block), so the difference of one block, multiplied by 28
+    more, is mostly noise.
+    """
+    b = min(trainable_layers, n_layers - 1) if method == "frozen" else 0
+    if b + 4 <= n_layers:
+        return b + 2, b + 4
+    if n_layers >= 3:
+        return n_layers - 2, n_layers
+    return 1, max(2, n_layers)
 
 
 def measure_twins(spec: dict[str, Any], timeout: float = 600.0) -> dict[str, Any]:
