@@ -9,8 +9,10 @@ planned model, built by the trainer's own code (``shoestring.train.modeling.buil
 same method, LoRA, fast paths, precision, heap, optimizer, loss and the dataset's own rows
 through ``shoestring.train.data.collate``) with its depth cut to two depths
 (see :func:`twin_depths`). Each twin starts in a
-fresh process forked right after the trainer's imports (so its heap starts as a training
-process's does), warms up and runs :data:`STEPS` optimizer steps under the trainer's
+fresh process that first imports what the trainer imports (its heap and its resident library
+pages then start as a training process's do; a process *forked* after the imports would not
+count the library pages it re-touches until it touches them, measured as +170 MiB of false
+growth on a 4-block Llama), runs :data:`WARMUP` + :data:`STEPS` - 1 optimizer steps under the trainer's
 :class:`~shoestring.core.metering.PeakMemoryMeter`.
 
 Every block of a transformer allocates the same tensors in the same order, so what one more
@@ -34,8 +36,11 @@ from typing import Any
 
 __all__ = ["STEPS", "measure_twins", "twin_depths"]
 
-STEPS = 3
-"""Timed optimizer steps per twin after one warm-up (glibc's arenas reach their size in two)."""
+STEPS = 4
+WARMUP = 2
+"""A twin runs WARMUP + STEPS optimizer steps and reports the median of the last STEPS - 1 as its
+steady step (glibc's arenas reach their size in two steps; per-document attention meets new
+block lengths, so new kernels, in the first few)."""
 
 
 def twin_depths(method: str, trainable_layers: int, n_layers: int) -> tuple[int, int]:
@@ -57,21 +62,24 @@ def twin_depths(method: str, trainable_layers: int, n_layers: int) -> tuple[int,
 
 
 def measure_twins(spec: dict[str, Any], timeout: float = 600.0) -> dict[str, Any]:
-    """Run both twins of ``spec`` (see :func:`_run_twin` for its keys) in one child; their figures."""
+    """Run each twin of ``spec`` (see :func:`_run_twin` for its keys) in its own fresh child."""
     from shoestring.core.errors import ShoestringError
 
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
-    out = subprocess.run([sys.executable, "-m", "shoestring.plan.twin"], input=json.dumps(spec), capture_output=True,
-                         text=True, env=env, timeout=timeout)
-    lines = [x for x in out.stdout.splitlines() if x.startswith("TWIN ")]
-    if out.returncode != 0 or not lines:
-        tail = (out.stderr.strip().splitlines() or ["no output"])[-1]
-        raise ShoestringError(f"the planned model's short trial run failed ({tail}); plan with --calibrate false")
-    return dict(json.loads(lines[-1][len("TWIN "):]))
+    twins = []
+    for depth in spec["depths"]:
+        out = subprocess.run([sys.executable, "-m", "shoestring.plan.twin"], input=json.dumps({**spec, "depth": depth}),
+                             capture_output=True, text=True, env=env, timeout=timeout)
+        lines = [x for x in out.stdout.splitlines() if x.startswith("TWIN ")]
+        if out.returncode != 0 or not lines:
+            tail = (out.stderr.strip().splitlines() or ["no output"])[-1]
+            raise ShoestringError(f"the planned model's short trial run failed ({tail}); plan with --no-calibrate")
+        twins.append(json.loads(lines[-1][len("TWIN "):]))
+    return {"twins": twins}
 
 
 def _child(spec: dict[str, Any]) -> dict[str, Any]:
-    """In the child: import what a training process imports, then fork one process per twin."""
+    """In the child: import what a training process imports, then run the twin."""
     import torch
     import transformers  # noqa: F401
 
@@ -80,37 +88,13 @@ def _child(spec: dict[str, Any]) -> dict[str, Any]:
     import shoestring.train.modeling
     import shoestring.train.stage  # noqa: F401  (what `shoestring train` has loaded when its meter starts)
 
-    if spec.get("method") in ("lora", "qlora"):
+    try:  # the same set the machine calibration's library residency imports
         import peft  # noqa: F401
-    if spec.get("tensorboard", True):
         import torch.utils.tensorboard  # noqa: F401
-    results = [_forked(spec, depth) for depth in spec["depths"]]
-    return {"twins": results}
-
-
-def _forked(spec: dict[str, Any], depth: int) -> dict[str, Any]:
-    """One twin in a forked process (its heap starts as the importing parent's), via a pipe."""
-    if not hasattr(os, "fork"):
-        return _run_twin(spec, depth)
-    read, write = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the twin
-        os.close(read)
-        code = 0
-        try:
-            payload = json.dumps(_run_twin(spec, depth)).encode()
-        except BaseException as err:  # report, never raise past the fork
-            payload, code = json.dumps({"error": f"{type(err).__name__}: {err}"}).encode(), 1
-        with os.fdopen(write, "wb") as fh:
-            fh.write(payload)
-        os._exit(code)
-    os.close(write)
-    with os.fdopen(read, "rb") as fh:
-        data = json.loads(fh.read() or b"{}")
-    os.waitpid(pid, 0)
-    if "error" in data:
-        raise RuntimeError(data["error"])
-    return dict(data)
+        import typer  # noqa: F401
+    except ImportError:
+        pass
+    return _run_twin(spec, int(spec["depth"]))
 
 
 def _run_twin(spec: dict[str, Any], depth: int) -> dict[str, Any]:
@@ -164,7 +148,7 @@ def _run_twin(spec: dict[str, Any], depth: int) -> dict[str, Any]:
     cast = (torch.autocast(device_type="cpu", dtype=torch.bfloat16) if spec.get("precision") == "bf16"
             else None)
     times: list[float] = []
-    for step in range(STEPS + 1):
+    for step in range(WARMUP + STEPS - 1):
         t0 = time.perf_counter()
         start = step * mbs * accum
         chosen = [rows[(start + i) % len(rows)] for i in range(mbs * accum)]
@@ -182,7 +166,7 @@ def _run_twin(spec: dict[str, Any], depth: int) -> dict[str, Any]:
         times.append(time.perf_counter() - t0)
     meter.stop()
     return {"depth": depth, "base_rss_bytes": base, "peak_rss_bytes": meter.peak_absolute_bytes,
-            "step_seconds": statistics.median(times[1:]), "first_step_seconds": times[0], "heap": heap_stats(),
+            "step_seconds": statistics.median(times[WARMUP:]), "first_step_seconds": times[0], "heap": heap_stats(),
             "build_seconds": build_seconds}
 
 

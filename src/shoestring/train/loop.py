@@ -415,7 +415,7 @@ def train_language_model(cfg: TrainConfig, s: Settings, paths: Paths, console: C
         "tokens_per_second": round(tokens_seen / train_seconds, 1) if train_seconds else None,
         "step_seconds": round(statistics.median(step_times), 4) if step_times else None,
         "peak_memory_bytes": int(meter.peak_bytes), "resident_peak_bytes": int(meter.peak_absolute_bytes),
-        "deviations": s.deviations, "fast_paths": fast or None,
+        "rss_at_start_bytes": int(meter.baseline_bytes), "deviations": s.deviations, "fast_paths": fast or None,
         "setup_seconds": round(setup_seconds, 3), "val_rows": len(val_rows),
         **{k: round(v, 3) if isinstance(v, float) else v for k, v in clock.items()},
         "run_seconds": round(time.perf_counter() - t_start, 3),
