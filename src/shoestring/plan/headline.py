@@ -152,7 +152,7 @@ def cpu_headline(*, cfg: Any, config: Any, shape: Any, best: Candidate, device: 
                             "the memory model only: no twin ran (uncalibrated or not a block model); "
                             "resident memory on the default heap is 1.06-1.85x this"))
     out["predicted"] = pred
-    out["run"] = _run_terms(cal, s, mem, terms, twins, shape.n_layers)
+    out["run"] = _run_terms(cal, s, mem, terms, twins, shape.n_layers, float(data_info.get("tokenize_seconds") or 0.0))
     return out
 
 
@@ -193,8 +193,10 @@ def _config_only(spec: str) -> bool:
 
 
 def _run_terms(cal: dict[str, Any], s: Any, mem: Any, terms: dict[str, float] | None,
-               twins: list[dict[str, Any]], n_layers: int) -> dict[str, Any]:
-    """Per-run costs the trainer composes with its own cadence (eval passes, checkpoints)."""
+               twins: list[dict[str, Any]], n_layers: int, tokenize_seconds: float) -> dict[str, Any]:
+    """Per-run costs the trainer composes with its own cadence (eval passes, checkpoints):
+    setup = the dataset's tokenising (the plan just did the same work) + building the model
+    (the twins' build times, extrapolated per block)."""
     write = float(cal.get("write_bytes_s") or 0.0)
     ckpt_bytes = mem.trainable_params * 12  # fp32 trainable weights + AdamW's two moments
     out: dict[str, Any] = {
@@ -206,7 +208,7 @@ def _run_terms(cal: dict[str, Any], s: Any, mem: Any, terms: dict[str, float] | 
     if len(twins) == 2 and all("build_seconds" in t for t in twins):
         a, b = sorted(twins, key=lambda t: t["depth"])
         per = max(0.0, (b["build_seconds"] - a["build_seconds"]) / max(1, b["depth"] - a["depth"]))
-        out["setup_seconds"] = a["build_seconds"] + (n_layers - a["depth"]) * per
+        out["setup_seconds"] = tokenize_seconds + a["build_seconds"] + (n_layers - a["depth"]) * per
     return out
 
 

@@ -123,19 +123,24 @@ def _workload(cfg: PlanConfig, ctx: StageContext | None, model_spec: str) -> tup
 
     info: dict[str, Any] = {}
     if ctx is not None and "dataset" in ctx.inputs:
+        import time
+
         from shoestring.models.loading import load_tokenizer
         from shoestring.plan.tokens import count_dataset_tokens
 
         art = ctx.inputs["dataset"]
+        t0 = time.perf_counter()
         tok = load_tokenizer(model_spec)
         counted, lengths = count_dataset_tokens(art.file("train.jsonl"), tok)
+        tokenize_seconds = time.perf_counter() - t0
         if counted.records == 0:
             raise ShoestringError(f"dataset {art.path} has no usable train records (need 'text' or 'messages')")
         truncated = [min(n, cfg.seq_len) for n in lengths]
         info = {"records": counted.records, "tokens": counted.tokens, "max_tokens": counted.max_tokens,
                 "mean_tokens": round(counted.mean_tokens, 1), "p95_tokens": counted.p95_tokens,
                 "skipped": counted.skipped, "tokens_after_truncation": sum(truncated),
-                "records_truncated": sum(1 for n in lengths if n > cfg.seq_len)}
+                "records_truncated": sum(1 for n in lengths if n > cfg.seq_len),
+                "tokenize_seconds": round(tokenize_seconds, 3)}
         if cfg.packing and cfg.task in ("causal-lm", "sft"):
             from shoestring.plan.tokens import packed_segments
 
