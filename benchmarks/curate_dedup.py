@@ -310,9 +310,7 @@ def shoestring_config(corpus: Path, full: bool, workers: int, max_memory: int) -
     return cfg
 
 
-def run_shoestring(
-    corpus: Path, work: Path, full: bool, workers: int, max_memory: int = 64
-) -> tuple[float, int, Path]:
+def run_shoestring(corpus: Path, work: Path, full: bool, workers: int, max_memory: int = 64) -> tuple[float, int, Path]:
     import yaml
 
     tag = "full" if full else "near"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import random
+import tracemalloc
 from pathlib import Path
 from typing import Any
 
@@ -13,11 +14,23 @@ import numpy as np
 from shoestring.core.config import parse_config
 from shoestring.core.registry import get_stage
 from shoestring.core.workspace import Workspace
+from shoestring.data.candidates import BYTES_PER_BATCHED_DOC, build_index, cluster_batch, save_chunk_start
 from shoestring.data.cluster import NearDupClusterer, ShingleStore, shingle_path
-from shoestring.data.dedup import MinHasher, _mix64, shingle_batch, shingle_hashes, words
+from shoestring.data.config import CurateConfig
+from shoestring.data.dedup import MinHasher, shingle_batch, shingle_hashes, words
+from shoestring.data.pipeline import process_chunk
 
 P_WORD = 0x100000001B3
 M64 = (1 << 64) - 1
+
+
+def mix64(x: int) -> int:
+    """SplitMix64's finaliser on a Python int."""
+    x ^= x >> 30
+    x = (x * 0xBF58476D1CE4E5B9) & M64
+    x ^= x >> 27
+    x = (x * 0x94D049BB133111EB) & M64
+    return x ^ (x >> 31)
 
 
 def reference_shingles(text: str, n: int = 5) -> np.ndarray:
@@ -31,7 +44,7 @@ def reference_shingles(text: str, n: int = 5) -> np.ndarray:
         for ch in w:
             h = (h * P_WORD + ord(ch)) & M64
         hs.append(h ^ ((len(w) * 0x9E3779B97F4A7C15) & M64))
-    wh = [int(x) for x in _mix64(np.array(hs, dtype=np.uint64))]
+    wh = [mix64(h) for h in hs]
     k = min(n, len(toks))
     grams = []
     for i in range(len(toks) - k + 1):
@@ -39,7 +52,7 @@ def reference_shingles(text: str, n: int = 5) -> np.ndarray:
         for j in range(1, k):
             acc = (acc * P_WORD + wh[i + j]) & M64
         grams.append(acc)
-    return np.unique(_mix64(np.array(grams, dtype=np.uint64)))
+    return np.unique(np.array([mix64(g) for g in grams], dtype=np.uint64))
 
 
 def test_batched_shingles_equal_the_per_text_definition() -> None:
@@ -161,9 +174,48 @@ def test_components_in_tiny_batches_decide_what_one_global_pass_does(tmp_path: P
     run = json.loads((small / "manifest.json").read_text())["stats"]["profile"]["near_dup_index"]
     card = json.loads((small / "datacard.json").read_text())["dedup"]
     assert run["max_memory_mib"] == 1 and run["batches"] >= 2
-    assert run["largest_batch_documents"] * 1300 <= 2**20 // 2 or run["largest_batch_documents"] == card["index"][
-        "largest_component"
-    ]
+    assert (
+        run["largest_batch_documents"] * 1300 <= 2**20 // 2
+        or run["largest_batch_documents"] == card["index"]["largest_component"]
+    )
     stats = json.loads((small / "manifest.json").read_text())["stats"]
     assert stats["read"] == len(texts) == stats["kept"] + stats["dropped"]
     assert stats["leak_check"]["cross_split_pairs"] == 0
+
+
+def test_a_batch_stays_within_its_per_document_budget(tmp_path: Path) -> None:
+    """max_memory is honoured: a batch's traced peak is under BYTES_PER_BATCHED_DOC a document,
+    and batches are cut at whole components to the budget the workers share."""
+    rng = random.Random(3)
+    texts = []
+    for f in range(12):  # dense families: every copy is a candidate of most others
+        base = [f"f{f}_{i}" for i in range(80)]
+        for _ in range(60):
+            words_ = list(base)
+            for _ in range(rng.randint(0, 8)):
+                words_[rng.randrange(len(words_))] = f"e{rng.randrange(10**6)}"
+            texts.append(" ".join(words_))
+    cfg = CurateConfig.model_validate(
+        {
+            "input": "x.jsonl",
+            "dedup": {"max_memory": 1},
+            **{op: {"enabled": False} for op in ("normalize", "quality", "pii")},
+        }
+    )
+    cfg_json = cfg.model_dump(mode="json")
+    recs: list[Any] = [{"id": f"s:{i}", "text": t, "_source": "s"} for i, t in enumerate(texts)]
+    for c in range(0, len(recs), 200):
+        process_chunk(cfg_json, c // 200, recs[c : c + 200], str(tmp_path))
+    index = build_index(cfg, tmp_path, -(-len(recs) // 200), workers=2)
+    save_chunk_start(tmp_path, index.chunk_start)
+    per_worker_docs = 2**20 // (BYTES_PER_BATCHED_DOC * 2)
+    assert index.run["batches"] >= 2 and index.run["largest_batch_documents"] <= per_worker_docs
+    tracemalloc.start()
+    try:
+        result = cluster_batch(cfg_json, str(tmp_path), 0)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    docs = np.load(tmp_path / "index" / "batch-00000.npy")[0].size
+    assert result["counters"]["candidates_checked"] > docs  # dense: the index really was exercised
+    assert peak <= docs * BYTES_PER_BATCHED_DOC, peak / docs

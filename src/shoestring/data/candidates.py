@@ -41,8 +41,9 @@ from shoestring.data.dedup import lsh_params, verification_band
 
 __all__ = ["BYTES_PER_BATCHED_DOC", "Index", "build_index", "cluster_batch"]
 
-BYTES_PER_BATCHED_DOC = 1300
-"""Working set per document of a batch: signature 512 B + band keys 2 x 200 B + index entries."""
+BYTES_PER_BATCHED_DOC = 2048
+"""Working set per document of a batch, measured (``tests/data/test_curate_dedup.py``): signature
+512 B, band keys 200 B, the component index ~0.9 KB, the clusterer's per-document lists."""
 
 CENTRE, MEMBER, OTHER = 0, 1, 2
 
@@ -97,6 +98,7 @@ def _components(work_dir: Path, chunk_start: np.ndarray, indexed: np.ndarray, ba
     """(M,) int64: for each indexed document, the position of the first document of its component."""
     from scipy.sparse import coo_matrix  # here, not at module level: batch workers never need scipy
     from scipy.sparse.csgraph import connected_components
+
     m = indexed.size
     labels = np.arange(m, dtype=np.int64)
     for band in range(bands):
@@ -145,8 +147,9 @@ def build_index(cfg: CurateConfig, work_dir: Path, n_chunks: int, workers: int) 
     # At least one batch per worker (when there is work), whole components only.
     per_batch = max(1, min(budget_docs, -(-order.size // max(1, workers))))
     cuts = [0]
-    for s in starts[1:]:
-        if s - cuts[-1] >= per_batch:
+    ends = np.append(starts[1:], order.size)
+    for s, e in zip(starts[1:], ends[1:], strict=True):
+        if e - cuts[-1] > per_batch:  # this component would overflow the batch: it starts the next
             cuts.append(int(s))
     cuts.append(int(order.size))
     out = index_dir(work_dir)
@@ -212,22 +215,58 @@ def _embeddings(work_dir: Path, chunk_start: np.ndarray, docs: np.ndarray) -> np
     return np.concatenate(parts)
 
 
-def _shared_keys(keys: np.ndarray) -> list[list[int | None]]:
-    """Per document, its band keys with None where no other document of the batch shares the key."""
-    shared = np.zeros(keys.shape, dtype=bool)
-    for band in range(keys.shape[1]):
-        col = keys[:, band]
-        order = np.argsort(col, kind="stable")
-        cs = col[order]
-        dup = np.zeros(cs.size, dtype=bool)
-        eq = cs[1:] == cs[:-1]
-        dup[1:] |= eq
-        dup[:-1] |= eq
-        shared[order, band] = dup
-    return [
-        [int(k) if s else None for k, s in zip(row, flags, strict=True)]
-        for row, flags in zip(keys.tolist(), shared.tolist(), strict=True)
-    ]
+class ComponentIndex:
+    """The LSH buckets of one candidate component as sorted arrays: no Python object per key.
+
+    Built at once from the component's signatures (m, P) and band keys (m, B); documents are
+    then added in order, and ``candidates(j)`` returns the already-added documents that share a
+    band with document j. Per document: its signature, two int32 bucket bounds per band and
+    one int32 bucket entry per band (about 0.9 KB at 128 x 25).
+    """
+
+    def __init__(self, sigs: np.ndarray, keys: np.ndarray, rows: int) -> None:
+        m, self.bands = keys.shape
+        self.rows = rows
+        self._sigs = sigs
+        self.n = 0
+        self.members = np.empty(m * self.bands, dtype=np.int32)  # per band: documents sorted by (key, position)
+        self.lo = np.empty((m, self.bands), dtype=np.int32)
+        self.hi = np.empty((m, self.bands), dtype=np.int32)
+        for band in range(self.bands):
+            order = np.argsort(keys[:, band], kind="stable")
+            ks = keys[order, band]
+            run_start = np.flatnonzero(np.concatenate(([True], ks[1:] != ks[:-1])))
+            run_of = np.cumsum(np.concatenate(([True], ks[1:] != ks[:-1]))) - 1
+            run_end = np.append(run_start[1:], m)
+            base = band * m
+            self.members[base : base + m] = order
+            self.lo[order, band] = base + run_start[run_of]
+            self.hi[order, band] = base + run_end[run_of]
+        self.shared = [np.flatnonzero(row) for row in (self.hi - self.lo > 1)]  # bands worth looking at
+
+    @property
+    def signatures(self) -> np.ndarray:
+        return self._sigs
+
+    def signature(self, idx: int) -> np.ndarray:
+        return self._sigs[idx]
+
+    def keys(self, sig: np.ndarray) -> Any:
+        raise TypeError("a component index is queried by document position")
+
+    def candidates(self, j: int) -> list[int]:
+        """Documents before ``j`` that share at least one band with it, ascending."""
+        parts = []
+        for band in self.shared[j]:
+            run = self.members[self.lo[j, band] : self.hi[j, band]]
+            parts.append(run[run < j])
+        if not parts:
+            return []
+        return np.unique(np.concatenate(parts)).tolist()
+
+    def add(self, sig: np.ndarray, keys: Any) -> int:
+        self.n += 1
+        return self.n - 1
 
 
 def cluster_batch(cfg_json: dict[str, Any], work_dir_s: str, batch: int) -> dict[str, Any]:
@@ -243,7 +282,7 @@ def cluster_batch(cfg_json: dict[str, Any], work_dir_s: str, batch: int) -> dict
     docs, comp = np.load(index_dir(work_dir) / f"batch-{batch:05d}.npy", allow_pickle=False)
     chunk_start = np.load(index_dir(work_dir) / "chunk_start.npy", allow_pickle=False)
     data = _load_batch(work_dir, chunk_start, docs)
-    keys = _shared_keys(data["keys"])
+    _, rows = lsh_params(verification_band(cfg.dedup.threshold, cfg.dedup.num_perm)[0], cfg.dedup.num_perm)
     emb = _embeddings(work_dir, chunk_start, docs) if cfg.dedup.semantic else None
     t_load = time.process_time()
     founder = np.empty(docs.size, dtype=np.int64)  # global number of the document that founded the cluster
@@ -256,11 +295,12 @@ def cluster_batch(cfg_json: dict[str, Any], work_dir_s: str, batch: int) -> dict
     starts = np.flatnonzero(np.concatenate(([True], comp[1:] != comp[:-1])))
     try:
         for lo, hi in zip(starts, [*starts[1:], docs.size], strict=True):
-            clus = NearDupClusterer(cfg.dedup.num_perm, cfg.dedup.threshold, store)
+            index = ComponentIndex(data["sigs"][lo:hi], data["keys"][lo:hi], rows)
+            clus = NearDupClusterer(cfg.dedup.num_perm, cfg.dedup.threshold, store, index=index)
             sem = SemanticIndex(384, cfg.dedup.semantic_threshold) if emb is not None else None
             for k in range(lo, hi):
                 loc = tuple(int(x) for x in data["locs"][k])
-                g, j, q = clus.match(data["sigs"][k], loc, keys[k])  # type: ignore[arg-type]
+                g, j, q = clus.match(data["sigs"][k], loc, k - lo)  # type: ignore[arg-type]
                 if g >= 0:
                     clus.add(q, g, "member", k)
                     role[k], sim[k] = MEMBER, j

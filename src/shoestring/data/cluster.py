@@ -35,13 +35,13 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
 from shoestring.data.dedup import LSHIndex, estimated_jaccard, exact_jaccard, verification_band
 
-__all__ = ["Loc", "NearDupClusterer", "Recentre", "ShingleStore", "shingle_path"]
+__all__ = ["CandidateIndex", "Loc", "NearDupClusterer", "Recentre", "ShingleStore", "shingle_path"]
 
 Loc = tuple[int, int, int]
 """Where a document's shingle hashes live: (chunk, first shingle, number of shingles)."""
@@ -81,6 +81,24 @@ class ShingleStore:
         self._fds.clear()
 
 
+class CandidateIndex(Protocol):
+    """Where the clusterer finds earlier documents sharing an LSH band with a new one."""
+
+    bands: int
+    rows: int
+
+    @property
+    def signatures(self) -> np.ndarray: ...
+
+    def signature(self, idx: int) -> np.ndarray: ...
+
+    def keys(self, sig: np.ndarray) -> Any: ...
+
+    def candidates(self, keys: Any) -> list[int]: ...
+
+    def add(self, sig: np.ndarray, keys: Any) -> int: ...
+
+
 @dataclass(frozen=True)
 class Recentre:
     """Cluster ``group``'s centre moved from indexed document ``old`` to ``new``."""
@@ -95,7 +113,7 @@ class _Query:
     """The document being assigned: its signature, band keys and (lazily read) shingles."""
 
     sig: np.ndarray
-    keys: list[int]
+    keys: Any
     loc: Loc
     shingles: np.ndarray | None = None
     sims: dict[int, float] = field(default_factory=dict)
@@ -105,11 +123,18 @@ class NearDupClusterer:
     """Streaming near-duplicate clustering; see the module docstring for the rule."""
 
     def __init__(
-        self, num_perm: int, threshold: float, store: ShingleStore, z: float = 3.0, max_recenter: int = 256
+        self,
+        num_perm: int,
+        threshold: float,
+        store: ShingleStore,
+        z: float = 3.0,
+        max_recenter: int = 256,
+        index: CandidateIndex | None = None,
     ) -> None:
         self.threshold = threshold
         self.low, self.high = verification_band(threshold, num_perm, z)
-        self.lsh = LSHIndex(num_perm, self.low)
+        # The candidate index: a growing LSH dict by default, or one built for a whole component.
+        self.lsh: CandidateIndex = index if index is not None else LSHIndex(num_perm, self.low)
         self.store = store
         self.max_recenter = max_recenter
         self.locs: list[Loc] = []  # per indexed document
@@ -161,10 +186,11 @@ class NearDupClusterer:
         return cache[key]
 
     # -- assignment ---------------------------------------------------------------------------
-    def match(self, sig: np.ndarray, loc: Loc, keys: list[int | None] | None = None) -> tuple[int, float, _Query]:
+    def match(self, sig: np.ndarray, loc: Loc, keys: Any = None) -> tuple[int, float, _Query]:
         """(cluster, similarity to its centre, query) for a new document; cluster -1 = none.
 
-        ``keys``: its band keys when precomputed (None for a band no other document shares).
+        ``keys``: what the index needs to find its candidates (band keys, or the position of
+        the document in a component index); computed from the signature when None.
         May re-centre a cluster (recorded in ``recentred``); call :meth:`add` next either way.
         """
         q = _Query(sig, self.lsh.keys(sig) if keys is None else keys, loc)

@@ -269,7 +269,10 @@ def estimated_jaccard(a: np.ndarray, b: np.ndarray) -> float:
 
 def exact_jaccard(a: np.ndarray, b: np.ndarray) -> float:
     """Exact Jaccard of two sorted, duplicate-free shingle-hash arrays (two empty sets: 1.0)."""
-    inter = np.intersect1d(a, b, assume_unique=True).size
+    if a.size > b.size:
+        a, b = b, a
+    # Binary search of the smaller set in the larger: O(|a| log |b|), no concatenate-and-sort.
+    inter = int(np.count_nonzero(b[np.minimum(np.searchsorted(b, a), b.size - 1)] == a)) if a.size and b.size else 0
     union = a.size + b.size - inter
     return inter / union if union else 1.0
 
