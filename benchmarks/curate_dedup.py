@@ -1,45 +1,50 @@
-"""Curation benchmark: shoestring curate vs datatrove's MinHash pipeline, on a real offline corpus.
+"""Curation benchmark: shoestring curate vs datatrove's MinHash pipeline, on real offline corpora.
 
-Corpus: the licence, copyright and README files that installed Debian packages and Python
-packages ship (``/usr/share/doc/**`` incl. gzipped changelogs, ``site-packages/*.dist-info``
-LICENSE/COPYING/METADATA files) - full of real near-duplicates (the same licence with
-different copyright lines). Nothing is downloaded.
+Corpus: the Debian package index this machine's apt keeps
+(``/var/lib/apt/lists/*_Packages.lz4``, bookworm main amd64): one document per package, its
+control stanza without the checksum/size/file-name lines (63,440 documents, 32.9 MB) - short
+English descriptions with real near-duplicates (library/-dev/-doc families, versioned
+packages). Nothing is downloaded. ``--docs N`` builds a larger or smaller corpus by sampling
+those documents with replacement and perturbing each copy (see :func:`perturb`).
 
-Measured side by side, one tool at a time, each in its own process tree, same worker count:
+Subcommands (each prints markdown tables; each fits in one ``/work/bin/timed`` slot):
 
-* docs/s and peak RSS (sum over the process tree, sampled every 20 ms) for
-  - shoestring near-dup only (exact dedup, quality, PII, normalisation off),
-  - shoestring full op chain (normalise, quality, PII, exact + near dedup, split),
-  - datatrove MinHash (signature -> buckets -> cluster -> filter), default ``MinhashConfig``;
-* near-duplicate detection quality against exact ground truth: Jaccard over word 5-gram
-  shingles (words = lower-cased ``\\w+`` tokens), brute force over every pair that can reach
-  0.8 (pairs whose shingle-set sizes differ by more than 1/0.8 cannot, so they are skipped
-  exactly, not approximately). A tool's *decision* is "removed doc -> kept doc of its
-  cluster"; precision = decisions with true Jaccard >= 0.8; recall = true pairs that the tool
-  put in one cluster; plus two cluster-free counts: true pairs left among the kept documents,
-  and removed documents with no kept document at Jaccard >= 0.8;
-* memory scaling: shoestring's full chain on the corpus and on a 10x corpus (10 word-shuffled
-  variants of every document, so the dedup index really grows).
+* ``compare``: near-dup only and the full op chain, then datatrove's documented 4-stage
+  MinHash pipeline (default ``MinhashConfig``), same worker count. datatrove reads the corpus
+  cut into one file per worker, so both of its reader tasks work (with a single file one
+  task reads everything). Quality against the *exact* set of pairs with Jaccard >= 0.8 over
+  word 5-gram shingles, found by an exact similarity join (prefix filtering: two sets with
+  Jaccard >= t share a token among the first |s| - ceil(t |s|) + 1 of their tokens in a
+  global rare-first order, so every such pair is a candidate; each candidate is verified).
+* ``scale --docs N``: near-dup only on an N-document corpus (``--datatrove`` runs the peer
+  too, ``--datatrove-only`` only the peer, for its own timed slot); then ``score --docs N``
+  (untimed): 2,000 sampled removed documents checked against their kept representative
+  (precision) and every true partner of 2,000 sampled documents found with the same prefix
+  index (recall), all exact.
 
-Precision/recall are reported for near-dup-only runs; in the full chain other ops rewrite
-(PII, HTML) or drop (quality) documents before dedup, so raw-text ground truth does not apply.
+A tool's *decision* is "removed doc -> kept doc of its cluster"; precision = decisions with
+true Jaccard >= 0.8; recall = true pairs the tool put in one cluster; document recall =
+documents with a true partner that share a cluster with one of them. Peak RSS is summed over
+the tool's process tree, sampled every 20 ms.
 
-Usage: ``python benchmarks/curate_dedup.py [--max-docs 3000] [--workers 2] [--scale 10]``
-(about 5-10 minutes on 2 cores). Prints markdown tables.
+Usage: ``python benchmarks/curate_dedup.py compare`` · ``python benchmarks/curate_dedup.py scale --docs 1000000``
 """
 
 from __future__ import annotations
 
 import argparse
-import gzip
+import glob
+import itertools
 import json
 import os
 import random
+import shutil
 import subprocess
 import sys
 import threading
 import time
 from collections import defaultdict
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -49,100 +54,152 @@ import psutil
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from shoestring.data.dedup import shingle_hashes  # noqa: E402
+from shoestring.data.dedup import exact_jaccard, shingle_batch  # noqa: E402
 
 THRESHOLD = 0.8
+PACKAGES = "/var/lib/apt/lists/*_Packages.lz4"
+DROP = ("MD5sum:", "SHA256:", "SHA1:", "Filename:", "Size:", "Description-md5:", "Installed-Size:")
 
 
 # -- corpus ------------------------------------------------------------------------------------
 
 
-def corpus_files() -> list[Path]:
-    site = Path(np.__file__).resolve().parents[1]
-    files = sorted(p for p in Path("/usr/share/doc").rglob("*") if p.is_file())
-    files += sorted(
-        p
-        for p in site.glob("*.dist-info/**/*")
-        if p.is_file()
-        and (p.name.startswith(("LICENSE", "LICENCE", "COPYING", "NOTICE", "AUTHORS")) or p.name == "METADATA")
-    )
-    return files
+def package_documents() -> list[str]:
+    """One text per package stanza of the apt package index (checksum, size and file lines dropped)."""
+    files = sorted(glob.glob(PACKAGES))
+    if not files:
+        raise SystemExit(f"no apt package index at {PACKAGES} (run `apt-get update` once)")
+    raw = subprocess.run(["lz4", "-dc", files[0]], capture_output=True, check=True).stdout.decode("utf-8")
+    docs = []
+    for stanza in raw.split("\n\n"):
+        lines = [line for line in stanza.split("\n") if line and not line.startswith(DROP)]
+        if lines:
+            docs.append("\n".join(lines))
+    return docs
 
 
-def build_corpus(path: Path, max_docs: int, max_bytes: int = 200_000) -> int:
-    n = 0
+def perturb(text: str, rng: random.Random) -> str:
+    """A copy with a random share (0-12%) of its words replaced, deleted or duplicated.
+
+    A document of w words edited in k places keeps about 1 - 5k/w of its 5-gram shingles,
+    so copies land on both sides of Jaccard 0.8 (and some are exact copies, k = 0).
+    """
+    words = text.split(" ")
+    k = round(len(words) * rng.uniform(0.0, 0.12))
+    for _ in range(k):
+        i = rng.randrange(len(words))
+        op = rng.random()
+        if op < 0.6:
+            words[i] = f"x{rng.randrange(10**6)}"
+        elif op < 0.8 and len(words) > 1:
+            del words[i]
+        else:
+            words.insert(i, words[i])
+    return " ".join(words)
+
+
+def write_corpus(path: Path, n_docs: int | None, seed: int = 0) -> int:
+    """The package corpus as JSONL; with ``n_docs``, that many sampled (and perturbed) documents."""
+    docs = package_documents()
+    rng = random.Random(seed)
     with open(path, "w", encoding="utf-8") as out:
-        for f in corpus_files():
-            try:
-                data = gzip.decompress(f.read_bytes()) if f.suffix == ".gz" else f.read_bytes()
-                text = data.decode("utf-8")
-            except (OSError, UnicodeDecodeError, EOFError):
-                continue
-            if not (200 <= len(text) <= max_bytes):
-                continue
-            out.write(json.dumps({"id": f"d{n:06d}", "text": text, "path": str(f)}) + "\n")
-            n += 1
-            if n >= max_docs:
-                break
-    return n
+        if n_docs is None:
+            for i, text in enumerate(docs):
+                out.write(json.dumps({"id": f"p{i:06d}", "text": text}) + "\n")
+            return len(docs)
+        for i in range(n_docs):
+            j = rng.randrange(len(docs))
+            text = docs[j] if rng.random() < 0.5 else perturb(docs[j], rng)
+            out.write(json.dumps({"id": f"s{i:07d}", "text": text}) + "\n")
+    return n_docs
 
 
-def scale_corpus(src: Path, dst: Path, factor: int) -> int:
-    """``factor`` variants of each document; variant k>0 shuffles words within each line."""
-    n = 0
-    docs = [json.loads(line) for line in src.read_text(encoding="utf-8").splitlines()]
-    with open(dst, "w", encoding="utf-8") as out:
-        for k in range(factor):
-            rng = random.Random(k)
-            for d in docs:
-                text = d["text"]
-                if k:
-                    lines = []
-                    for line in text.split("\n"):
-                        w = line.split(" ")
-                        rng.shuffle(w)
-                        lines.append(" ".join(w))
-                    text = "\n".join(lines)
-                out.write(json.dumps({"id": f"{d['id']}-v{k}", "text": text}) + "\n")
-                n += 1
-    return n
+def shard_corpus(src: Path, out_dir: Path, shards: int) -> None:
+    """The corpus cut into ``shards`` files (round robin), so datatrove gives each reader task one."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    outs = [open(out_dir / f"part-{k}.jsonl", "w", encoding="utf-8") for k in range(shards)]  # noqa: SIM115
+    with open(src, encoding="utf-8") as fh:
+        for i, line in enumerate(fh):
+            outs[i % shards].write(line)
+    for o in outs:
+        o.close()
 
 
 # -- ground truth --------------------------------------------------------------------------------
 
 
-def true_pairs(corpus: Path) -> tuple[set[tuple[str, str]], dict[str, np.ndarray]]:
-    ids, sets = [], []
-    for line in corpus.read_text(encoding="utf-8").splitlines():
-        d = json.loads(line)
-        ids.append(d["id"])
-        sets.append(shingle_hashes(d["text"], 5))  # sorted unique 64-bit shingle hashes
-    order = sorted(range(len(ids)), key=lambda i: sets[i].size)
-    pairs: set[tuple[str, str]] = set()
-    for a_pos, i in enumerate(order):
-        si = sets[i]
-        if si.size == 0:
-            continue
-        for j in order[a_pos + 1 :]:
-            sj = sets[j]
-            if si.size < THRESHOLD * sj.size:
-                break  # sizes only grow from here: J <= |si| / |sj| < 0.8
-            inter = np.intersect1d(si, sj, assume_unique=True).size
-            if inter / (si.size + sj.size - inter) >= THRESHOLD:
-                pairs.add((min(ids[i], ids[j]), max(ids[i], ids[j])))
-    return pairs, dict(zip(ids, sets, strict=True))
+def load_sets(corpus: Path) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """(ids, flat shingle hashes, offsets) of every document, with the tool's own shingling."""
+    ids, texts = [], []
+    with open(corpus, encoding="utf-8") as fh:
+        for line in fh:
+            d = json.loads(line)
+            ids.append(d["id"])
+            texts.append(d["text"])
+    flat, off = shingle_batch(texts, 5)
+    return ids, flat, off
 
 
-def jaccard(a: np.ndarray, b: np.ndarray) -> float:
-    inter = np.intersect1d(a, b, assume_unique=True).size
-    union = a.size + b.size - inter
-    return inter / union if union else 1.0
+class PrefixIndex:
+    """Exact similarity join at Jaccard >= t by prefix filtering (tokens in a rare-first order)."""
+
+    def __init__(self, flat: np.ndarray, off: np.ndarray, t: float) -> None:
+        self.flat, self.off = flat, off
+        sizes = np.diff(off)
+        uniq, inv, cnt = np.unique(flat, return_inverse=True, return_counts=True)
+        rank = np.empty(uniq.size, dtype=np.int64)
+        rank[np.lexsort((uniq, cnt))] = np.arange(uniq.size)
+        doc = np.repeat(np.arange(sizes.size), sizes)
+        tok = rank[inv]
+        order = np.lexsort((tok, doc))
+        tok = tok[order]
+        frac = Fraction(t).limit_denominator(1000)
+        need = -(-frac.numerator * sizes // frac.denominator)  # ceil(t |s|), exact
+        plen = np.where(sizes > 0, sizes - need + 1, 0)
+        pos = np.arange(tok.size) - off[doc]
+        keep = pos < plen[doc]
+        ptok, pdoc = tok[keep], doc[keep]
+        o = np.lexsort((pdoc, ptok))
+        self.ptok, self.pdoc = ptok[o], pdoc[o]
+        self.tok_sorted_by_doc, self.doc_of_tok = tok, doc
+        self.plen = plen
+
+    def set_of(self, i: int) -> np.ndarray:
+        return self.flat[self.off[i] : self.off[i + 1]]
+
+    def pairs(self) -> set[tuple[int, int]]:
+        """All pairs (i < j) with exact Jaccard >= t."""
+        runs = np.flatnonzero(np.concatenate(([True], self.ptok[1:] != self.ptok[:-1], [True])))
+        cand: set[tuple[int, int]] = set()
+        for a, b in itertools.pairwise(runs):
+            if b - a < 2:
+                continue
+            members = self.pdoc[a:b]
+            for x in range(len(members)):
+                for y in range(x + 1, len(members)):
+                    cand.add((int(members[x]), int(members[y])))
+        return {p for p in cand if self.similar(*p)}
+
+    def partners(self, i: int) -> set[int]:
+        """Every document j != i with exact Jaccard(i, j) >= t."""
+        mine = self.tok_sorted_by_doc[self.off[i] : self.off[i] + self.plen[i]]
+        lo = np.searchsorted(self.ptok, mine, side="left")
+        hi = np.searchsorted(self.ptok, mine, side="right")
+        cands = {int(j) for a, b in zip(lo, hi, strict=True) for j in self.pdoc[a:b] if j != i}
+        return {j for j in cands if self.similar(i, j)}
+
+    def similar(self, i: int, j: int) -> bool:
+        a, b = self.set_of(i), self.set_of(j)
+        if min(a.size, b.size) < THRESHOLD * max(a.size, b.size):
+            return False
+        return exact_jaccard(a, b) >= THRESHOLD
 
 
-def score(
-    clusters: dict[str, str], kept: set[str], truth: set[tuple[str, str]], sets: dict[str, np.ndarray]
+def score_exact(
+    clusters: dict[str, str], kept: set[str], truth: set[tuple[int, int]], ids: list[str], idx: PrefixIndex
 ) -> dict[str, float]:
     """clusters: doc id -> cluster key (every doc); kept: ids the tool kept."""
+    pos = {d: i for i, d in enumerate(ids)}
     members: dict[str, list[str]] = defaultdict(list)
     for doc, c in clusters.items():
         members[c].append(doc)
@@ -153,23 +210,55 @@ def score(
             if d in kept or not reps:
                 continue
             decisions += 1
-            correct += jaccard(sets[d], sets[reps[0]]) >= THRESHOLD
-    found = sum(clusters.get(a) is not None and clusters.get(a) == clusters.get(b) for a, b in truth)
+            correct += idx.similar(pos[d], pos[reps[0]])
+    found = sum(clusters.get(ids[a]) == clusters.get(ids[b]) for a, b in truth)
+    partners: dict[int, list[int]] = defaultdict(list)
+    for a, b in truth:
+        partners[a].append(b)
+        partners[b].append(a)
+    doc_found = sum(any(clusters[ids[a]] == clusters[ids[b]] for b in ps) for a, ps in partners.items())
+    kept_pairs = sum(ids[a] in kept and ids[b] in kept for a, b in truth)
     p = correct / decisions if decisions else 1.0
     r = found / len(truth) if truth else 1.0
-    # Two cluster-free views of the same output (added, not replacing the above):
-    # kept-set purity = true pairs with both documents kept (duplicates left in the data);
-    # over-removal = removed documents with no kept document at Jaccard >= 0.8 (data lost).
-    kept_pairs = sum(a in kept and b in kept for a, b in truth)
-    covered = {b for a, b in truth if a in kept} | {a for a, b in truth if b in kept}
-    over = sum(1 for doc in clusters if doc not in kept and doc not in covered)
     return {
         "removed": decisions,
         "precision": p,
         "recall": r,
+        "doc_recall": doc_found / len(partners) if partners else 1.0,
         "f1": 2 * p * r / (p + r) if p + r else 0.0,
         "kept_pairs": kept_pairs,
-        "over_removed": over,
+    }
+
+
+def score_sampled(
+    clusters: dict[str, str], kept: set[str], ids: list[str], idx: PrefixIndex, n: int = 2000, seed: int = 0
+) -> dict[str, float]:
+    """Precision on ``n`` sampled removed documents; recall over the true partners of ``n`` sampled documents."""
+    rng = random.Random(seed)
+    pos = {d: i for i, d in enumerate(ids)}
+    rep_of: dict[str, str] = {}
+    for doc, c in clusters.items():
+        if doc in kept:
+            rep_of[c] = doc
+    removed = sorted(d for d in clusters if d not in kept)
+    sample = rng.sample(removed, min(n, len(removed)))
+    correct = sum(idx.similar(pos[d], pos[rep_of[clusters[d]]]) for d in sample if clusters[d] in rep_of)
+    found = total = docs_with = doc_found = 0
+    for i in rng.sample(range(len(ids)), min(n, len(ids))):
+        ps = idx.partners(i)
+        if not ps:
+            continue
+        docs_with += 1
+        hits = sum(clusters[ids[i]] == clusters[ids[j]] for j in ps)
+        found += hits
+        total += len(ps)
+        doc_found += hits > 0
+    return {
+        "removed": len(removed),
+        "precision": correct / len(sample) if sample else 1.0,
+        "recall": found / total if total else 1.0,
+        "doc_recall": doc_found / docs_with if docs_with else 1.0,
+        "sampled_pairs": total,
     }
 
 
@@ -177,9 +266,10 @@ def score(
 
 
 def run_measured(cmd: list[str], cwd: Path) -> tuple[float, int, str]:
-    """(wall seconds, peak RSS bytes of the whole process tree, stderr tail)."""
+    """(wall seconds, peak RSS bytes of the whole process tree, stdout)."""
     t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}  # this checkout's shoestring, not an installed one
+    proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     peak = 0
     stop = False
 
@@ -205,15 +295,12 @@ def run_measured(cmd: list[str], cwd: Path) -> tuple[float, int, str]:
     return wall, peak, out
 
 
-CHUNK_SIZE = 1000
-
-
-def shoestring_config(corpus: Path, full: bool, workers: int) -> dict[str, Any]:
+def shoestring_config(corpus: Path, full: bool, workers: int, max_memory: int) -> dict[str, Any]:
     cfg: dict[str, Any] = {
         "sources": [{"path": str(corpus), "name": "corpus", "max_record_bytes": 1_000_000}],
         "workers": workers,
-        "chunk_size": CHUNK_SIZE,
-        "dedup": {"exact": full, "near": True, "threshold": THRESHOLD},
+        "chunk_size": 1000,
+        "dedup": {"exact": full, "near": True, "threshold": THRESHOLD, "max_memory": max_memory},
         "split": {"validation": 0.0, "test": 0.0},
     }
     if not full:
@@ -223,12 +310,12 @@ def shoestring_config(corpus: Path, full: bool, workers: int) -> dict[str, Any]:
     return cfg
 
 
-def run_shoestring(corpus: Path, work: Path, full: bool, workers: int) -> tuple[float, int, Path]:
+def run_shoestring(corpus: Path, work: Path, full: bool, workers: int, max_memory: int = 64) -> tuple[float, int, Path]:
     import yaml
 
     tag = "full" if full else "near"
     cfg_path = work / f"shoestring-{tag}-{corpus.stem}.yaml"
-    cfg_path.write_text(yaml.safe_dump(shoestring_config(corpus, full, workers)))
+    cfg_path.write_text(yaml.safe_dump(shoestring_config(corpus, full, workers, max_memory)))
     ws = work / f"ws-{tag}-{corpus.stem}"
     cmd = [sys.executable, "-m", "shoestring.cli", "curate", "--config", str(cfg_path), "-w", str(ws), "--force"]
     wall, peak, out = run_measured(cmd, ROOT)
@@ -238,18 +325,20 @@ def run_shoestring(corpus: Path, work: Path, full: bool, workers: int) -> tuple[
 def shoestring_clusters(art: Path) -> tuple[dict[str, str], set[str]]:
     clusters, kept = {}, set()
     for split in ("train", "validation", "test"):
-        for line in (art / f"{split}.jsonl").read_text(encoding="utf-8").splitlines():
+        with open(art / f"{split}.jsonl", encoding="utf-8") as fh:
+            for line in fh:
+                r = json.loads(line)
+                doc = r["id"].split(":", 1)[1]
+                clusters[doc] = r["cluster_id"].split(":", 1)[1]
+                kept.add(doc)
+    with open(art / "duplicates.jsonl", encoding="utf-8") as fh:
+        for line in fh:
             r = json.loads(line)
-            doc = r["id"].split(":", 1)[1]
-            clusters[doc] = r["cluster_id"]
-            kept.add(doc)
-    for line in (art / "duplicates.jsonl").read_text(encoding="utf-8").splitlines():
-        r = json.loads(line)
-        clusters[r["id"].split(":", 1)[1]] = r["cluster_id"]
+            clusters[r["id"].split(":", 1)[1]] = r["cluster_id"].split(":", 1)[1]
     return clusters, kept
 
 
-def datatrove_main(corpus: str, work: str, workers: int) -> None:
+def datatrove_main(shards: str, work: str, workers: int) -> None:
     """Datatrove's documented 4-stage MinHash dedup, default MinhashConfig, `workers` processes."""
     from datatrove.executor import LocalPipelineExecutor
     from datatrove.pipeline.dedup import MinhashDedupCluster, MinhashDedupFilter, MinhashDedupSignature
@@ -259,10 +348,13 @@ def datatrove_main(corpus: str, work: str, workers: int) -> None:
 
     cfg = MinhashConfig()
     base = Path(work)
-    reader = JsonlReader(str(Path(corpus).parent), glob_pattern=Path(corpus).name, id_key="id")
     common = {"workers": workers, "skip_completed": False}
+
+    def reader() -> JsonlReader:
+        return JsonlReader(shards, glob_pattern="*.jsonl", id_key="id")
+
     LocalPipelineExecutor(
-        [reader, MinhashDedupSignature(str(base / "sigs"), config=cfg)],
+        [reader(), MinhashDedupSignature(str(base / "sigs"), config=cfg)],
         tasks=workers,
         logging_dir=str(base / "logs/sigs"),
         **common,
@@ -282,7 +374,7 @@ def datatrove_main(corpus: str, work: str, workers: int) -> None:
     ).run()
     LocalPipelineExecutor(
         [
-            JsonlReader(str(Path(corpus).parent), glob_pattern=Path(corpus).name, id_key="id"),
+            reader(),
             MinhashDedupFilter(
                 str(base / "remove"),
                 load_cluster_ids=True,
@@ -296,97 +388,151 @@ def datatrove_main(corpus: str, work: str, workers: int) -> None:
     ).run()
 
 
+def run_datatrove(corpus: Path, work: Path, workers: int) -> tuple[float, int, Path]:
+    shards = work / f"shards-{corpus.stem}"
+    shard_corpus(corpus, shards, workers)
+    dt_work = work / f"datatrove-{corpus.stem}"
+    shutil.rmtree(dt_work, ignore_errors=True)
+    cmd = [sys.executable, __file__, "--workers", str(workers), "_datatrove", str(shards), str(dt_work)]
+    wall, peak, _ = run_measured(cmd, ROOT)
+    return wall, peak, dt_work
+
+
 def datatrove_clusters(work: Path) -> tuple[dict[str, str], set[str]]:
     clusters, kept = {}, set()
     for sub in ("kept", "removed"):
         for f in sorted((work / sub).glob("*.jsonl")):
-            for line in f.read_text(encoding="utf-8").splitlines():
-                r = json.loads(line)
-                cid = r.get("metadata", {}).get("minhash_cluster_id", -1)
-                clusters[r["id"]] = f"c{cid}" if cid != -1 else f"solo-{r['id']}"
-                if sub == "kept":
-                    kept.add(r["id"])
+            with open(f, encoding="utf-8") as fh:
+                for line in fh:
+                    r = json.loads(line)
+                    cid = r.get("metadata", {}).get("minhash_cluster_id", -1)
+                    clusters[r["id"]] = f"c{cid}" if cid != -1 else f"solo-{r['id']}"
+                    if sub == "kept":
+                        kept.add(r["id"])
     return clusters, kept
+
+
+def profile_rows(art: Path) -> dict[str, Any]:
+    stats = json.loads((art / "manifest.json").read_text())["stats"]
+    card = json.loads((art / "datacard.json").read_text())
+    return {"profile": stats["profile"], "dedup": card["dedup"]}
+
+
+# -- subcommands --------------------------------------------------------------------------------
+
+
+def cmd_compare(args: argparse.Namespace) -> None:
+    corpus = args.work / "packages.jsonl"
+    n = write_corpus(corpus, args.docs)
+    size_mb = corpus.stat().st_size / 1e6
+    print(f"corpus: {n} documents, {size_mb:.1f} MB; load average {os.getloadavg()[0]:.2f}", flush=True)
+    rows = []
+    for full in (False, True):
+        wall, peak, art = run_shoestring(corpus, args.work, full, args.workers, args.max_memory)
+        rows.append(("shoestring " + ("full chain" if full else "near-dup only"), wall, peak, art))
+        print(f"  {rows[-1][0]}: {wall:.1f} s, {peak / 2**20:.0f} MiB", flush=True)
+    wall, peak, dt_work = run_datatrove(corpus, args.work, args.workers)
+    rows.append(("datatrove MinHash (default config)", wall, peak, dt_work))
+    print(f"  datatrove: {wall:.1f} s, {peak / 2**20:.0f} MiB; load average {os.getloadavg()[0]:.2f}", flush=True)
+    # Ground truth after the timed runs (it is not part of any tool's time).
+    t0 = time.perf_counter()
+    ids, flat, off = load_sets(corpus)
+    idx = PrefixIndex(flat, off, THRESHOLD)
+    truth = idx.pairs()
+    print(
+        f"ground truth: {len(truth)} pairs with Jaccard >= {THRESHOLD} ({time.perf_counter() - t0:.0f} s, exact join)"
+    )
+    print(f"\n{n} documents ({size_mb:.1f} MB), {args.workers} workers, {len(truth)} true near-duplicate pairs\n")
+    print(
+        "| tool | wall s | docs/s | peak RSS MiB | removed | precision | recall (pairs) | recall (docs) | F1 | true pairs left among kept |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for name, wall, peak, art in rows:
+        if "full chain" in name:  # other ops rewrite (PII, HTML) and drop (quality) documents first
+            q = "n/a | n/a | n/a | n/a | n/a | n/a"
+        else:
+            sc = score_exact(
+                *(shoestring_clusters(art) if "shoestring" in name else datatrove_clusters(art)), truth, ids, idx
+            )
+            q = (
+                f"{sc['removed']} | {sc['precision']:.4f} | {sc['recall']:.4f} | {sc['doc_recall']:.4f} "
+                f"| {sc['f1']:.4f} | {sc['kept_pairs']}"
+            )
+        print(f"| {name} | {wall:.1f} | {n / wall:,.0f} | {peak / 2**20:.0f} | {q} |")
+    print(f"\nnear-dup speed-up over datatrove: {rows[2][1] / rows[0][1]:.2f}x")
+    for name, _, _, art in rows[:2]:
+        print(f"\n{name}: {json.dumps(profile_rows(art))}")
+
+
+def cmd_scale(args: argparse.Namespace) -> None:
+    """Timed part: the tools on an N-document corpus; figures and artifact paths saved for ``score``."""
+    corpus = args.work / f"sampled-{args.docs}.jsonl"
+    if not corpus.is_file():
+        write_corpus(corpus, args.docs, seed=args.seed)
+    n = args.docs
+    size_mb = corpus.stat().st_size / 1e6
+    print(f"corpus: {n} sampled+perturbed documents, {size_mb:.1f} MB; load {os.getloadavg()[0]:.2f}", flush=True)
+    saved = args.work / f"scale-{args.docs}.json"
+    rows = json.loads(saved.read_text()) if saved.is_file() else {}
+    tools = ["datatrove"] if args.datatrove_only else ["shoestring", *(["datatrove"] if args.datatrove else [])]
+    for tool in tools:
+        if tool == "shoestring":
+            wall, peak, art = run_shoestring(corpus, args.work, False, args.workers, args.max_memory)
+        else:
+            wall, peak, art = run_datatrove(corpus, args.work, args.workers)
+        rows[tool] = {"wall": wall, "peak": peak, "art": str(art), "docs": n, "mb": size_mb}
+        print(f"| {tool} | {n} | {wall:.1f} | {n / wall:,.0f} | {peak / 2**20:.0f} |", flush=True)
+        if tool == "shoestring":
+            print(json.dumps(profile_rows(art)))
+    saved.write_text(json.dumps(rows))
+    print(f"load average after the timed runs: {os.getloadavg()[0]:.2f}")
+
+
+def cmd_score(args: argparse.Namespace) -> None:
+    """Untimed part: sampled exact precision/recall of the runs ``scale`` saved."""
+    corpus = args.work / f"sampled-{args.docs}.jsonl"
+    rows = json.loads((args.work / f"scale-{args.docs}.json").read_text())
+    ids, flat, off = load_sets(corpus)
+    idx = PrefixIndex(flat, off, THRESHOLD)
+    print(
+        "| tool | documents | removed | precision (2,000 sampled removals) | recall (pairs of 2,000 sampled docs) | recall (docs) |"
+    )
+    print("|---|---:|---:|---:|---:|---:|")
+    for tool, row in rows.items():
+        art = Path(row["art"])
+        cl = shoestring_clusters(art) if tool == "shoestring" else datatrove_clusters(art)
+        sc = score_sampled(*cl, ids, idx)
+        print(
+            f"| {tool} | {row['docs']} | {sc['removed']} | {sc['precision']:.4f} "
+            f"| {sc['recall']:.4f} ({sc['sampled_pairs']} pairs) | {sc['doc_recall']:.4f} |"
+        )
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--max-docs", type=int, default=3000)
     ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--scale", type=int, default=10)
     ap.add_argument("--work", type=Path, default=Path("/tmp/shoestring-curate-bench"))
-    ap.add_argument("--chunk-size", type=int, default=1000, help="shoestring records per chunk")
-    ap.add_argument("--scaling-only", action="store_true", help="only the 1x vs Nx memory comparison")
-    ap.add_argument("--datatrove-stage", nargs=2, help=argparse.SUPPRESS)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    c = sub.add_parser("compare", help="near-dup and full chain vs datatrove, exact truth")
+    c.add_argument("--docs", type=int, default=None, help="sample this many documents instead of the real corpus")
+    c.add_argument("--max-memory", type=int, default=64)
+    s = sub.add_parser("scale", help="near-dup on a sampled+perturbed corpus, sampled truth")
+    s.add_argument("--docs", type=int, required=True)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--max-memory", type=int, default=64)
+    s.add_argument("--datatrove", action="store_true", help="run datatrove too")
+    s.add_argument("--datatrove-only", action="store_true", help="run only datatrove (its own timed slot)")
+    q = sub.add_parser("score", help="sampled precision/recall of a finished `scale` run (untimed)")
+    q.add_argument("--docs", type=int, required=True)
+    d = sub.add_parser("_datatrove")
+    d.add_argument("shards")
+    d.add_argument("out")
     args = ap.parse_args()
-    global CHUNK_SIZE
-    CHUNK_SIZE = args.chunk_size
-    if args.datatrove_stage:
-        datatrove_main(args.datatrove_stage[0], args.datatrove_stage[1], args.workers)
+    if args.cmd == "_datatrove":
+        datatrove_main(args.shards, args.out, args.workers)
         return
-    import shutil
-
-    shutil.rmtree(args.work, ignore_errors=True)
-    args.work.mkdir(parents=True)
-    corpus = args.work / "corpus.jsonl"
-    n = build_corpus(corpus, args.max_docs)
-    size_mb = corpus.stat().st_size / 1e6
-    print(f"corpus: {n} documents, {size_mb:.1f} MB, load average {os.getloadavg()[0]:.1f}", flush=True)
-    if args.scaling_only:
-        scaling(corpus, n, size_mb, args, *run_shoestring(corpus, args.work, True, args.workers)[:2])
-        return
-    t0 = time.perf_counter()
-    truth, sets = true_pairs(corpus)
-    print(
-        f"ground truth: {len(truth)} pairs with Jaccard >= {THRESHOLD} ({time.perf_counter() - t0:.0f} s brute force)",
-        flush=True,
-    )
-
-    rows = []
-    for full in (False, True):
-        wall, peak, art = run_shoestring(corpus, args.work, full, args.workers)
-        q = score(*shoestring_clusters(art), truth, sets)
-        rows.append(("shoestring " + ("full chain" if full else "near-dup only"), wall, peak, q))
-        print(f"  {rows[-1][0]}: {wall:.1f} s", flush=True)
-    dt_work = args.work / "datatrove"
-    cmd = [sys.executable, __file__, "--workers", str(args.workers), "--datatrove-stage", str(corpus), str(dt_work)]
-    wall, peak, _ = run_measured(cmd, ROOT)
-    rows.append(("datatrove MinHash (default config)", wall, peak, score(*datatrove_clusters(dt_work), truth, sets)))
-    print(f"  datatrove: {wall:.1f} s", flush=True)
-
-    print(f"\n{n} documents ({size_mb:.1f} MB), {args.workers} workers, {len(truth)} true near-duplicate pairs\n")
-    print(
-        "| tool | wall s | docs/s | peak RSS MiB | removed | precision | recall | F1 "
-        "| true pairs left among kept | removed with no kept doc >= 0.8 |"
-    )
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for name, wall, peak, q in rows:
-        if "full chain" in name:  # other ops rewrite (PII, HTML) and drop (quality) documents first
-            quality = f"{q['removed']} | n/a | n/a | n/a | n/a | n/a"
-        else:
-            quality = (
-                f"{q['removed']} | {q['precision']:.3f} | {q['recall']:.3f} | {q['f1']:.3f} "
-                f"| {q['kept_pairs']} | {q['over_removed']}"
-            )
-        print(f"| {name} | {wall:.1f} | {n / wall:.0f} | {peak / 2**20:.0f} | {quality} |")
-    print(f"\nload average at the end: {os.getloadavg()[0]:.2f}")
-    if args.scale > 1:
-        scaling(corpus, n, size_mb, args, rows[1][1], rows[1][2])
-
-
-def scaling(corpus: Path, n: int, size_mb: float, args: argparse.Namespace, wall: float, peak: int) -> None:
-    big = args.work / "corpus_x.jsonl"
-    n_big = scale_corpus(corpus, big, args.scale)
-    wall_big, peak_big, _ = run_shoestring(big, args.work, True, args.workers)
-    print(f"\nMemory scaling, shoestring full chain ({args.workers} workers, chunk_size {CHUNK_SIZE})\n")
-    print("| corpus | documents | MB | wall s | docs/s | peak RSS MiB |")
-    print("|---|---:|---:|---:|---:|---:|")
-    print(f"| 1x | {n} | {size_mb:.1f} | {wall:.1f} | {n / wall:.0f} | {peak / 2**20:.0f} |")
-    print(
-        f"| {args.scale}x | {n_big} | {big.stat().st_size / 1e6:.1f} | {wall_big:.1f} | {n_big / wall_big:.0f} | "
-        f"{peak_big / 2**20:.0f} |"
-    )
-    print(f"\nload average at the end: {os.getloadavg()[0]:.2f}")
+    args.work.mkdir(parents=True, exist_ok=True)
+    {"compare": cmd_compare, "scale": cmd_scale, "score": cmd_score}[args.cmd](args)
 
 
 if __name__ == "__main__":

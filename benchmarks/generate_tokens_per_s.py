@@ -94,11 +94,13 @@ def bench_shoestring(
     model: Any, tok: Any, ids: list[int], n_new: int, runs: int, batch: list[list[int]] | None = None
 ) -> tuple[float, list[int]]:
     """Batch 1 (``ids``), or aggregate tokens/s of ``batch`` submitted concurrently."""
-    from shoestring.serve.generation import GenerationScheduler, GenRequest
+    import torch
 
-    sched = GenerationScheduler(
-        model, eos_ids=set(), pad_id=int(tok.pad_token_id or 0), context_length=2048, max_batch_size=8
-    )
+    from shoestring.serve.generation import GenerationScheduler, GenRequest
+    from shoestring.serve.torch_engine import NativeEngine
+
+    engine = NativeEngine(model, max_seqs=8, context_length=2048, dtype="float32", threads=torch.get_num_threads())
+    sched = GenerationScheduler(engine, eos_ids=set(), max_batch_size=8)
     sched.start()
 
     async def many() -> list[int]:

@@ -42,6 +42,7 @@ EXTRA_VERBS = (
     "evaluate.cli",
     "compress.cli",
     "serve.cli",
+    "ui.cli",
 )
 
 

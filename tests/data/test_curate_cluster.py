@@ -82,7 +82,7 @@ def test_exact_check_keeps_a_true_pair_the_estimate_puts_below_threshold(tmp_pat
 
 def test_exact_check_rejects_a_false_pair_the_estimate_puts_above_threshold(tmp_path: Path) -> None:
     a, b = " ".join(BASE), " ".join(edit(BASE, 150, 43, "b"))
-    h = MinHasher(128, 5, seed=1)
+    h = MinHasher(128, 5, seed=7)  # a seed whose estimate lands on the wrong side
     assert jac(a, b) == pytest.approx(0.7878, abs=1e-4)
     assert estimated_jaccard(h.signature(a), h.signature(b)) >= 0.8
     store, locs = index_texts(tmp_path, [a, b])

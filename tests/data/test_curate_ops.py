@@ -18,7 +18,7 @@ from shoestring.data.normalize import normalize_text
 from shoestring.data.pii import PIIScrubber, find_pii, iban_ok, luhn_ok
 from shoestring.data.quality import detect_language, quality_check
 from shoestring.data.records import OpStats
-from shoestring.data.split import assign_splits, leak_pairs
+from shoestring.data.split import assign_splits, leak_units
 
 PROSE = (
     "The committee met on Tuesday to discuss the budget for the coming year. Members agreed that the "
@@ -154,9 +154,9 @@ def test_split_is_exact_stratified_and_leak_free() -> None:
         n = strata.count(s)
         assert got[1] == round(n * 0.1) and got[2] == round(n * 0.2)
     assert out == assign_splits(keys, strata, 0.1, 0.2, seed=3) != assign_splits(keys, strata, 0.1, 0.2, seed=4)
-    h = MinHasher()
-    sigs = [h.signature(PROSE), h.signature(PROSE + " extra words"), h.signature("completely different text " * 5)]
-    assert leak_pairs(np.stack(sigs), 0.8) == [(0, 1)]
+    # Groups linked by verified pairs form one unit, named by its earliest group.
+    roots, joins = leak_units(6, np.array([[4, 1], [1, 3], [5, 5]]))
+    assert roots.tolist() == [0, 1, 2, 1, 1, 5] and joins == 2
 
 
 def test_labelling_functions_majority_and_model() -> None:

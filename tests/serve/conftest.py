@@ -57,3 +57,15 @@ def tiny_bert(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         tok.save_pretrained(folder)
         out[name] = folder
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_gguf(tiny_llama: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny Llama as a float32 GGUF file (our exporter), for the llama.cpp engine."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from shoestring.compress.gguf_export import write_gguf
+
+    path = tmp_path_factory.mktemp("tiny-gguf") / "tiny-f32.gguf"
+    write_gguf(AutoModelForCausalLM.from_pretrained(tiny_llama), AutoTokenizer.from_pretrained(tiny_llama), path, "f32")
+    return path

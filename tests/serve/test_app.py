@@ -16,13 +16,14 @@ from shoestring.serve.generation import GenRequest
 CHAT = {"model": "tiny", "messages": [{"role": "user", "content": "Say hi"}], "max_tokens": 12, "temperature": 0}
 
 
-@pytest.fixture(scope="module")
-def loaded(tiny_llama: Path) -> Any:
-    return load_for_serving(ServeConfig(model=str(tiny_llama), model_name="tiny"))
+@pytest.fixture(scope="module", params=["torch", "llama.cpp"])
+def loaded(tiny_llama: Path, request: pytest.FixtureRequest) -> Any:
+    """The tiny Llama on each CPU engine: every HTTP test runs on both."""
+    return load_for_serving(ServeConfig(model=str(tiny_llama), model_name="tiny", engine=request.param))
 
 
 def _client(loaded: Any, **cfg: Any) -> TestClient:
-    app = create_app(ServeConfig(model=loaded.name, model_name="tiny", **cfg), loaded)
+    app = create_app(ServeConfig(model=loaded.name, model_name="tiny", engine=loaded.engine.info.name, **cfg), loaded)
     return TestClient(app)
 
 
@@ -64,6 +65,8 @@ def test_chat_and_completion_shapes_and_streaming_agree(client: TestClient) -> N
     assert _stream_text(client, comp, "/v1/completions")[0] == r.json()["choices"][0]["text"]
     models = client.get("/v1/models").json()
     assert [m["id"] for m in models["data"]] == ["tiny"]
+    engine = models["data"][0]["engine"]
+    assert engine["batched"] and engine["max_sequences"] == 8 and engine["name"] in ("torch", "llama.cpp")
 
 
 def test_stop_string_cuts_the_answer(client: TestClient) -> None:

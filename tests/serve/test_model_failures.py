@@ -1,8 +1,8 @@
 """A model call that raises: its requests get one prompt error (500 / error chunk), the server lives on.
 
-The failures are real exceptions inside the model's forward: a token id outside the
-vocabulary (the embedding lookup raises IndexError), or a forward pre-hook on a real tiny
-Llama that raises when a chosen token is in the prompt or when the cache reaches a length.
+The failures are real exceptions around a real engine's step: a token id outside the
+vocabulary (refused when the request takes its slot), or a wrapper that raises inside
+``step`` when a chosen token is fed or when decoding passes a position.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import asyncio
 import json
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,11 +19,33 @@ import pytest
 from fastapi.testclient import TestClient
 
 from shoestring.serve import ServeConfig, create_app, load_for_serving
+from shoestring.serve.engine import Engine, Sampling, Work
 from shoestring.serve.generation import GenerationScheduler, GenRequest
 
 
-def _scheduler(model: Any, **kw: Any) -> GenerationScheduler:
-    return GenerationScheduler(model, eos_ids=set(), pad_id=0, context_length=256, **kw)
+class Faulty:
+    """A real engine whose ``step`` raises RuntimeError when ``cond(work)`` holds."""
+
+    def __init__(self, engine: Engine, cond: Callable[[list[Work]], bool]) -> None:
+        self.engine, self.cond, self.info = engine, cond, engine.info
+
+    def admit(self, prompt: list[int], sampling: Sampling) -> tuple[int, int]:
+        return self.engine.admit(prompt, sampling)
+
+    def step(self, work: list[Work]) -> dict[int, int]:
+        if self.cond(work):
+            raise RuntimeError("injected model failure")
+        return self.engine.step(work)
+
+    def free(self, slot: int) -> None:
+        self.engine.free(slot)
+
+    def stats(self) -> dict[str, float]:
+        return self.engine.stats()
+
+
+def _scheduler(engine: Engine, **kw: Any) -> GenerationScheduler:
+    return GenerationScheduler(engine, eos_ids=set(), **kw)
 
 
 async def _drain(req: GenRequest, settle_s: float = 0.2) -> tuple[list[int], list[tuple[str, Any]]]:
@@ -43,67 +65,60 @@ async def _drain(req: GenRequest, settle_s: float = 0.2) -> tuple[list[int], lis
 
 
 @pytest.fixture
-def model(tiny_llama: Path) -> Iterator[Any]:
+def engine(tiny_llama: Path) -> Engine:
     from transformers import AutoModelForCausalLM
 
-    m = AutoModelForCausalLM.from_pretrained(tiny_llama).eval()
-    yield m
+    from shoestring.serve.torch_engine import NativeEngine
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama).eval()
+    return NativeEngine(model, max_seqs=4, context_length=256, dtype="float32", threads=1)
 
 
-def _raise_when(model: Any, cond: Any) -> Any:
-    """A forward pre-hook that raises RuntimeError when ``cond(kwargs)`` holds."""
-
-    def hook(module: Any, args: Any, kwargs: dict[str, Any]) -> None:
-        if cond(kwargs):
-            raise RuntimeError("injected model failure")
-
-    return model.register_forward_pre_hook(hook, with_kwargs=True)
+POISON = 777
 
 
-def test_prefill_failure_fails_only_its_group_and_the_thread_serves_on(model: Any) -> None:
-    vocab = model.config.vocab_size
-    s = _scheduler(model, max_batch_size=4, batch_timeout_s=0.05)
+def test_prefill_failure_fails_only_its_request_and_the_thread_serves_on(engine: Engine) -> None:
+    vocab = engine.native.vocab  # type: ignore[attr-defined]
+    s = _scheduler(Faulty(engine, lambda work: any(POISON in w.tokens for w in work)), max_batch_size=4,
+                   batch_timeout_s=0.05)  # fmt: skip
     s.start()
 
     async def run() -> list[Any]:
         loop = asyncio.get_running_loop()
         long = GenRequest(prompt_ids=[1, 2, 3, 4], max_new_tokens=40, loop=loop)
         s.submit(long)
-        kind, first = await asyncio.wait_for(long.events.get(), 60)  # decoding when the bad one joins
+        kind, first = await asyncio.wait_for(long.events.get(), 60)  # decoding when the bad ones join
         assert kind == "token"
-        bad = GenRequest(prompt_ids=[5, vocab + 7, 6], max_new_tokens=8, loop=loop)  # IndexError in the embedding
+        poisoned = GenRequest(prompt_ids=[5, POISON, 6], max_new_tokens=8, loop=loop)
+        outside = GenRequest(prompt_ids=[5, vocab + 7, 6], max_new_tokens=8, loop=loop)  # refused at admission
         t0 = time.monotonic()
-        s.submit(bad)
-        bad_out = await _drain(bad)
+        s.submit(poisoned)
+        s.submit(outside)
+        outs = [await _drain(poisoned), await _drain(outside)]
         bad_s = time.monotonic() - t0
         long_toks, long_term = await _drain(long)
-        long_out = ([first, *long_toks], long_term)
         after = GenRequest(prompt_ids=[7, 8, 9], max_new_tokens=5, loop=loop)
         s.submit(after)
-        return [bad_out, bad_s, long_out, await _drain(after)]
+        return [outs, bad_s, ([first, *long_toks], long_term), await _drain(after)]
 
     try:
-        (bad_toks, bad_term), bad_s, (long_toks, long_term), (after_toks, after_term) = asyncio.run(run())
+        outs, bad_s, (long_toks, long_term), (after_toks, after_term) = asyncio.run(run())
     finally:
         s.shutdown()
-    assert bad_toks == [] and len(bad_term) == 1 and bad_term[0][0] == "error"
-    assert "prefill" in bad_term[0][1] and "IndexError" in bad_term[0][1]
-    assert bad_s < 5.0, "the failed request must hear about it at once, not at its timeout"
-    assert long_term == [("done", "length")] and len(long_toks) == 40  # the running batch was untouched
+    for (toks, term), needle in zip(outs, ("injected model failure", "outside the model's vocabulary"), strict=True):
+        assert toks == [] and len(term) == 1 and term[0][0] == "error"
+        assert "prefill" in term[0][1] and needle in term[0][1]
+    assert bad_s < 5.0, "a failed request must hear about it at once, not at its timeout"
+    assert long_term == [("done", "length")] and len(long_toks) == 40  # the running sequence was untouched
     assert after_term == [("done", "length")] and len(after_toks) == 5
     assert s.fatal_error is None and s.idle()
 
 
-def test_decode_failure_fails_the_running_batch_once_then_recovers(model: Any) -> None:
+def test_decode_failure_fails_each_decoding_request_once_then_recovers(engine: Engine) -> None:
     armed = threading.Event()
     armed.set()
-
-    def cond(kw: dict[str, Any]) -> bool:
-        cache = kw.get("past_key_values")
-        return armed.is_set() and kw["input_ids"].shape[1] == 1 and cache is not None and cache.get_seq_length() >= 10
-
-    handle = _raise_when(model, cond)
-    s = _scheduler(model, max_batch_size=4, batch_timeout_s=0.05)
+    s = _scheduler(Faulty(engine, lambda work: armed.is_set() and any(w.start >= 10 for w in work)),
+                   max_batch_size=4, batch_timeout_s=0.05)  # fmt: skip
     s.start()
 
     async def run() -> list[Any]:
@@ -121,7 +136,6 @@ def test_decode_failure_fails_the_running_batch_once_then_recovers(model: Any) -
         outs, (again_toks, again_term) = asyncio.run(run())
     finally:
         s.shutdown()
-        handle.remove()
     for toks, term in outs:
         assert len(term) == 1 and term[0][0] == "error" and "decode step" in term[0][1]
         assert 0 < len(toks) < 30
@@ -129,24 +143,23 @@ def test_decode_failure_fails_the_running_batch_once_then_recovers(model: Any) -
     assert s.fatal_error is None and s.idle()
 
 
-def test_cancel_during_prefill_gets_one_terminal_event(model: Any) -> None:
+def test_cancel_during_prefill_gets_one_terminal_event(engine: Engine) -> None:
     in_prefill, release = threading.Event(), threading.Event()
 
-    def cond(kw: dict[str, Any]) -> bool:
-        if kw["input_ids"].shape[1] > 1:  # a prefill: hold it until the test has cancelled
+    def hold(work: list[Work]) -> bool:
+        if any(w.start == 0 for w in work):  # a prefill: hold it until the test has cancelled
             in_prefill.set()
             release.wait(10)
         return False
 
-    handle = _raise_when(model, cond)
-    s = _scheduler(model, max_batch_size=2, batch_timeout_s=0)
+    s = _scheduler(Faulty(engine, hold), max_batch_size=2, batch_timeout_s=0)
     s.start()
 
     async def run() -> tuple[list[int], list[tuple[str, Any]]]:
         req = GenRequest(prompt_ids=[1, 2, 3], max_new_tokens=50, loop=asyncio.get_running_loop())
         s.submit(req)
         await asyncio.to_thread(in_prefill.wait, 10)
-        assert s.running == 1 and s.queue_depth == 0  # off the queue, not yet in the batch
+        assert s.running == 1 and s.queue_depth == 0  # off the queue, its prefill running
         req.cancel()
         release.set()
         return await _drain(req)
@@ -156,21 +169,20 @@ def test_cancel_during_prefill_gets_one_terminal_event(model: Any) -> None:
     finally:
         release.set()
         s.shutdown()
-        handle.remove()
     assert toks == [] and term == [("done", "cancelled")]
     assert s.idle()
 
 
 @pytest.fixture
 def poisoned(tiny_llama: Path) -> Iterator[tuple[TestClient, Any]]:
-    """A served tiny Llama whose forward raises when the word ' avocado' is in the prompt."""
-    loaded = load_for_serving(ServeConfig(model=str(tiny_llama), model_name="tiny"))
+    """A served tiny Llama whose engine raises when the word ' avocado' is in a step's tokens."""
+    cfg = ServeConfig(model=str(tiny_llama), model_name="tiny", engine="torch")
+    loaded = load_for_serving(cfg)
     poison = set(loaded.tokenizer(" avocado", add_special_tokens=False)["input_ids"])
-    handle = _raise_when(loaded.model, lambda kw: bool(poison & set(kw["input_ids"].flatten().tolist())))
-    app = create_app(ServeConfig(model=loaded.name, model_name="tiny"), loaded)
+    loaded.engine = Faulty(loaded.engine, lambda work: any(poison & set(w.tokens) for w in work))
+    app = create_app(cfg, loaded)
     with TestClient(app) as c:
         yield c, app
-    handle.remove()
 
 
 def test_http_failure_is_a_prompt_500_or_error_chunk_and_others_still_served(poisoned: tuple[TestClient, Any]) -> None:

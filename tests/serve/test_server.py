@@ -54,9 +54,10 @@ def start_server(model: Path, *flags: str) -> Server:
     raise AssertionError("server did not start:\n" + "".join(lines))
 
 
-@pytest.fixture(scope="module")
-def server(tiny_llama: Path) -> Iterator[Server]:
-    s = start_server(tiny_llama, "--api-key", KEY, "--max-queue", "3", "--max-batch-size", "2")
+@pytest.fixture(scope="module", params=["torch", "llama.cpp"])
+def server(tiny_llama: Path, request: pytest.FixtureRequest) -> Iterator[Server]:
+    """A real server process per CPU engine; every test below runs against both."""
+    s = start_server(tiny_llama, "--api-key", KEY, "--max-queue", "3", "--max-batch-size", "2", "--engine", request.param)
     yield s
     if s.proc.poll() is None:
         s.proc.terminate()
@@ -143,6 +144,8 @@ def test_cli_errors_are_one_line(
         (["serve", str(tmp_path / "missing")], "model folder not found"),
         (["serve", "--config", str(cfg)], "max_batch_size"),
         (["serve"], "pass the MODEL"),
+        (["serve", str(tiny_llama), "--engine", "vllm"], "needs a CUDA GPU"),
+        (["serve", str(tiny_llama), "--engine", "mlx"], "engine"),
     ):
         monkeypatch.setattr(sys, "argv", ["shoestring", *argv])
         with pytest.raises(SystemExit) as exit_info:

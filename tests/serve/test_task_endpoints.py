@@ -40,6 +40,22 @@ def test_embeddings_from_the_packaged_encoder_rank_paraphrases_closer() -> None:
         assert c.post("/v1/chat/completions", json=chat).status_code == 400
 
 
+@pytest.mark.parametrize("which", ["encoder", "decoder"])
+def test_server_embeddings_equal_shoestring_embed(which: str, tiny_llama: Path) -> None:
+    """One pooling rule for `shoestring embed` and /v1/embeddings: mean for encoders, last token for decoders."""
+    import numpy as np
+
+    from shoestring.train.inference import embed
+
+    model = "all-minilm-l6-v2" if which == "encoder" else str(tiny_llama)
+    texts = ["short", "a somewhat longer sentence, so the batch is padded"]
+    with _serve(model, task="embedding", model_name="m") as c:
+        r = c.post("/v1/embeddings", json={"model": "m", "input": texts})
+    assert r.status_code == 200, r.text
+    served = np.array([d["embedding"] for d in sorted(r.json()["data"], key=lambda d: d["index"])])
+    assert np.allclose(served, embed(model, texts), atol=1e-5)
+
+
 def test_classify_and_fill_mask_endpoints(tiny_bert: dict[str, Path]) -> None:
     assert detect_task(str(tiny_bert["classifier"])) == "classification"
     assert detect_task(str(tiny_bert["masked-lm"])) == "masked-lm"

@@ -33,10 +33,12 @@ STAGES: dict[str, str] = {
     "curate": "shoestring.data.stage",
     "plan": "shoestring.plan.stage",
     "train": "shoestring.train.stage",
+    "federate": "shoestring.federate.stage",
     "evaluate": "shoestring.evaluate.stage",
     "compress": "shoestring.compress.stage",
     "export": "shoestring.compress.export_stage",
     "report": "shoestring.report.stage",
+    "assess": "shoestring.assess.stage",
 }
 
 

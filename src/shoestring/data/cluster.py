@@ -31,16 +31,17 @@ moves the centre of a cluster that holds semantic duplicates (they matched the c
 from __future__ import annotations
 
 import os
+import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
 from shoestring.data.dedup import LSHIndex, estimated_jaccard, exact_jaccard, verification_band
 
-__all__ = ["Loc", "NearDupClusterer", "Recentre", "ShingleStore", "shingle_path"]
+__all__ = ["CandidateIndex", "Loc", "NearDupClusterer", "Recentre", "ShingleStore", "shingle_path"]
 
 Loc = tuple[int, int, int]
 """Where a document's shingle hashes live: (chunk, first shingle, number of shingles)."""
@@ -80,6 +81,24 @@ class ShingleStore:
         self._fds.clear()
 
 
+class CandidateIndex(Protocol):
+    """Where the clusterer finds earlier documents sharing an LSH band with a new one."""
+
+    bands: int
+    rows: int
+
+    @property
+    def signatures(self) -> np.ndarray: ...
+
+    def signature(self, idx: int) -> np.ndarray: ...
+
+    def keys(self, sig: np.ndarray) -> Any: ...
+
+    def candidates(self, keys: Any) -> list[int]: ...
+
+    def add(self, sig: np.ndarray, keys: Any) -> int: ...
+
+
 @dataclass(frozen=True)
 class Recentre:
     """Cluster ``group``'s centre moved from indexed document ``old`` to ``new``."""
@@ -94,7 +113,7 @@ class _Query:
     """The document being assigned: its signature, band keys and (lazily read) shingles."""
 
     sig: np.ndarray
-    keys: list[int]
+    keys: Any
     loc: Loc
     shingles: np.ndarray | None = None
     sims: dict[int, float] = field(default_factory=dict)
@@ -104,43 +123,59 @@ class NearDupClusterer:
     """Streaming near-duplicate clustering; see the module docstring for the rule."""
 
     def __init__(
-        self, num_perm: int, threshold: float, store: ShingleStore, z: float = 3.0, max_recenter: int = 256
+        self,
+        num_perm: int,
+        threshold: float,
+        store: ShingleStore,
+        z: float = 3.0,
+        max_recenter: int = 256,
+        index: CandidateIndex | None = None,
     ) -> None:
         self.threshold = threshold
         self.low, self.high = verification_band(threshold, num_perm, z)
-        self.lsh = LSHIndex(num_perm, self.low)
+        # The candidate index: a growing LSH dict by default, or one built for a whole component.
+        self.lsh: CandidateIndex = index if index is not None else LSHIndex(num_perm, self.low)
         self.store = store
         self.max_recenter = max_recenter
         self.locs: list[Loc] = []  # per indexed document
-        self.at: list[tuple[int, int]] = []  # per indexed document: (chunk, position among the chunk's records)
+        self.at: list[Any] = []  # per indexed document: where the caller has it (e.g. its global number)
         self.group: list[int] = []  # per indexed document: its cluster
         self.centre: dict[int, int] = {}  # cluster -> indexed document that is its centre
         self.members: dict[int, list[int]] = {}  # cluster -> near-duplicate members (centre excluded)
         self.pinned: set[int] = set()  # clusters holding documents grouped by another rule: never re-centred
         self.recentred: list[Recentre] = []  # not yet applied by the caller (who clears it)
+        self.cross_pairs: list[tuple[int, int]] = []  # (i, j): verified at >= threshold, in different clusters
         self.recentre_count = 0
         self.candidates_checked = 0
         self.candidates_rejected = 0
         self.exact_checks = 0
         self.exact_flips = 0  # exact check disagreed with the estimate's side of the threshold
+        self.exact_seconds = 0.0  # CPU seconds reading shingles back and intersecting them
 
     # -- similarity ---------------------------------------------------------------------------
     def _decide(self, est: float, a: Loc | np.ndarray, b: Loc) -> float:
         """The similarity used for the decision: the estimate outside the band, else exact Jaccard."""
         if est < self.low or est >= self.high:
             return est
+        clock = time.process_time()
         sa = a if isinstance(a, np.ndarray) else self.store.get(a)
         exact = exact_jaccard(sa, self.store.get(b))
+        self.exact_seconds += time.process_time() - clock
         self.exact_checks += 1
         self.exact_flips += (exact >= self.threshold) != (est >= self.threshold)
         return exact
 
+    def _settle(self, q: _Query, i: int, est: float) -> float:
+        """The decided similarity of the query to indexed document ``i`` given the estimate."""
+        if self.low <= est < self.high and q.shingles is None:
+            q.shingles = self.store.get(q.loc)
+        s = self._decide(est, q.shingles if q.shingles is not None else q.loc, self.locs[i])
+        q.sims[i] = s
+        return s
+
     def _sim_query(self, q: _Query, i: int) -> float:
         if i not in q.sims:
-            est = estimated_jaccard(q.sig, self.lsh.signature(i))
-            if self.low <= est < self.high and q.shingles is None:
-                q.shingles = self.store.get(q.loc)
-            q.sims[i] = self._decide(est, q.shingles if q.shingles is not None else q.loc, self.locs[i])
+            return self._settle(q, i, estimated_jaccard(q.sig, self.lsh.signature(i)))
         return q.sims[i]
 
     def _sim_pair(self, i: int, j: int, cache: dict[tuple[int, int], float]) -> float:
@@ -151,20 +186,26 @@ class NearDupClusterer:
         return cache[key]
 
     # -- assignment ---------------------------------------------------------------------------
-    def match(self, sig: np.ndarray, loc: Loc) -> tuple[int, float, _Query]:
+    def match(self, sig: np.ndarray, loc: Loc, keys: Any = None) -> tuple[int, float, _Query]:
         """(cluster, similarity to its centre, query) for a new document; cluster -1 = none.
 
+        ``keys``: what the index needs to find its candidates (band keys, or the position of
+        the document in a component index); computed from the signature when None.
         May re-centre a cluster (recorded in ``recentred``); call :meth:`add` next either way.
         """
-        q = _Query(sig, self.lsh.keys(sig), loc)
+        q = _Query(sig, self.lsh.keys(sig) if keys is None else keys, loc)
         neighbours: list[tuple[float, int]] = []
-        for i in self.lsh.candidates(q.keys):
-            self.candidates_checked += 1
-            s = self._sim_query(q, i)
-            if s >= self.threshold:
-                neighbours.append((s, i))
-            else:
-                self.candidates_rejected += 1
+        cands = self.lsh.candidates(q.keys)
+        if cands:
+            # All candidates' estimates in one vectorised comparison: (C, P) == (P,) -> (C,).
+            ests = np.count_nonzero(self.lsh.signatures[cands] == sig, axis=1) / sig.size
+            for i, est in zip(cands, ests.tolist(), strict=True):
+                self.candidates_checked += 1
+                s = self._settle(q, i, est)
+                if s >= self.threshold:
+                    neighbours.append((s, i))
+                else:
+                    self.candidates_rejected += 1
         best, best_s = -1, 0.0
         for s, i in neighbours:  # rule 1: the most similar centre
             g = self.group[i]
@@ -218,11 +259,14 @@ class NearDupClusterer:
         self.recentre_count += 1
         return q.sims[best]
 
-    def add(self, q: _Query, group: int, role: str, at: tuple[int, int]) -> int:
+    def add(self, q: _Query, group: int, role: str, at: Any) -> int:
         """Index the queried document in ``group`` as ``centre`` (a new cluster), ``member``
         (verified near-duplicate of the centre) or ``other`` (grouped by another rule, e.g.
         semantic dedup: indexed for later candidates and the leak check, never a centre)."""
         idx = self.lsh.add(q.sig, q.keys)
+        for i, s in q.sims.items():  # verified near-duplicate pairs that cross clusters: the split joins them
+            if s >= self.threshold and self.group[i] != group:
+                self.cross_pairs.append((i, idx))
         self.locs.append(q.loc)
         self.at.append(at)
         self.group.append(group)

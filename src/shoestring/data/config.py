@@ -12,6 +12,7 @@ from typing import Annotated, Literal, get_args
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from shoestring.core.config import HashedPath, NotHashed, StageConfig
+from shoestring.data.share import ShareConfig
 
 __all__ = [
     "AugmentConfig",
@@ -183,6 +184,11 @@ class DedupConfig(_Section):
     """Also drop records whose all-MiniLM-L6-v2 embedding has cosine >= semantic_threshold with a kept one."""
     semantic_threshold: float = 0.95
     """Cosine similarity for semantic duplicates."""
+    max_memory: Annotated[int, NotHashed()] = 64
+    """MiB the near-dup clustering may hold at once, shared by the workers: documents with LSH
+    candidates are clustered in batches of whole candidate components (about 1.3 KB a document)
+    that fit; the manifest reports the batches and the largest. A component larger than the
+    budget is still one batch. Does not change the result, only how it is computed."""
 
 
 class PIIConfig(_Section):
@@ -293,6 +299,8 @@ class CurateConfig(StageConfig):
     """Augmentation settings."""
     split: SplitConfig = Field(default_factory=SplitConfig)
     """Split settings."""
+    share: ShareConfig = Field(default_factory=ShareConfig)
+    """A privacy-checked release for a partner, written to share/ (shoestring.data.share)."""
     executor: Annotated[Literal["local", "ray"], NotHashed()] = "local"
     """Where the per-record ops run: local processes or a Ray cluster (a local one if none is running)."""
     workers: Annotated[int, NotHashed()] = 2

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import json
 import random
+import time
+from array import array
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,13 +22,23 @@ from typing import IO, Any
 import numpy as np
 
 from shoestring.data.augment import augment_record
-from shoestring.data.cluster import NearDupClusterer, Recentre, ShingleStore
+from shoestring.data.candidates import (
+    CENTRE,
+    MEMBER,
+    Index,
+    build_index,
+    cluster_batch,
+    load_result,
+    read_ids,
+    save_chunk_start,
+)
 from shoestring.data.config import CurateConfig
+from shoestring.data.dedup import lsh_params, verification_band
+from shoestring.data.executors import Executor
 from shoestring.data.label import combine_votes, label_weights
-from shoestring.data.pipeline import read_shard, shingle_offsets
+from shoestring.data.pipeline import read_shard
 from shoestring.data.records import Quarantined, Record, full_text
-from shoestring.data.semantic import SemanticIndex
-from shoestring.data.split import SPLITS, UnionFind, assign_splits, leak_pairs
+from shoestring.data.split import SPLITS, assign_splits_ordered, leak_units, split_order
 
 __all__ = ["KEPT", "Decisions", "decide", "write_dataset"]
 
@@ -43,18 +55,28 @@ EXAMPLE_CHARS = 240
 
 @dataclass
 class Decisions:
-    """Pass-1 results: per-record status and group, per-group facts, and summary counters."""
+    """Pass-1 results: per-record status and group, per-group facts, and summary counters.
+
+    Everything per record or per group is a numpy array (1-8 bytes each); only the names of
+    groups that hold more than one record are kept as strings.
+    """
 
     status: list[np.ndarray] = field(default_factory=list)  # per chunk: uint8 per record
     group: list[np.ndarray] = field(default_factory=list)  # per chunk: int32 group per record
-    group_key: list[str] = field(default_factory=list)  # representative record id per group
-    group_size: list[int] = field(default_factory=list)
-    group_split: list[int] = field(default_factory=list)
+    group_size: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    group_split: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.uint8))
+    names: dict[int, str] = field(default_factory=dict)  # group -> its kept record's id (groups of 2+)
     labels: Counter[str] = field(default_factory=Counter)
     weights: dict[str, float] = field(default_factory=dict)
     dedup: dict[str, Any] = field(default_factory=dict)
     k_anonymity: dict[str, Any] = field(default_factory=dict)
     leak: dict[str, Any] = field(default_factory=dict)
+    profile: dict[str, float] = field(default_factory=dict)  # CPU seconds per global phase (not in the card)
+    index_run: dict[str, Any] = field(default_factory=dict)  # batches and memory budget (not in the card)
+
+    def cluster_id(self, g: int, own_id: str) -> str:
+        """The id of group ``g``'s kept record (``own_id`` for a record that is alone in its group)."""
+        return self.names.get(g, own_id)
 
 
 def _label_of(rec: Record, cfg: CurateConfig, weights: dict[str, float]) -> str | None:
@@ -65,134 +87,161 @@ def _label_of(rec: Record, cfg: CurateConfig, weights: dict[str, float]) -> str 
     return label if label is not None else rec.get("_zero_shot")
 
 
-def decide(cfg: CurateConfig, work_dir: Path, n_chunks: int, label_counters: Counter[str]) -> Decisions:
+@dataclass
+class _Clusters:
+    """Dedup result over all N records (global numbers) before splits."""
+
+    status: np.ndarray  # (N,) uint8
+    group: np.ndarray  # (N,) int32
+    centre: np.ndarray  # (G,) int64: global number of each group's kept record
+    cross: np.ndarray  # (P, 2) int64: verified near-duplicate record pairs in different groups
+
+
+def decide(
+    cfg: CurateConfig, work_dir: Path, n_chunks: int, label_counters: Counter[str], executor: Executor | None = None
+) -> Decisions:
     """Pass 1: dedup clustering (1a), then labels, k-anonymity and strata of the kept records (1b), then splits."""
     d = Decisions(weights=label_weights(cfg.labels, label_counters))
-    store = ShingleStore(work_dir)
-    try:
-        clus, near_js = _cluster(cfg, work_dir, n_chunks, d, store)
-    finally:
-        store.close()
-    centre_at: dict[tuple[int, int], int] = {clus.at[i]: g for g, i in clus.centre.items()}
-    strata = [""] * len(d.group_key)
+    clock = time.process_time()
+    index = build_index(cfg, work_dir, n_chunks, cfg.workers)
+    save_chunk_start(work_dir, index.chunk_start)
+    tasks = [(cfg.model_dump(mode="json"), str(work_dir), b) for b in range(index.batches)]
+    batch_stats = (
+        list(executor.map(cluster_batch, tasks)) if executor is not None else [cluster_batch(*t) for t in tasks]
+    )
+    d.profile["index"] = time.process_time() - clock
+    for b in batch_stats:
+        for k, v in b["cpu_seconds"].items():
+            d.profile[f"batches_{k}"] = d.profile.get(f"batches_{k}", 0.0) + v
+    for k, v in index.run.pop("cpu_seconds").items():
+        d.profile[f"index_{k}"] = v
+    d.index_run = index.run
+    clock = time.process_time()
+    cl, near_sum, near_n = _merge(cfg, work_dir, index)
+    start = index.chunk_start
+    d.status = [cl.status[start[c] : start[c + 1]] for c in range(n_chunks)]
+    d.group = [cl.group[start[c] : start[c + 1]] for c in range(n_chunks)]
+    n_groups = cl.centre.size
+    d.group_size = np.bincount(cl.group, minlength=n_groups).astype(np.int64)
+    counters: Counter[str] = Counter()
+    for b in batch_stats:
+        counters.update(b["counters"])
+    bands, rows = lsh_params(verification_band(cfg.dedup.threshold, cfg.dedup.num_perm)[0], cfg.dedup.num_perm)
+    low, high = verification_band(cfg.dedup.threshold, cfg.dedup.num_perm)
+    d.dedup = {
+        "groups": int(n_groups),
+        "lsh_bands": bands,
+        "lsh_rows": rows,
+        "verification_band": [round(low, 4), round(high, 4)],
+        **{k: int(counters.get(k, 0)) for k in _COUNTERS},
+        "near_duplicate_mean_jaccard": round(near_sum / near_n, 4) if near_n else None,
+        "index": index.stats,
+    }
+    strata = _pass_1b(cfg, work_dir, d, cl, n_chunks)
+    pair_groups = cl.group[cl.cross] if len(cl.cross) else np.zeros((0, 2), dtype=np.int64)
+    roots, joined = leak_units(n_groups, pair_groups)
+    units = np.unique(roots)
+    order, d.names = _unit_order_and_names(cfg, work_dir, n_chunks, cl, d.group_size, roots)
+    unit_split = assign_splits_ordered(
+        order[units], None if strata is None else [strata[int(u)] for u in units], cfg.split.validation, cfg.split.test
+    )
+    split_of = np.zeros(n_groups, dtype=np.uint8)
+    split_of[units] = unit_split
+    d.group_split = split_of[roots]
+    cross = int(np.count_nonzero(d.group_split[pair_groups[:, 0]] != d.group_split[pair_groups[:, 1]]))
+    d.leak = {"near_pairs_joined_before_split": int(joined), "cross_split_pairs": cross}
+    d.profile["decide"] = time.process_time() - clock
+    return d
+
+
+_COUNTERS = (
+    "candidates_checked",
+    "candidates_rejected_by_verification",
+    "exact_jaccard_checks",
+    "exact_checks_that_flipped_the_estimate",
+    "recentred_clusters",
+)
+
+
+def _merge(cfg: CurateConfig, work_dir: Path, index: Index) -> tuple[_Clusters, float, int]:
+    """Pass 1a: combine exact groups, singleton documents and the batches' clusters."""
+    n = index.n_docs
+    founder = np.arange(n, dtype=np.int64)  # an indexed document without candidates founds its own group
+    role = np.zeros(n, dtype=np.uint8)
+    cross: list[np.ndarray] = []
+    near_sum, near_n = 0.0, 0
+    for b in range(index.batches):
+        r = load_result(work_dir, b)
+        founder[r["docs"]] = r["founder"]
+        role[r["docs"]] = r["role"]
+        assigned = r["sim"] > 0  # joined a centre when it was matched (a re-centred old centre did not)
+        near_sum += float(r["sim"][assigned].sum())
+        near_n += int(np.count_nonzero(assigned))
+        cross.append(r["cross"])
+    is_copy = index.first != np.arange(n)
+    founder[is_copy] = founder[index.first[is_copy]]  # an exact copy joins its first occurrence's group
+    founders = np.unique(founder)
+    group = np.searchsorted(founders, founder).astype(np.int32)
+    near_status = NEAR if cfg.dedup.near else KEPT
+    status = np.where(role == CENTRE, KEPT, np.where(role == MEMBER, near_status, SEMANTIC)).astype(np.uint8)
+    status[is_copy] = EXACT if cfg.dedup.exact else near_status
+    centre = np.zeros(founders.size, dtype=np.int64)
+    kept = np.flatnonzero((role == CENTRE) & ~is_copy)
+    centre[group[kept]] = kept
+    pairs = np.concatenate(cross) if cross else np.zeros((0, 2), dtype=np.int64)
+    return _Clusters(status, group, centre, pairs), near_sum, near_n
+
+
+def _pass_1b(cfg: CurateConfig, work_dir: Path, d: Decisions, cl: _Clusters, n_chunks: int) -> list[str] | None:
+    """Labels, k-anonymity and strata need the records' content; skipped when none is asked for."""
+    unlabelled = bool((cfg.labels.functions or cfg.labels.zero_shot) and not cfg.labels.keep_unlabelled)
+    if not (cfg.split.stratify_by or unlabelled or cfg.pii.k_anonymity):
+        return None
+    strata = [""] * cl.centre.size
+    is_centre = np.zeros(cl.status.size, dtype=bool)
+    is_centre[cl.centre] = True
     qi_of_kept: list[tuple[int, int, tuple[str, ...]]] = []  # (chunk, position, quasi-identifier combo)
-    unlabelled = (cfg.labels.functions or cfg.labels.zero_shot) and not cfg.labels.keep_unlabelled
+    base = 0
     for c in range(n_chunks):
         for pos, (item, _, _) in enumerate(_records(work_dir, c)):
-            g = centre_at.get((c, pos))
-            if g is not None:
-                strata[g] = _stratum(item, cfg, d.weights)
+            if is_centre[base + pos]:
+                strata[int(d.group[c][pos])] = _stratum(item, cfg, d.weights)
             if d.status[c][pos] != KEPT:
                 continue
             if unlabelled and _label_of(item, cfg, d.weights) is None:
                 d.status[c][pos] = UNLABELLED
             elif cfg.pii.k_anonymity:
                 qi_of_kept.append((c, pos, tuple(str(item.get(col)) for col in cfg.pii.k_anonymity)))
-    d.dedup = {
-        "groups": len(d.group_key),
-        **clus.stats(),
-        "near_duplicate_mean_jaccard": round(float(np.mean(near_js)), 4) if near_js else None,
-    }
+        base += d.status[c].size
     _k_anonymity(cfg, d, qi_of_kept)
-    pairs = leak_pairs(clus.lsh.signatures, cfg.dedup.threshold)
-    uf = UnionFind(len(d.group_key))
-    joined = 0
-    for a, b in pairs:
-        ga, gb = clus.group[a], clus.group[b]
-        if uf.find(ga) != uf.find(gb):
-            uf.union(ga, gb)
-            joined += 1
-    roots = [uf.find(g) for g in range(len(d.group_key))]
-    # A unit is a leak component (its root is its earliest group); units, not groups, are split.
-    units = sorted(set(roots))
-    unit_split = assign_splits(
-        [d.group_key[r] for r in units],
-        [strata[r] for r in units],
-        cfg.split.validation,
-        cfg.split.test,
-        cfg.split.seed,
-    )
-    split_of_root = dict(zip(units, unit_split, strict=True))
-    d.group_split = [split_of_root[r] for r in roots]
-    cross = sum(d.group_split[clus.group[a]] != d.group_split[clus.group[b]] for a, b in pairs)
-    d.leak = {"near_pairs_joined_before_split": joined, "cross_split_pairs": int(cross)}
-    return d
+    return strata if cfg.split.stratify_by else None
 
 
-def _cluster(
-    cfg: CurateConfig, work_dir: Path, n_chunks: int, d: Decisions, store: ShingleStore
-) -> tuple[NearDupClusterer, list[float]]:
-    """Pass 1a: exact, near and semantic dedup; fills ``d.status``, ``d.group``, ``d.group_key``, ``d.group_size``."""
-    exact_group: dict[int, int] = {}  # first 64 bits of the exact key -> group (ints are compact)
-    clus = NearDupClusterer(cfg.dedup.num_perm, cfg.dedup.threshold, store)
-    ids: dict[int, str] = {}  # indexed near-duplicate member -> record id (for a re-centred cluster's key)
-    near_js: list[float] = []
-    sem = SemanticIndex(384, cfg.dedup.semantic_threshold) if cfg.dedup.semantic else None
-    near_status = NEAR if cfg.dedup.near else KEPT
+def _unit_order_and_names(
+    cfg: CurateConfig, work_dir: Path, n_chunks: int, cl: _Clusters, sizes: np.ndarray, roots: np.ndarray
+) -> tuple[np.ndarray, dict[int, str]]:
+    """Split order of every unit root (from its kept record's id) and the names of groups of 2+ records.
+
+    Streams the chunks' id lists; only the groups that need a name keep a string.
+    """
+    order = np.zeros(cl.centre.size, dtype=np.uint64)
+    is_root = np.zeros(cl.centre.size, dtype=bool)
+    is_root[roots] = True
+    names: dict[int, str] = {}
+    centre_sorted = np.sort(cl.centre)
+    group_of_centre = cl.group[centre_sorted]
+    start = 0
     for c in range(n_chunks):
-        offsets = shingle_offsets(work_dir, c)
-        status: list[int] = []
-        group: list[int] = []
-        d.status.append(np.zeros(0, dtype=np.uint8))  # placeholder: re-centring may touch this chunk
-        for pos, (item, sig, emb) in enumerate(_records(work_dir, c)):
-            assert sig is not None
-            st, g = KEPT, -1
-            key = int(item["_exact"][:16], 16)
-            if key in exact_group:
-                g = exact_group[key]
-                # Exact copies are near-duplicates too (Jaccard 1) when only near dedup is on.
-                st = EXACT if cfg.dedup.exact else near_status
-            else:
-                loc = (c, int(offsets[pos]), int(offsets[pos + 1] - offsets[pos]))
-                g, j, q = clus.match(sig, loc)
-                for rc in clus.recentred:
-                    _swap_centre(d, clus, ids, rc, c, status, near_status)
-                clus.recentred.clear()
-                if g >= 0:
-                    st = near_status
-                    near_js.append(j)
-                    ids[clus.add(q, g, "member", (c, pos))] = str(item["id"])
-                else:
-                    owner = -1
-                    if sem is not None and emb is not None:
-                        owner, _ = sem.query(emb)
-                    if owner >= 0:
-                        g, st = owner, SEMANTIC
-                        clus.add(q, g, "other", (c, pos))
-                    else:
-                        g = len(d.group_key)
-                        d.group_key.append(str(item["id"]))
-                        d.group_size.append(0)
-                        clus.add(q, g, "centre", (c, pos))
-                        if sem is not None and emb is not None:
-                            sem.add(emb, g)
-                exact_group[key] = g
-            d.group_size[g] += 1
-            status.append(st)
-            group.append(g)
-        d.status[c] = np.asarray(status, dtype=np.uint8)
-        d.group.append(np.asarray(group, dtype=np.int32))
-    return clus, near_js
-
-
-def _swap_centre(
-    d: Decisions,
-    clus: NearDupClusterer,
-    ids: dict[int, str],
-    rc: Recentre,
-    chunk: int,
-    current: list[int],
-    near_status: int,
-) -> None:
-    """Apply a re-centring: the new centre is kept and names the cluster, the old one is removed."""
-    ids[rc.old] = d.group_key[rc.group]
-    d.group_key[rc.group] = ids.pop(rc.new)
-    for idx, st in ((rc.old, near_status), (rc.new, KEPT)):
-        c, pos = clus.at[idx]
-        if c == chunk:
-            current[pos] = st
-        else:
-            d.status[c][pos] = st
+        ids = read_ids(work_dir, c)
+        lo, hi = np.searchsorted(centre_sorted, [start, start + len(ids)])
+        for doc, g in zip(centre_sorted[lo:hi].tolist(), group_of_centre[lo:hi].tolist(), strict=True):
+            rid = ids[doc - start]
+            if is_root[g]:
+                order[g] = split_order(cfg.split.seed, rid)
+            if sizes[g] > 1:
+                names[g] = rid
+        start += len(ids)
+    return order, names
 
 
 def _stratum(rec: Record, cfg: CurateConfig, weights: dict[str, float]) -> str:
@@ -250,8 +299,8 @@ def finish_record(rec: Record, cfg: CurateConfig, d: Decisions, g: int) -> Recor
     out["text"] = full_text(rec)
     if cfg.labels.functions or cfg.labels.zero_shot:
         out[cfg.labels.field] = _label_of(rec, cfg, d.weights)
-    out["cluster_id"] = d.group_key[g]
-    out["cluster_size"] = d.group_size[g]
+    out["cluster_id"] = d.cluster_id(g, str(rec["id"]))
+    out["cluster_size"] = int(d.group_size[g])
     return out
 
 
@@ -261,13 +310,13 @@ def write_dataset(cfg: CurateConfig, work_dir: Path, out_dir: Path, n_chunks: in
     quarantine = open(out_dir / "quarantine.jsonl", "w", encoding="utf-8")  # noqa: SIM115
     # Every removed duplicate with the cluster (= kept representative's id) it belongs to.
     duplicates = open(out_dir / "duplicates.jsonl", "w", encoding="utf-8")  # noqa: SIM115
-    top = sorted(range(len(d.group_size)), key=lambda g: (-d.group_size[g], g))[:10]
+    top = np.lexsort((np.arange(d.group_size.size), -d.group_size))[:10].tolist()  # largest first, ties: earliest
     top_groups = {g: [] for g in top if d.group_size[g] > 1}  # type: dict[int, list[dict[str, Any]]]
     split_sizes: Counter[str] = Counter()
     kept_by_source: Counter[str] = Counter()
     quarantine_reasons: Counter[str] = Counter()
     label_by_split: dict[str, Counter[str]] = {s: Counter() for s in SPLITS}
-    lengths: list[int] = []
+    lengths = array("l")  # words per kept record (4-8 bytes each, not a Python int)
     global_drops: Counter[tuple[str, str]] = Counter()
     augmented = 0
     rng = random.Random(cfg.augment.seed)
@@ -289,7 +338,7 @@ def write_dataset(cfg: CurateConfig, work_dir: Path, out_dir: Path, n_chunks: in
                     op, reason = STATUS_REASON[st]
                     global_drops[(op, reason)] += 1
                     if op == "dedup":
-                        dup = {"id": item["id"], "cluster_id": d.group_key[g], "reason": reason}
+                        dup = {"id": item["id"], "cluster_id": d.names[g], "reason": reason}
                         duplicates.write(json.dumps(dup, ensure_ascii=False) + "\n")
                     continue
                 split = SPLITS[d.group_split[g]]
@@ -317,6 +366,6 @@ def write_dataset(cfg: CurateConfig, work_dir: Path, out_dir: Path, n_chunks: in
         "global_drops": global_drops,
         "augmented": augmented,
         "top_clusters": [
-            {"cluster_id": d.group_key[g], "size": d.group_size[g], "examples": ex} for g, ex in top_groups.items()
+            {"cluster_id": d.names[g], "size": int(d.group_size[g]), "examples": ex} for g, ex in top_groups.items()
         ],
     }

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ import numpy as np
 from shoestring.core.artifact import atomic_write_bytes, atomic_write_json
 from shoestring.data.cluster import shingle_path
 from shoestring.data.config import CurateConfig
-from shoestring.data.dedup import MinHasher, exact_key, shingle_hashes
+from shoestring.data.dedup import MinHasher, band_keys, exact_key64, lsh_params, shingle_batch, verification_band
 from shoestring.data.label import LabelVoter
 from shoestring.data.normalize import normalize_record
 from shoestring.data.pii import PIIScrubber
@@ -45,6 +46,10 @@ class ChunkPaths:
         stem = work_dir / "chunks" / f"chunk-{index:06d}"
         self.records = stem.with_suffix(".jsonl")
         self.signatures = stem.with_suffix(".sig.npy")
+        # Compact per-record arrays the global phase reads instead of the records' JSON.
+        self.band_keys = stem.with_suffix(".bands.npy")  # (bands, records) uint64 LSH band keys
+        self.exact = stem.with_suffix(".exact.npy")  # (records,) uint64: first 64 bits of the exact key
+        self.ids = stem.with_suffix(".ids.json")  # record ids, in record order
         self.embeddings = stem.with_suffix(".emb.npy")
         # Shingle hashes for exact verification, read back by offset (cluster.ShingleStore).
         self.shingles = shingle_path(work_dir, index)
@@ -88,37 +93,54 @@ def process_chunk(
     for item in items:
         src = item.source if isinstance(item, Quarantined) else str(item["_source"])
         read_by_source[src] = read_by_source.get(src, 0) + 1
+    clock = time.process_time()
     kept = list(_chain(cfg, records, stats))
     texts = [full_text(rec) for rec in kept]
-    shingles = [shingle_hashes(t, cfg.dedup.ngram) for t in texts]
-    sigs = [hasher.signature_of(sh) for sh in shingles]
+    seconds: dict[str, float] = {}
+    clock = _lap(seconds, "ops", clock)
+    flat, offsets = shingle_batch(texts, cfg.dedup.ngram)
+    clock = _lap(seconds, "shingle", clock)
+    sigs = hasher.signatures(flat, offsets)  # (N, num_perm)
+    clock = _lap(seconds, "minhash", clock)
+    bands, rows = lsh_params(verification_band(cfg.dedup.threshold, cfg.dedup.num_perm)[0], cfg.dedup.num_perm)
+    keys = np.ascontiguousarray(band_keys(sigs, bands, rows).T)  # (bands, N): one band's keys are contiguous
+    exact = np.fromiter((exact_key64(t) for t in texts), dtype=np.uint64, count=len(texts))
+    clock = _lap(seconds, "bands", clock)
     embeddings = None
     if cfg.dedup.semantic or cfg.labels.zero_shot:
         embeddings = _embedder().encode(texts)  # (N, 384)
         if cfg.labels.zero_shot:
             _zero_shot(cfg, kept, embeddings, stats["label"])
-    for rec, text in zip(kept, texts, strict=True):
-        rec["_exact"] = exact_key(text)
-        lines.append(json.dumps(rec, ensure_ascii=False, default=str))
+        clock = _lap(seconds, "embed", clock)
+    lines += [json.dumps(rec, ensure_ascii=False, default=str) for rec in kept]
     paths.records.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(paths.records, ("\n".join(lines) + "\n").encode("utf-8") if lines else b"")
-    _save_npy(paths.signatures, np.stack(sigs) if sigs else np.zeros((0, cfg.dedup.num_perm), dtype=np.uint32))
-    offsets = np.zeros(len(shingles) + 1, dtype=np.int64)
-    np.cumsum([sh.size for sh in shingles], out=offsets[1:])
-    flat = np.concatenate(shingles) if shingles else np.zeros(0, dtype=np.uint64)
+    _save_npy(paths.signatures, sigs)
+    _save_npy(paths.band_keys, keys)
+    _save_npy(paths.exact, exact)
+    atomic_write_bytes(paths.ids, json.dumps([rec["id"] for rec in kept], ensure_ascii=False).encode("utf-8"))
     atomic_write_bytes(paths.shingles, flat.astype("<u8").tobytes())
     _save_npy(paths.shingle_offsets, offsets)
     if embeddings is not None and cfg.dedup.semantic:
         _save_npy(paths.embeddings, embeddings)
+    _lap(seconds, "write", clock)
     result = {
         "index": index,
         "read": len(items),
         "read_by_source": read_by_source,
         "quarantined": len(quarantined),
         "ops": {name: s.to_json() for name, s in stats.items()},
+        "cpu_seconds": {k: round(v, 4) for k, v in seconds.items()},
     }
     atomic_write_json(paths.stats, result)  # completion marker: written last
     return result
+
+
+def _lap(seconds: dict[str, float], phase: str, since: float) -> float:
+    """Add the CPU seconds since ``since`` to ``phase``; returns the new mark."""
+    now = time.process_time()
+    seconds[phase] = seconds.get(phase, 0.0) + now - since
+    return now
 
 
 def _save_npy(path: Path, arr: np.ndarray) -> None:

@@ -14,6 +14,7 @@ uninterrupted run because every step is a deterministic function of the config a
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
 
     from shoestring.core.artifact import Artifact
     from shoestring.core.workspace import StageContext
+    from shoestring.data.executors import Executor
     from shoestring.data.records import Quarantined, Record
 
 __all__ = ["CONFIG", "KIND", "SCHEMA_VERSION", "SUMMARY", "build", "summarize"]
@@ -70,9 +72,10 @@ def _chunks(cfg: CurateConfig, sources: list[SourceConfig]) -> Iterator[tuple[in
         yield index, buf
 
 
-def run_map_phase(cfg: CurateConfig, sources: list[SourceConfig], work: Path, console: Console) -> list[dict[str, Any]]:
+def run_map_phase(
+    cfg: CurateConfig, sources: list[SourceConfig], work: Path, console: Console, executor: Executor
+) -> list[dict[str, Any]]:
     """Phase 1 over all chunks, skipping chunks finished by an earlier (killed) run."""
-    from shoestring.data.executors import make_executor
     from shoestring.data.pipeline import load_chunk_stats, process_chunk
 
     cfg_json = cfg.model_dump(mode="json")
@@ -89,12 +92,8 @@ def run_map_phase(cfg: CurateConfig, sources: list[SourceConfig], work: Path, co
                 continue
             yield (cfg_json, index, items, str(work))
 
-    executor = make_executor(cfg.executor, cfg.workers)
-    try:
-        for res in executor.map(process_chunk, tasks()):
-            results[int(res["index"])] = res
-    finally:
-        executor.close()
+    for res in executor.map(process_chunk, tasks()):
+        results[int(res["index"])] = res
     if resumed:
         console.print(f"  curate: resumed {resumed} finished chunk(s) from {work}")
     return [results[i] for i in range(len(results))]
@@ -113,15 +112,29 @@ def _merge_ops(chunks: list[dict[str, Any]]) -> dict[str, Any]:
 
 def build(cfg: CurateConfig, ctx: StageContext) -> dict[str, Any]:
     from shoestring.data.datacard import length_histogram, render_html
+    from shoestring.data.executors import make_executor
     from shoestring.data.finalize import decide, write_dataset
     from shoestring.data.label import label_stats
     from shoestring.data.readers import source_name
 
     sources = _sources(cfg)
-    chunks = run_map_phase(cfg, sources, ctx.work_dir, ctx.console)
-    ops = _merge_ops(chunks)
-    d = decide(cfg, ctx.work_dir, len(chunks), ops["label"].counters)
+    wall = {"start": time.perf_counter()}
+    # One executor for both parallel parts (the map phase, then the dedup batches): workers start once.
+    executor = make_executor(cfg.executor, cfg.workers)
+    try:
+        cpu = time.process_time()
+        chunks = run_map_phase(cfg, sources, ctx.work_dir, ctx.console, executor)
+        wall["map"] = time.perf_counter()
+        wall["main_cpu_map"] = time.process_time() - cpu
+        ops = _merge_ops(chunks)
+        d = decide(cfg, ctx.work_dir, len(chunks), ops["label"].counters, executor)
+        wall["dedup"] = time.perf_counter()
+    finally:
+        executor.close()
+    cpu = time.process_time()
     out = write_dataset(cfg, ctx.work_dir, ctx.out_dir, len(chunks), d)
+    wall["write"] = time.perf_counter()
+    wall["main_cpu_write"] = time.process_time() - cpu
 
     read = sum(int(c["read"]) for c in chunks)
     quarantined = sum(int(c["quarantined"]) for c in chunks)
@@ -178,6 +191,10 @@ def build(cfg: CurateConfig, ctx: StageContext) -> dict[str, Any]:
         card["labels"] = {"distribution": out["label_by_split"]}
         if cfg.labels.functions:
             card["labels"].update(label_stats(cfg.labels, ops["label"].counters, ops["label"].seen, d.weights))
+    if cfg.share.enabled:
+        from shoestring.data.share import write_release
+
+        card["release"] = write_release(cfg, ctx.out_dir, pii)
     atomic_write_json(ctx.out_dir / "datacard.json", card)
     atomic_write_text(ctx.out_dir / "datacard.html", render_html(card))
     return {
@@ -192,7 +209,45 @@ def build(cfg: CurateConfig, ctx: StageContext) -> dict[str, Any]:
         "pii": pii,
         "leak_check": d.leak,
         "chunks": len(chunks),
+        **({"release": card["release"]} if "release" in card else {}),
+        "profile": {**_profile(chunks, d.profile, wall), "near_dup_index": d.index_run},
     }
+
+
+def _profile(chunks: list[dict[str, Any]], decide_cpu: dict[str, float], wall: dict[str, float]) -> dict[str, Any]:
+    """Where the time went: wall seconds per phase, CPU seconds per step (workers' summed), peak RSS."""
+    cpu: Counter[str] = Counter()
+    for c in chunks:
+        cpu.update(c.get("cpu_seconds", {}))
+    cpu.update(decide_cpu)
+    cpu["main_read_and_dispatch"] = wall["main_cpu_map"]  # reading sources, cutting and sending chunks
+    cpu["main_write_dataset"] = wall["main_cpu_write"]
+    peak_kib = _peak_rss_kib()
+    return {
+        "wall_seconds": {
+            "read_and_map": round(wall["map"] - wall["start"], 3),
+            "dedup_index_and_clusters": round(wall["dedup"] - wall["map"], 3),
+            "write": round(wall["write"] - wall["dedup"], 3),
+        },
+        "cpu_seconds": {k: round(v, 3) for k, v in sorted(cpu.items())},
+        "main_process_peak_rss_mib": round(peak_kib / 1024, 1) if peak_kib else None,
+    }
+
+
+def _peak_rss_kib() -> int | None:
+    """This process's peak resident set (VmHWM, KiB); None off Linux.
+
+    Not ``getrusage``'s ru_maxrss: that one survives fork + exec, so a process started by a
+    big parent reports the parent's peak.
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
 
 
 def _fill_quarantine_by_source(path: Path, card: dict[str, Any]) -> None:

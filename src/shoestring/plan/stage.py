@@ -15,6 +15,7 @@ from pydantic import Field
 
 from shoestring.core.config import ArtifactInput, HashedPath, StageConfig
 from shoestring.core.errors import ShoestringError
+from shoestring.plan.federated import FederatedPlanOptions
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -100,6 +101,8 @@ class PlanConfig(StageConfig):
     fast_paths: bool = True
     """Plan for the trainer's fast paths (its default ``fast_paths: true``): per-document attention on
     packed rows, LoRA's 1-byte dropout mask (CPU), frozen LoRA weights stored in bf16/fp16 under autocast."""
+    federated: FederatedPlanOptions | None = None
+    """Also predict the bytes a federated run of this model sends per round and in total (YAML / --config only)."""
 
 
 CONFIG = PlanConfig
@@ -204,6 +207,7 @@ def make_plan(cfg: PlanConfig, ctx: StageContext | None = None) -> dict[str, Any
     import psutil
 
     from shoestring.plan.arch import describe_model, load_model_config
+    from shoestring.plan.federated import plan_traffic
     from shoestring.plan.hardware import load_hardware, resolve_device
     from shoestring.plan.memory import TrainingSetup
     from shoestring.plan.search import SearchSpace, search, smallest_change
@@ -341,6 +345,8 @@ def make_plan(cfg: PlanConfig, ctx: StageContext | None = None) -> dict[str, Any
         "twins": local.get("twins"),
         "cpu_heap": _heap(s, mem.peak_bytes, hw) if device.kind == "cpu" else None,
         "inference": _inference(shape, cfg, device.kind),
+        "federated": None if cfg.federated is None else plan_traffic(
+            shape, cfg.method, list(cfg.lora_targets), cfg.lora_rank, mem.trainable_params, cfg.federated),
         "candidates": [c.row() for c in cands],
     }
 

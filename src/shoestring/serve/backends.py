@@ -9,7 +9,7 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -57,6 +57,12 @@ class LoadedModel:
     recommender: Recommender | None = None
     device: str = "cpu"
     """Where the model runs ('cpu' or 'cuda')."""
+    engine: Any = None
+    """The generation engine (causal LMs only): see ``shoestring.serve.engine``."""
+    engine_reason: str = ""
+    """Why this engine serves (the flag, or what ``--engine auto`` measured)."""
+    eos_ids: set[int] = field(default_factory=set)
+    """Token ids that end a generation."""
 
 
 def detect_task(spec: str) -> str:
@@ -85,7 +91,7 @@ def detect_task(spec: str) -> str:
 
 
 def load_for_serving(cfg: ServeConfig) -> LoadedModel:
-    """Load ``cfg.model`` for its task, in eval mode, LoRA adapters merged."""
+    """Load ``cfg.model`` for its task: a generation engine for causal LMs, else the model in eval mode."""
     import torch
 
     from shoestring.models import load_model, load_tokenizer
@@ -105,8 +111,14 @@ def load_for_serving(cfg: ServeConfig) -> LoadedModel:
                 "serving a recommender needs shoestring.train.recsys.load_recommender, which this version lacks"
             ) from None
         return LoadedModel(task, name, recommender=rec)
-    hf_task = "embedding" if task == "embedding" else task
-    model = load_model(cfg.model, hf_task)  # type: ignore[arg-type]
+    if cfg.engine != "auto" and task != "causal-lm":
+        raise ShoestringError(f"--engine {cfg.engine} serves generation; this is a {task} model: drop --engine")
+    tok = load_tokenizer(cfg.model)
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token or tok.unk_token
+    if task == "causal-lm":
+        return _load_generation(cfg, name, tok)
+    model = load_model(cfg.model, task)  # type: ignore[arg-type]
     if hasattr(model, "merge_and_unload"):  # a PEFT adapter: fold it into the weights for speed
         model = model.merge_and_unload()  # type: ignore[operator]
     model.eval()
@@ -117,25 +129,45 @@ def load_for_serving(cfg: ServeConfig) -> LoadedModel:
         cfg.dtype, torch.bfloat16 if device == "cuda" else torch.float32
     )
     model = model.to(device=device, dtype=dtype)  # type: ignore[call-arg]
-    tok = load_tokenizer(cfg.model)
-    if tok.pad_token_id is None:
-        tok.pad_token = tok.eos_token or tok.unk_token
     ctx = int(getattr(model.config, "max_position_embeddings", 0) or getattr(tok, "model_max_length", 2048))
     ctx = min(ctx, cfg.max_context) if cfg.max_context else ctx
     return LoadedModel(task, name, model=model, tokenizer=tok, context_length=ctx, device=device)
 
 
+def _load_generation(cfg: ServeConfig, name: str, tok: Any) -> LoadedModel:
+    """A causal LM behind the engine ``--engine`` picks, with its end-of-sequence ids."""
+    from shoestring.models import load_config
+    from shoestring.serve.engine_select import build_engine
+
+    config = load_config(cfg.model)
+    ctx = int(getattr(config, "max_position_embeddings", 0) or getattr(tok, "model_max_length", 2048))
+    ctx = min(ctx, cfg.max_context) if cfg.max_context else ctx
+    choice = build_engine(cfg, ctx)
+    eos = getattr(getattr(choice.model, "generation_config", None), "eos_token_id", None)
+    if eos is None:
+        eos = getattr(config, "eos_token_id", None)
+    eos_ids = {*(eos if isinstance(eos, list) else [eos]), tok.eos_token_id} - {None}
+    device = str(getattr(choice.model, "device", "cpu")) if choice.model is not None else "cpu"
+    return LoadedModel("causal-lm", name, model=choice.model, tokenizer=tok,
+                       context_length=choice.engine.info.context_length, device=device, engine=choice.engine,
+                       engine_reason=choice.reason, eos_ids={int(e) for e in eos_ids})  # fmt: skip
+
+
 # ---------------------------------------------------------------------- task functions
 def embed(lm: LoadedModel, texts: list[str]) -> list[tuple[list[float], int]]:
-    """Mean-pooled, L2-normalised sentence vectors and the token count of each text."""
+    """L2-normalised sentence vectors and the token count of each text.
+
+    Pooled by the same rule as ``shoestring embed`` (``train.inference.pooling_for``): the
+    last token for decoders, the mean of the tokens for encoders.
+    """
     import torch
+
+    from shoestring.train.inference import pool_hidden, pooling_for
 
     enc = lm.tokenizer(texts, padding=True, truncation=True, max_length=lm.context_length, return_tensors="pt").to(lm.device)
     with torch.inference_mode():
         hidden = lm.model(**enc).last_hidden_state  # (B, T, H)
-    mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)  # (B, T, 1)
-    pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)  # (B, H)
-    pooled = torch.nn.functional.normalize(pooled.float(), dim=-1)
+    pooled = torch.nn.functional.normalize(pool_hidden(hidden, enc["attention_mask"], pooling_for(lm.model)), dim=-1)
     counts = enc["attention_mask"].sum(-1).tolist()
     return [(v, int(n)) for v, n in zip(pooled.tolist(), counts, strict=True)]
 

@@ -8,9 +8,10 @@ from pydantic import Field
 
 from shoestring.core.config import ArtifactInput, StageConfig
 
-__all__ = ["ServeConfig", "ServeTask"]
+__all__ = ["ServeConfig", "ServeEngine", "ServeTask"]
 
 ServeTask = Literal["auto", "causal-lm", "embedding", "classification", "masked-lm", "recommendation"]
+ServeEngine = Literal["auto", "torch", "llama.cpp", "vllm"]
 
 
 class ServeConfig(StageConfig):
@@ -50,9 +51,13 @@ class ServeConfig(StageConfig):
     """Requests needed in the window before drift is reported (requests)."""
     drain_timeout_s: float = Field(30.0, ge=0)
     """On SIGTERM, how long in-flight requests may take to finish before the server exits (seconds)."""
+    engine: ServeEngine = "auto"
+    """Generation backend: torch (our engine on the model's weights), llama.cpp (a GGUF file; an HF model is exported to f16 GGUF once), vllm (CUDA GPU with vLLM installed); 'auto' measures the ones that can run here and picks the fastest."""
+    prefill_chunk: int = Field(256, ge=16, le=8192)
+    """Most prompt tokens prefilled per engine step; longer prompts are split so running requests keep decoding (tokens)."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    """Where the model runs; 'auto' picks the GPU when torch sees one."""
+    """Where the torch engine runs; 'auto' picks the GPU when torch sees one."""
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
-    """Weight precision; 'auto' is bfloat16 on GPU and float32 on CPU."""
+    """Weight precision of the torch engine. CPU: weights stored in this type, computed in float32; 'auto' is float16 (bfloat16 if a weight exceeds float16's range). GPU: 'auto' is bfloat16."""
     threads: int | None = Field(None, ge=1)
     """CPU threads for the model (default: CPU cores - 1, leaving one core to the HTTP event loop)."""

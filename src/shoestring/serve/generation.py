@@ -1,38 +1,34 @@
-"""Continuous batching for causal LMs: one model thread, many concurrent requests.
+"""Continuous batching for causal LMs: one model thread, many concurrent requests, any engine.
 
-The scheduler keeps one running batch with a KV cache. Between two decode steps it admits
-waiting requests: they are prefilled together (left-padded), then their caches are padded
-on the left to the running batch's length and concatenated along the batch dimension, so a
-request that arrives mid-generation joins at the next token step instead of waiting for the
-batch to finish. Finished or cancelled rows are dropped from the cache at once (their
-compute stops), and columns that became padding for every row are trimmed.
+The scheduler owns an :class:`~shoestring.serve.engine.Engine` and runs one loop on its
+own thread. Each turn it admits waiting requests into free engine slots, then builds one
+step: a decode token for every running sequence plus prompt chunks of new sequences, up to
+the engine's ``prefill_chunk`` tokens. A long prompt is prefilled over several steps while
+the others keep decoding, so a request arriving mid-generation neither waits for the batch
+to finish nor stalls it. Finished, cancelled and timed-out sequences leave at once and their
+slots are freed. An engine that holds one sequence (``max_seqs == 1``) is served one
+request at a time.
 
-Left padding is sound because rotary position embeddings are applied to keys before they
-are cached: each row's keys keep their own positions, and we pass per-row ``position_ids``
-and a 2-D attention mask that masks the padding. Models whose cache is not a plain
-``DynamicCache`` of ``DynamicLayer``s (sliding windows, hybrid caches) still batch, but new
-requests wait until the running batch drains.
-
-Results go back to the asyncio side as events on a per-request ``asyncio.Queue``. Every
-admitted request gets exactly one terminal event (``done`` or ``error``), whatever happens:
-a model call that raises fails only the requests in that call (the prefill group, or the
-running batch for a decode step) and the thread goes on serving the others; a failure
-outside a model call stops the thread and fails everything it holds, including requests
-taken off the queue whose prefill had started.
+Results go back to the asyncio side as events on a per-request ``asyncio.Queue``, one
+thread-safe callback per event loop per step. Every admitted request gets exactly one
+terminal event (``done`` or ``error``), whatever happens. A step that raises is retried
+sequence by sequence, so only the sequences whose own work raises fail ("model prefill
+failed" while the prompt is being fed, "model decode step failed" after); the thread goes
+on serving the others. A failure outside a model call stops the thread and fails
+everything it holds (``fatal_error``; ``/health`` answers 500).
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    import torch
-    from transformers import PreTrainedModel
+from shoestring.serve.engine import Engine, Sampling, Work
 
 __all__ = ["SHUTTING_DOWN", "GenRequest", "GenerationScheduler", "QueueFull", "NotAccepting"]
 
@@ -65,91 +61,114 @@ class GenRequest:
     cancelled: threading.Event = field(default_factory=threading.Event)
     enqueued_at: float = field(default_factory=time.monotonic)
     started_at: float | None = None
-    """When the prefill began (seconds, monotonic); None while still queued."""
+    """When its prefill began (seconds, monotonic); None while still queued."""
     generated: int = 0
+    cached_prompt_tokens: int = 0
+    """Prompt tokens whose KV came from the prefix cache (no prefill needed)."""
     finished: bool = False
     """True once the terminal event was sent (set by the model thread only)."""
-    _generator: Any = None
 
     def cancel(self) -> None:
         """Ask the model thread to stop this request at the next step (idempotent)."""
         self.cancelled.set()
 
-    def _finish(self, kind: str, value: Any) -> None:
-        """Send the one terminal event (later calls are no-ops) and leave the batch."""
+    def _finish(self, kind: str, value: Any, outbox: _Outbox | None = None) -> None:
+        """Send the one terminal event (later calls are no-ops)."""
         if not self.finished:
             self.finished = True
-            self._emit(kind, value)
+            (outbox or _Outbox()).put(self, kind, value, flush=outbox is None)
         self.cancelled.set()
 
-    def _emit(self, kind: str, value: Any) -> None:
-        if self.loop is None:
-            self.events.put_nowait((kind, value))
-        else:
+
+class _Outbox:
+    """Events of one step, handed to each event loop in one thread-safe callback."""
+
+    def __init__(self) -> None:
+        self.by_loop: dict[Any, list[tuple[GenRequest, tuple[str, Any]]]] = collections.defaultdict(list)
+
+    def put(self, req: GenRequest, kind: str, value: Any, flush: bool = False) -> None:
+        self.by_loop[req.loop].append((req, (kind, value)))
+        if flush:
+            self.flush()
+
+    def flush(self) -> None:
+        for loop, items in self.by_loop.items():
+            if loop is None:
+                for req, ev in items:
+                    req.events.put_nowait(ev)
+                continue
             try:
-                self.loop.call_soon_threadsafe(self.events.put_nowait, (kind, value))
+                loop.call_soon_threadsafe(_deliver, items)
             except RuntimeError:  # the event loop closed (server shut down): nobody is listening
-                self.cancelled.set()
+                for req, _ in items:
+                    req.cancelled.set()
+        self.by_loop.clear()
 
 
-@dataclass
-class _Batch:
-    rows: list[GenRequest]
-    cache: Any
-    mask: torch.Tensor  # (B, T) 1 = real token, 0 = left padding
-    next_tokens: torch.Tensor  # (B,) token each row feeds at the next step
-    positions: torch.Tensor  # (B,) position id of that token
+def _deliver(items: list[tuple[GenRequest, tuple[str, Any]]]) -> None:
+    for req, ev in items:
+        req.events.put_nowait(ev)
+
+
+@dataclass(eq=False)
+class _Seq:
+    """A request that holds an engine slot."""
+
+    req: GenRequest
+    slot: int
+    fed: int
+    """Prompt tokens already in the slot's cache (tokens)."""
+    last: int = -1
+    """The token sampled last step, fed at the next decode step."""
+
+    @property
+    def prefilling(self) -> bool:
+        return self.fed < len(self.req.prompt_ids)
 
 
 class GenerationScheduler:
-    """Owns the model; admits, batches, steps and streams generation requests."""
+    """Owns the engine; admits, batches, steps and streams generation requests."""
 
     def __init__(
         self,
-        model: PreTrainedModel,
+        engine: Engine,
         *,
         eos_ids: set[int],
-        pad_id: int,
-        context_length: int,
         max_batch_size: int = 8,
         max_queue: int = 64,
         batch_timeout_s: float = 0.005,
         observer: Any = None,
     ) -> None:
-        self.model = model
-        self.device = next(model.parameters()).device
-        """Where the model's weights are; batch tensors are built there."""
+        self.engine = engine
         self.eos_ids = eos_ids
-        self.pad_id = pad_id
-        self.context_length = context_length
-        self.max_batch_size = max(1, max_batch_size)
+        self.context_length = engine.info.context_length
+        self.max_batch_size = max(1, min(max_batch_size, engine.info.max_seqs))
+        """Most sequences in the running batch: the server's --max-batch-size, capped by the engine."""
         self.max_queue = max(1, max_queue)
         self.batch_timeout_s = batch_timeout_s
         self.observer = observer
-        """Object with ``on_batch(size)``, ``on_step(tokens, seconds)``, ``on_first_token(seconds)``."""
+        """Object with ``on_batch(size)``, ``on_step(tokens, seconds)``, ``on_first_token(seconds)``,
+        ``on_model_error(call)``."""
         self._waiting: collections.deque[GenRequest] = collections.deque()
-        self._running: _Batch | None = None
-        self._admitted: list[GenRequest] = []
-        """Requests taken off the queue whose prefill is running (counted against max_queue)."""
+        self._seqs: list[_Seq] = []
         self._cond = threading.Condition()
         self._accepting = True
         self._stop = False
         self._thread: threading.Thread | None = None
         self.fatal_error: str | None = None
         self.step_seconds_ema = 0.05
-        """Smoothed seconds per decode step, used to estimate Retry-After."""
+        """Smoothed seconds per step, used to estimate Retry-After."""
 
     # ------------------------------------------------------------------ admission
     @property
     def queue_depth(self) -> int:
-        """Requests admitted but not yet prefilled."""
+        """Requests admitted but not yet given an engine slot."""
         return len(self._waiting)
 
     @property
     def running(self) -> int:
-        """Requests being prefilled or in the running batch."""
-        b = self._running
-        return (len(b.rows) if b is not None else 0) + len(self._admitted)
+        """Requests holding an engine slot (prefilling or decoding)."""
+        return len(self._seqs)
 
     def submit(self, req: GenRequest) -> None:
         """Admit a request or raise :class:`QueueFull` / :class:`NotAccepting`."""
@@ -176,10 +195,10 @@ class GenerationScheduler:
             self._accepting = False
 
     def idle(self) -> bool:
-        return not self._waiting and self._running is None and not self._admitted
+        return not self._waiting and not self._seqs
 
     def shutdown(self, timeout_s: float = 5.0) -> None:
-        """Stop the model thread; requests still queued get an error event."""
+        """Stop the model thread; requests still queued or running get an error event."""
         with self._cond:
             self._accepting = False
             self._stop = True
@@ -189,233 +208,168 @@ class GenerationScheduler:
 
     # ------------------------------------------------------------------ model thread
     def _loop(self) -> None:
-        import torch
-
         try:
+            import torch
+
             with torch.inference_mode():
-                while True:
-                    admitted = self._take_admissions()
-                    if admitted is None:
-                        break
-                    if admitted:
-                        try:
-                            self._prefill(admitted)
-                        except Exception as err:
-                            self._call_failed("prefill", err, admitted)
-                        finally:
-                            with self._cond:
-                                self._admitted = []
-                    if self._running is not None:
-                        try:
-                            self._decode_step()
-                        except Exception as err:
-                            self._call_failed("decode step", err, [])
+                while self._admit_waiting():
+                    if self._seqs:
+                        self._step()
         except BaseException as err:  # keep serving errors visible instead of hanging every client
             self.fatal_error = f"model thread failed: {type(err).__name__}: {err}"
-            self._fail_all(self.fatal_error)
+            with self._cond:
+                self._fail_locked(self.fatal_error)
             if not isinstance(err, Exception):
                 raise
 
-    def _call_failed(self, what: str, err: Exception, group: list[GenRequest]) -> None:
-        """A model call raised: fail its requests, keep the thread serving the rest.
-
-        A failed prefill fails its own group; if the group had already joined the running
-        batch (the failure came after the merge), or a decode step failed, the running
-        batch's cache is in an unknown state, so every row in it fails too.
-        """
-        message = f"model {what} failed: {type(err).__name__}: {err}"
-        b = self._running
-        if b is not None and (not group or any(r in b.rows for r in group)):
-            self._running = None
-            group = [*group, *b.rows]
-        for r in group:
-            r._finish("error", message)
-        if self.observer is not None and hasattr(self.observer, "on_model_error"):
-            self.observer.on_model_error(what)
-
-    def _take_admissions(self) -> list[GenRequest] | None:
-        """Block until there is work; return new requests to prefill ([] = just step)."""
+    def _admit_waiting(self) -> bool:
+        """Block until there is work; give waiting requests free slots. False = stop."""
         with self._cond:
-            while not self._stop and not self._waiting and self._running is None:
+            while not self._stop and not self._waiting and not self._seqs:
                 self._cond.wait(0.5)
             if self._stop:
                 self._fail_locked(SHUTTING_DOWN)
-                return None
-            if self._running is None and self._waiting and self.batch_timeout_s > 0:
-                # An idle server waits a short window so a burst is prefilled as one batch.
+                return False
+            if not self._seqs and self._waiting and self.batch_timeout_s > 0:
+                # An idle server waits a short window so a burst is prefilled together.
                 end = time.monotonic() + self.batch_timeout_s
                 while len(self._waiting) < self.max_batch_size and (left := end - time.monotonic()) > 0:
                     self._cond.wait(left)
-            room = self.max_batch_size - self.running
-            if self._running is not None and not self._can_join():
-                room = 0
-            out: list[GenRequest] = []
+            taken: list[GenRequest] = []
             now = time.monotonic()
-            while self._waiting and len(out) < room:
+            while self._waiting and len(self._seqs) + len(taken) < self.max_batch_size:
                 req = self._waiting.popleft()
                 if req.cancelled.is_set():
                     req._finish("done", "cancelled")
                 elif now > req.deadline:
                     req._finish("error", "timeout")
                 else:
-                    out.append(req)
-            self._admitted = out
-            return out
+                    taken.append(req)
+            for req in taken:  # slot reservation is cheap; the prefill happens in the steps
+                self._open(req)
+        return True
 
-    def _can_join(self) -> bool:
-        from transformers.cache_utils import DynamicLayer
+    def _open(self, req: GenRequest) -> None:
+        req.started_at = time.monotonic()
+        sampling = Sampling(req.temperature, req.top_p, req.seed)
+        try:
+            slot, cached = self.engine.admit(req.prompt_ids, sampling)
+        except Exception as err:
+            req._finish("error", f"model prefill failed: {type(err).__name__}: {err}")
+            self._count_error("prefill")
+            return
+        req.cached_prompt_tokens = cached
+        self._seqs.append(_Seq(req, slot, cached))
 
-        layers = getattr(self._running.cache, "layers", None) if self._running else None
-        return bool(layers) and all(type(layer) is DynamicLayer for layer in layers or ())
+    def _plan(self) -> list[tuple[_Seq, Work]]:
+        """This step's work: every decoding sequence's token, then prompt chunks within budget."""
+        plan = [(s, Work(s.slot, [s.last], len(s.req.prompt_ids) + s.req.generated - 1, True))
+                for s in self._seqs if not s.prefilling]  # fmt: skip
+        budget = max(1, self.engine.info.prefill_chunk - len(plan))
+        for s in self._seqs:
+            if not s.prefilling or budget <= 0:
+                continue
+            prompt = s.req.prompt_ids
+            n = min(budget, len(prompt) - s.fed)
+            plan.append((s, Work(s.slot, prompt[s.fed : s.fed + n], s.fed, s.fed + n == len(prompt))))
+            budget -= n
+        return plan
 
-    def _prefill(self, reqs: list[GenRequest]) -> None:
-        import torch
-        from transformers import DynamicCache
-
+    def _step(self) -> None:
+        outbox = _Outbox()
+        self._drop_finished(outbox)
+        plan = self._plan()
+        if not plan:
+            outbox.flush()
+            return
         t0 = time.perf_counter()
-        width = max(len(r.prompt_ids) for r in reqs)
-        ids = torch.full((len(reqs), width), self.pad_id, dtype=torch.long)  # (n, L)
-        mask = torch.zeros((len(reqs), width), dtype=torch.long)
-        for i, r in enumerate(reqs):
-            ids[i, width - len(r.prompt_ids) :] = torch.tensor(r.prompt_ids)
-            mask[i, width - len(r.prompt_ids) :] = 1
-            r.started_at = time.monotonic()
-            if r.seed is not None:
-                r._generator = torch.Generator(device=self.device).manual_seed(r.seed)
-        ids, mask = ids.to(self.device), mask.to(self.device)
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)  # (n, L)
-        cache = DynamicCache()
-        out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True)
-        first = self._sample(out.logits[:, -1, :], reqs)  # (n,)
-        new = _Batch(reqs, out.past_key_values, mask, first, mask.sum(-1))
-        self._running = new if self._running is None else _merge(self._running, new)
-        if self.observer is not None:
-            self.observer.on_batch(len(reqs))
-            for r in reqs:
-                self.observer.on_first_token(time.monotonic() - r.enqueued_at)
-        self._publish(reqs, first)
-        self.step_seconds_ema = 0.8 * self.step_seconds_ema + 0.2 * (time.perf_counter() - t0) / max(1, len(reqs))
-        self._drop_finished()
-
-    def _decode_step(self) -> None:
-        import torch
-
-        b = self._running
-        assert b is not None
-        t0 = time.perf_counter()
-        mask = torch.cat([b.mask, torch.ones((len(b.rows), 1), dtype=b.mask.dtype, device=b.mask.device)], dim=1)  # (B, T+1)
-        out = self.model(
-            input_ids=b.next_tokens[:, None],
-            attention_mask=mask,
-            position_ids=b.positions[:, None],
-            past_key_values=b.cache,
-            use_cache=True,
-        )
-        b.cache, b.mask = out.past_key_values, mask
-        b.positions = b.positions + 1
-        b.next_tokens = self._sample(out.logits[:, -1, :], b.rows)
+        tokens = self._run(plan, outbox)
         dt = time.perf_counter() - t0
         self.step_seconds_ema = 0.9 * self.step_seconds_ema + 0.1 * dt
+        prefills = sum(1 for s, w in plan if w.start < len(s.req.prompt_ids))
         if self.observer is not None:
-            self.observer.on_step(len(b.rows), dt)
-        self._publish(b.rows, b.next_tokens)
-        self._drop_finished()
-
-    def _sample(self, logits: torch.Tensor, reqs: list[GenRequest]) -> torch.Tensor:
-        """Next token per row: greedy at temperature 0, else temperature + nucleus sampling."""
-        import torch
-
-        greedy = logits.argmax(-1)  # (B,)
-        if all(r.temperature <= 0 for r in reqs):
-            return greedy
-        out = greedy.clone()
-        for i, r in enumerate(reqs):
-            if r.temperature <= 0:
+            if prefills:
+                self.observer.on_batch(prefills)
+            self.observer.on_step(len(tokens), dt)
+        now = time.monotonic()
+        for s, w in plan:
+            if s.prefilling:
+                s.fed += len(w.tokens)
+            tok = tokens.get(s.slot)
+            if tok is None or s.req.finished:
                 continue
-            probs = torch.softmax(logits[i].float() / r.temperature, -1)  # (V,)
-            if r.top_p < 1.0:
-                sorted_p, order = probs.sort(descending=True)
-                keep = sorted_p.cumsum(-1) - sorted_p < r.top_p  # always keeps the top token
-                probs = torch.zeros_like(probs).scatter(0, order[keep], sorted_p[keep])
-            out[i] = torch.multinomial(probs, 1, generator=r._generator)[0]
+            if s.req.generated == 0 and self.observer is not None:
+                self.observer.on_first_token(now - s.req.enqueued_at)
+            self._publish(s, tok, now, outbox)
+        self._drop_finished(outbox)
+        outbox.flush()
+
+    def _run(self, plan: list[tuple[_Seq, Work]], outbox: _Outbox) -> dict[int, int]:
+        """One engine step; if it raises, retry each sequence alone and fail only those that raise.
+
+        Retrying is sound because a step only writes the KV of the positions it feeds: a
+        failed attempt leaves nothing a retry would not overwrite.
+        """
+        try:
+            return self.engine.step([w for _, w in plan])
+        except Exception as err:
+            if len(plan) == 1:
+                self._fail_seq(plan[0][0], err, outbox)
+                return {}
+        out: dict[int, int] = {}
+        for s, w in plan:
+            try:
+                out.update(self.engine.step([w]))
+            except Exception as err:
+                self._fail_seq(s, err, outbox)
         return out
 
-    def _publish(self, reqs: list[GenRequest], tokens: torch.Tensor) -> None:
-        """Send each row its token, and mark rows that are finished."""
-        b = self._running
-        assert b is not None
-        now = time.monotonic()
-        for r, tok in zip(reqs, tokens.tolist(), strict=True):
-            if r.cancelled.is_set():
-                continue
-            if now > r.deadline:
-                r._finish("error", "timeout")
-                continue
-            if tok in self.eos_ids:
-                r._finish("done", "stop")
-                continue
-            r.generated += 1
-            r._emit("token", tok)
-            if r.generated >= r.max_new_tokens or len(r.prompt_ids) + r.generated >= self.context_length:
-                r._finish("done", "length")
+    def _fail_seq(self, s: _Seq, err: Exception, outbox: _Outbox) -> None:
+        what = "prefill" if s.prefilling else "decode step"
+        s.req._finish("error", f"model {what} failed: {type(err).__name__}: {err}", outbox)
+        self._count_error(what)
 
-    def _drop_finished(self) -> None:
-        """Remove finished/cancelled rows from the batch and trim all-padding columns."""
-        import torch
+    def _count_error(self, what: str) -> None:
+        if self.observer is not None and hasattr(self.observer, "on_model_error"):
+            self.observer.on_model_error(what)
 
-        b = self._running
-        assert b is not None
-        for r in b.rows:
-            if r.cancelled.is_set():
-                r._finish("done", "cancelled")  # no-op for rows that already finished
-        keep = [i for i, r in enumerate(b.rows) if not r.cancelled.is_set()]
-        if not keep:
-            self._running = None
+    def _publish(self, s: _Seq, tok: int, now: float, outbox: _Outbox) -> None:
+        """Send a sequence its token, or finish it (EOS, length, context, deadline, cancel)."""
+        r = s.req
+        if r.cancelled.is_set():
             return
-        if len(keep) < len(b.rows):
-            idx = torch.tensor(keep, device=b.mask.device)
-            b.cache.batch_select_indices(idx)
-            b.rows = [b.rows[i] for i in keep]
-            b.mask, b.next_tokens, b.positions = b.mask[idx], b.next_tokens[idx], b.positions[idx]
-            if self._can_join():
-                lead = int((b.mask.sum(0) == 0).long().cumprod(0).sum())  # all-padding leading columns
-                if lead:
-                    b.mask = b.mask[:, lead:]
-                    for layer in b.cache.layers:
-                        layer.keys, layer.values = layer.keys[:, :, lead:], layer.values[:, :, lead:]
+        if now > r.deadline:
+            r._finish("error", "timeout", outbox)
+            return
+        if tok in self.eos_ids:
+            r._finish("done", "stop", outbox)
+            return
+        r.generated += 1
+        s.last = tok
+        outbox.put(r, "token", tok)
+        if r.generated >= r.max_new_tokens or len(r.prompt_ids) + r.generated >= self.context_length:
+            r._finish("done", "length", outbox)
+
+    def _drop_finished(self, outbox: _Outbox) -> None:
+        """Free the slots of finished, cancelled and timed-out sequences."""
+        now = time.monotonic()
+        keep: list[_Seq] = []
+        for s in self._seqs:
+            if not s.req.cancelled.is_set() and now > s.req.deadline:
+                s.req._finish("error", "timeout", outbox)
+            if s.req.cancelled.is_set():
+                s.req._finish("done", "cancelled", outbox)  # no-op for requests that already finished
+                with contextlib.suppress(Exception):  # a slot is freed even if the engine complains
+                    self.engine.free(s.slot)
+            else:
+                keep.append(s)
+        self._seqs = keep
 
     def _fail_locked(self, message: str) -> None:
         while self._waiting:
             self._waiting.popleft()._finish("error", message)
-        for r in self._admitted:
-            r._finish("error", message)
-        self._admitted = []
-        if self._running is not None:
-            for r in self._running.rows:
-                r._finish("error", message)
-            self._running = None
-
-    def _fail_all(self, message: str) -> None:
-        with self._cond:
-            self._fail_locked(message)
-
-
-def _merge(a: _Batch, b: _Batch) -> _Batch:
-    """Join two batches: left-pad the shorter cache and mask, then concatenate rows."""
-    import torch
-    import torch.nn.functional as F
-
-    ta, tb = a.mask.shape[1], b.mask.shape[1]
-    width = max(ta, tb)
-    for la, lb in zip(a.cache.layers, b.cache.layers, strict=True):
-        ka, va = F.pad(la.keys, (0, 0, width - ta, 0)), F.pad(la.values, (0, 0, width - ta, 0))  # (B, H, T, D)
-        kb, vb = F.pad(lb.keys, (0, 0, width - tb, 0)), F.pad(lb.values, (0, 0, width - tb, 0))
-        la.keys, la.values = torch.cat([ka, kb]), torch.cat([va, vb])
-    mask = torch.cat([F.pad(a.mask, (width - ta, 0)), F.pad(b.mask, (width - tb, 0))])
-    return _Batch(
-        a.rows + b.rows,
-        a.cache,
-        mask,
-        torch.cat([a.next_tokens, b.next_tokens]),
-        torch.cat([a.positions, b.positions]),
-    )
+        for s in self._seqs:
+            s.req._finish("error", message)
+            with contextlib.suppress(Exception):
+                self.engine.free(s.slot)
+        self._seqs = []

@@ -5,6 +5,7 @@ from __future__ import annotations
 import collections
 import threading
 import time
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -74,10 +75,23 @@ class ServerMetrics:
         self.model_errors = Counter(
             "shoestring_model_errors", "Model calls that raised (their requests got a 500), by call.", ["call"], registry=r
         )
+        self.engine = Gauge(
+            "shoestring_engine_info", "The generation engine (value 1), with its name and how many sequences it batches.",
+            ["engine", "batched", "max_sequences"], registry=r,
+        )  # fmt: skip
+        self.engine_stat = Gauge(
+            "shoestring_engine_stat",
+            "Engine counters: steps, tokens fed, prefix-cache lookups, hits and reused prompt tokens.",
+            ["stat"], registry=r,
+        )  # fmt: skip
         self.ready = Gauge("shoestring_ready", "1 when the server accepts requests, 0 while loading or draining.", registry=r)
         self._window_s = window_s
         self._steps: collections.deque[tuple[float, int]] = collections.deque()
         self._lock = threading.Lock()
+
+    def describe_engine(self, info: Any) -> None:
+        """Publish which engine serves (``EngineInfo``)."""
+        self.engine.labels(info.name, str(info.batched).lower(), str(info.max_seqs)).set(1)
 
     # --- observer interface, called from model threads
     def on_batch(self, size: int) -> None:

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from shoestring.serve.app import api_error, race_disconnect, sse
+from shoestring.serve.errors import api_error
 from shoestring.serve.generation import SHUTTING_DOWN, GenRequest, NotAccepting, QueueFull
 from shoestring.serve.protocol import (
     ChatRequest,
@@ -22,9 +22,10 @@ from shoestring.serve.protocol import (
     RecommendRequest,
     error_body,
 )
+from shoestring.serve.streaming import race_disconnect, sse
 
 if TYPE_CHECKING:
-    from shoestring.serve.app import ServerState
+    from shoestring.serve.state import ServerState
 
 __all__ = ["router"]
 

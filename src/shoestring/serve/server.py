@@ -17,8 +17,9 @@ def serve(cfg: ServeConfig) -> None:
     """Load ``cfg.model`` and serve it until SIGTERM/SIGINT, then drain and exit."""
     import uvicorn
 
-    from shoestring.serve.app import api_keys, create_app
+    from shoestring.serve.app import create_app
     from shoestring.serve.backends import load_for_serving
+    from shoestring.serve.state import api_keys
 
     if cfg.host not in ("127.0.0.1", "localhost", "::1") and not api_keys(cfg):
         print(

@@ -31,18 +31,19 @@ if TYPE_CHECKING:
     from shoestring.train.config import TrainConfig
     from shoestring.train.settings import Settings
 
-__all__ = ["train_dp_classifier"]
+__all__ = ["classification_tensors", "loss_and_accuracy", "train_dp_classifier"]
 
 
-def _tensors(records: list[dict[str, Any]], tok: Any, cfg: TrainConfig, seq_len: int,
-             label_to_id: dict[str, int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
-    """(input_ids, attention_mask, labels), padded to the longest example."""
+def classification_tensors(records: list[dict[str, Any]], tok: Any, *, text_field: str, label_field: str,
+                           seq_len: int, label_to_id: dict[str, int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
+    """(input_ids, attention_mask, labels), padded to the longest example (records without a
+    usable text or a known label are left out). Shared with federated classification."""
     import torch
 
     from shoestring.train import data as D
 
-    ex, _ = D.build_examples(records, tok, task="classification", seq_len=seq_len, text_field=cfg.text_field,
-                             messages_field=cfg.messages_field, label_field=cfg.label_field,
+    ex, _ = D.build_examples(records, tok, task="classification", seq_len=seq_len, text_field=text_field,
+                             messages_field="messages", label_field=label_field,
                              label_to_id=label_to_id)  # fmt: skip
     if not ex:
         return torch.zeros(0, 1, dtype=torch.long), torch.zeros(0, 1, dtype=torch.long), torch.zeros(0, dtype=torch.long)
@@ -55,7 +56,7 @@ def _tensors(records: list[dict[str, Any]], tok: Any, cfg: TrainConfig, seq_len:
     return ids, mask, torch.tensor([e["label"] for e in ex], dtype=torch.long)
 
 
-def _metrics(model: torch.nn.Module, t: tuple[torch.Tensor, ...], batch: int = 64) -> dict[str, float]:
+def loss_and_accuracy(model: torch.nn.Module, t: tuple[torch.Tensor, ...], batch: int = 64) -> dict[str, float]:
     """Mean cross-entropy and accuracy of ``model`` on (ids, mask, labels)."""
     import torch
     import torch.nn.functional as F
@@ -103,7 +104,8 @@ def train_dp_classifier(cfg: TrainConfig, s: Settings, ctx: StageContext) -> dic
     tok = load_tokenizer(s.model)
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token or tok.unk_token
-    t = {k: _tensors(v, tok, cfg, s.seq_len, label_to_id) for k, v in splits.items()}
+    t = {k: classification_tensors(v, tok, text_field=cfg.text_field, label_field=cfg.label_field, seq_len=s.seq_len,
+                                   label_to_id=label_to_id) for k, v in splits.items()}  # fmt: skip
     if len(t["train"][2]) == 0:
         raise ShoestringError(f"no usable training records (field '{cfg.text_field}' or '{cfg.label_field}' missing)")
     model = build_model(
@@ -124,10 +126,10 @@ def train_dp_classifier(cfg: TrainConfig, s: Settings, ctx: StageContext) -> dic
     settings = fit_settings(cfg, lr=s.lr, batch_size=s.micro_batch_size, patience=3, console=ctx.console,
                             suggested_epochs=5)  # fmt: skip
     with torch_threads(cfg.threads or torch.get_num_threads()):
-        result = fit(model, TensorDataset(*t["train"]), loss_fn, lambda m: _metrics(m, val),
+        result = fit(model, TensorDataset(*t["train"]), loss_fn, lambda m: loss_and_accuracy(m, val),
                      monitor="accuracy", higher_is_better=True, settings=settings, work_dir=ctx.work_dir,
                      privacy=cfg.privacy, console=ctx.console)  # fmt: skip
-        test = _metrics(model, t["test"]) if len(t["test"][2]) else None
+        test = loss_and_accuracy(model, t["test"]) if len(t["test"][2]) else None
     kind = "adapter" if s.method == "lora" else "model"
     out = ctx.out_dir / kind
     model.save_pretrained(out)

@@ -14,8 +14,9 @@ from shoestring.core.errors import ShoestringError
 
 if TYPE_CHECKING:
     import numpy as np
+    import torch
 
-__all__ = ["embed", "fill_mask", "hidden_states"]
+__all__ = ["embed", "fill_mask", "hidden_states", "pool_hidden", "pooling_for"]
 
 _MASK_SPELLINGS = ("[MASK]", "<mask>")
 
@@ -118,12 +119,7 @@ def embed(
     if not texts:
         raise ShoestringError("no texts to embed")
     tok, enc_model = _encoder(str(model))
-    decoder = (
-        bool(getattr(enc_model.config, "is_decoder", False))
-        or "CausalLM" in type(enc_model).__name__
-        or any("CausalLM" in a for a in (getattr(enc_model.config, "architectures", None) or []))
-    )
-    how = ("last" if decoder else "mean") if pooling == "auto" else pooling
+    how = pooling_for(enc_model) if pooling == "auto" else pooling
     rows = []
     tok.padding_side = "right"
     with torch.no_grad():
@@ -132,19 +128,40 @@ def embed(
                       max_length=max_length)  # fmt: skip
             hs = enc_model(**enc, output_hidden_states=True).hidden_states
             _check_layer(layer, len(hs))
-            h = hs[layer].float()  # (B, T, C)
-            mask = enc["attention_mask"].unsqueeze(-1).float()  # (B, T, 1)
-            if how == "mean":
-                v = (h * mask).sum(1) / mask.sum(1).clamp(min=1)
-            elif how == "cls":
-                v = h[:, 0]
-            else:
-                last = enc["attention_mask"].sum(1) - 1  # (B,)
-                v = h[torch.arange(h.shape[0]), last]
+            v = pool_hidden(hs[layer], enc["attention_mask"], how)
             if normalize:
                 v = torch.nn.functional.normalize(v, dim=-1)
             rows.append(v.numpy())
     return np.concatenate(rows, axis=0)
+
+
+def pooling_for(model: Any) -> Literal["mean", "last"]:
+    """The ``auto`` pooling rule: the last token for decoders (it has attended to every other), mean for encoders."""
+    decoder = (
+        bool(getattr(model.config, "is_decoder", False))
+        or "CausalLM" in type(model).__name__
+        or any("CausalLM" in a for a in (getattr(model.config, "architectures", None) or []))
+    )
+    return "last" if decoder else "mean"
+
+
+def pool_hidden(hidden: torch.Tensor, attention_mask: torch.Tensor, how: str) -> torch.Tensor:
+    """One float32 vector per row of ``hidden`` (B, T, C): mean of real tokens, first token, or last real token.
+
+    "last" finds each row's last real token from the mask, so left and right padding agree.
+    """
+    import torch
+
+    h = hidden.float()  # (B, T, C)
+    mask = attention_mask.to(h.device)  # (B, T)
+    if how == "mean":
+        m = mask.unsqueeze(-1).float()  # (B, T, 1)
+        return (h * m).sum(1) / m.sum(1).clamp(min=1)
+    if how == "cls":
+        return h[:, 0]
+    positions = torch.arange(mask.shape[1], device=h.device)
+    last = (mask.long() * positions).argmax(-1)  # (B,) index of the last 1
+    return h[torch.arange(h.shape[0], device=h.device), last]
 
 
 def _check_layer(layer: int, n: int) -> None:

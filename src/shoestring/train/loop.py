@@ -24,7 +24,7 @@ from shoestring.train import data as D
 from shoestring.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from shoestring.train.config import TrainConfig
 from shoestring.train.settings import Settings
-from shoestring.train.tracking import MetricsLog
+from shoestring.train.tracking import LIVE_ROWS, MetricsLog
 
 if TYPE_CHECKING:
     import torch
@@ -284,6 +284,8 @@ def train_language_model(cfg: TrainConfig, s: Settings, paths: Paths, console: C
             mlflow_uri=ml,
             mlflow_experiment=cfg.tracking.mlflow_experiment,
             params=params,
+            live_path=paths.work_dir / LIVE_ROWS,
+            live_meta={"total_steps": total_steps, "max_minutes": cfg.max_minutes, "start_step": start_step},
         )
 
     step_times: list[float] = []

@@ -27,7 +27,9 @@ __all__ = [
     "PrivacyOptions",
     "accountant_history",
     "check_dp_compatible",
+    "epsilon_for_history",
     "make_private",
+    "noise_multiplier_for_budget",
     "privacy_report",
     "restore_accountant",
     "with_per_example_positions",
@@ -212,3 +214,37 @@ def with_per_example_positions(inputs: dict[str, Any]) -> dict[str, Any]:
     if out.get("token_type_ids") is None:
         out["token_type_ids"] = torch.zeros_like(ids)
     return out
+
+
+def noise_multiplier_for_budget(target_epsilon: float, delta: float, sample_rate: float, steps: int,
+                                accountant: str = "prv") -> float:  # fmt: skip
+    """Gaussian noise multiplier with which ``steps`` DP-SGD steps at ``sample_rate`` spend
+    ``target_epsilon`` at ``delta`` (Opacus's search over its accountant). Federated clients
+    use it to fix their noise once for every local step they may take over all rounds."""
+    import warnings
+
+    from opacus.accountants.utils import get_noise_multiplier
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*Optimal order.*")
+        return float(get_noise_multiplier(target_epsilon=target_epsilon, target_delta=delta,
+                                          sample_rate=sample_rate, steps=max(1, steps), accountant=accountant))  # fmt: skip
+
+
+def epsilon_for_history(history: list[tuple[float, float, int]], delta: float, accountant: str = "prv") -> float:
+    """Epsilon at ``delta`` of a sequence of DP-SGD runs, each (noise multiplier, sample rate,
+    steps), composed by an Opacus accountant (inf when any run had no noise, 0 for none)."""
+    import warnings
+
+    from opacus.accountants import create_accountant
+
+    runs = [(float(a), float(b), int(c)) for a, b, c in history if int(c) > 0]
+    if not runs:
+        return 0.0
+    if any(a == 0 for a, _, _ in runs):
+        return float("inf")
+    acc = create_accountant(mechanism=accountant)
+    acc.history = runs
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*Optimal order.*")
+        return float(acc.get_epsilon(delta=delta))

@@ -31,7 +31,17 @@ if TYPE_CHECKING:
     from shoestring.core.workspace import StageContext
     from shoestring.train.recsys_data import EventLog, SplitSequences
 
-__all__ = ["RecsysOptions", "Recommender", "load_recommender", "rank_metrics", "train_recommender"]
+__all__ = [
+    "RecsysOptions",
+    "Recommender",
+    "full_ranks",
+    "load_recommender",
+    "rank_metrics",
+    "save_recommender",
+    "train_recommender",
+    "training_windows",
+    "write_test_ranks",
+]
 
 MODEL_FORMAT = "shoestring.recsys"
 
@@ -141,7 +151,7 @@ def popularity_counts(split: SplitSequences) -> torch.Tensor:
 # ------------------------------------------------------------------------------- training
 
 
-def _windows(split: SplitSequences, max_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+def training_windows(split: SplitSequences, max_len: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Every training position as (input window, next-item targets), left-padded ``(W, L)``."""
     inputs, targets = [], []
     for i in range(len(split.users)):
@@ -236,7 +246,7 @@ def _train_recommender(cfg: Any, ctx: StageContext) -> dict[str, Any]:
             )
         torch.manual_seed(cfg.seed)
         model = build_recommender_model(opts.architecture, split.num_items, hparams)
-        inputs, targets = _windows(split, opts.max_len)
+        inputs, targets = training_windows(split, opts.max_len)
 
         def loss_fn(m: torch.nn.Module, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
             return m.loss(batch[0], batch[1])  # type: ignore[operator]
@@ -282,8 +292,8 @@ def _train_recommender(cfg: Any, ctx: StageContext) -> dict[str, Any]:
         )
         state = {k2: v.detach().contiguous() for k2, v in model.state_dict().items()}
         rows = result.rows
-        _write_test_ranks(ctx.out_dir / "test_ranks.jsonl", split, ranks)
-    _save_model(ctx.out_dir / "model", opts.architecture, hparams, split, log, state)
+        write_test_ranks(ctx.out_dir / "test_ranks.jsonl", split, ranks)
+    save_recommender(ctx.out_dir / "model", opts.architecture, hparams, split, log, state)
     if rows:
         write_metrics_jsonl(ctx.out_dir / "metrics.jsonl", rows)
         write_loss_png(ctx.out_dir / "loss.png", rows, f"ndcg@{k}", f"{opts.architecture} on {log.source}")
@@ -295,7 +305,8 @@ def _train_recommender(cfg: Any, ctx: StageContext) -> dict[str, Any]:
     return stats
 
 
-def _write_test_ranks(path: Path, split: SplitSequences, ranks: Sequence[float]) -> None:
+def write_test_ranks(path: Path, split: SplitSequences, ranks: Sequence[float]) -> None:
+    """Per-user rank of the held-out test item, one JSON line each (``test_ranks.jsonl``)."""
     rows = [
         {
             "user_id": u,
@@ -308,7 +319,7 @@ def _write_test_ranks(path: Path, split: SplitSequences, ranks: Sequence[float])
     atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
 
 
-def _save_model(
+def save_recommender(
     folder: Path,
     arch: str,
     hparams: dict[str, Any],
@@ -316,6 +327,7 @@ def _save_model(
     log: EventLog,
     state: dict[str, torch.Tensor],
 ) -> None:
+    """Write a recommender ``model/`` folder that :func:`load_recommender` reads (and evaluate/serve)."""
     from safetensors.torch import save_file
 
     folder.mkdir(parents=True, exist_ok=True)

@@ -178,7 +178,7 @@ def fit(
     model: torch.nn.Module,
     train_data: TensorDataset,
     loss_fn: Callable[[torch.nn.Module, tuple[torch.Tensor, ...]], torch.Tensor],
-    validate: Callable[[torch.nn.Module], dict[str, float]],
+    validate: Callable[[torch.nn.Module], dict[str, float]] | None,
     *,
     monitor: str,
     higher_is_better: bool,
@@ -190,7 +190,9 @@ def fit(
     """Train ``model`` in place; on return it holds the best-validation weights.
 
     ``loss_fn(model, batch)`` returns the mean loss of a batch (a tuple of tensors from
-    ``train_data``); ``validate(model)`` returns metrics including ``monitor``.
+    ``train_data``); ``validate(model)`` returns metrics including ``monitor``. With
+    ``validate=None`` (a federated client's local epochs) nothing is validated, no epoch is
+    selected and the model keeps its final weights.
     """
     import torch
     from safetensors.torch import load_file, save_file
@@ -281,6 +283,10 @@ def fit(
             if s.max_minutes is not None and time.perf_counter() - t0 > 60 * s.max_minutes:
                 stopped = "max_minutes"
                 break
+        if validate is None:
+            rows.append({"step": step, "epoch": epoch + 1, "train_loss": sum(losses) / max(1, len(losses))})
+            epoch += 1
+            continue
         model.eval()
         with torch.no_grad():
             metrics = validate(base_model)
