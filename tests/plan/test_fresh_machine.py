@@ -105,5 +105,5 @@ def test_first_plan_on_a_fresh_machine_holds_for_a_real_run(tmp_path: Path) -> N
                        .read_text())
     assert not again["twins"]["measured_now"]  # cached with the calibration
     warm = again["predicted"]["resident_peak_bytes"] / comp["measured"]["resident_peak_bytes"] - 1
-    assert abs(warm) <= 0.02 < abs(err["resident_peak_bytes"]) or abs(warm) <= 0.02
+    assert abs(warm) <= 0.02  # the same job's memory ratio is taken whole (deterministic)
     assert again["feedback"]["memory_how"].startswith("x") and "same job" in again["feedback"]["memory_how"]

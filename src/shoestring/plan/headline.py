@@ -61,8 +61,9 @@ def ensure_calibration(mode: bool | None, console: Console | None) -> dict[str, 
 
 def cpu_headline(*, cfg: Any, config: Any, shape: Any, best: Candidate, device: DeviceSpec, spec: str,
                  dataset: Path | None, data_info: dict[str, Any], calibration: dict[str, Any],
-                 console: Console | None) -> dict[str, Any]:
-    """Resident peak, step and run time of the chosen candidate on this CPU, with the terms."""
+                 console: Console | None, measure: bool = True) -> dict[str, Any]:
+    """Resident peak, step and run time of the chosen candidate on this CPU, with the terms
+    (``measure=False``: twins only from the cache, none run)."""
     from shoestring.plan.hardware import fingerprint_key, load_hardware
     from shoestring.plan.resident import estimate_resident, layers_key, step_residual, twin_predicted_steps
     from shoestring.plan.search import step_terms
@@ -97,7 +98,8 @@ def cpu_headline(*, cfg: Any, config: Any, shape: Any, best: Candidate, device: 
     data_bytes = int(float(cal.get("bytes_per_token", 0.0)) * int(data_info.get("tokens_after_truncation")
                                                                   or data_info.get("tokens") or 0))
     if cfg.calibrate is not False and key is not None and shape.n_layers >= 2 and library:
-        twins, measured_now, seconds = _twins(cfg, config, s, spec, dataset, key, shape.n_layers, console)
+        twins, measured_now, seconds = _twins(cfg, config, s, spec, dataset, key, shape.n_layers, console, measure)
+    if twins:
         resident = estimate_resident(twins, shape.n_layers, library + data_bytes, live)
         out["twins"] = {"measured_now": measured_now, "seconds": seconds,
                         "depths": [t["depth"] for t in twins],
@@ -157,7 +159,7 @@ def cpu_headline(*, cfg: Any, config: Any, shape: Any, best: Candidate, device: 
 
 
 def _twins(cfg: Any, config: Any, s: Any, spec: str, dataset: Path | None, key: str, n_layers: int,
-           console: Console | None) -> tuple[list[dict[str, Any]], bool, float]:
+           console: Console | None, measure: bool) -> tuple[list[dict[str, Any]], bool, float]:
     from shoestring.models.loading import load_tokenizer
     from shoestring.plan.calibrate import calibrate_shapes
     from shoestring.plan.resident import cached_twins, twin_spec, with_depth
@@ -172,6 +174,8 @@ def _twins(cfg: Any, config: Any, s: Any, spec: str, dataset: Path | None, key: 
     tspec = twin_spec(model=spec, task=cfg.task, setup=s, from_scratch=_config_only(spec), rows=rows, packed=packed,
                       layers=key, depths=depths, lora=lora if s.method in ("lora", "qlora") else None)
     t0 = time.perf_counter()
+    if not measure:
+        return cached_twins(tspec, measure=False)[0], False, 0.0
     for d in depths:  # the twins' own optimizer shapes (their other calls are the full model's)
         calibrate_shapes(with_depth(config, d), replace(s, grad_accum=1))
     if console is not None:

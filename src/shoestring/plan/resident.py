@@ -136,9 +136,10 @@ def twin_spec(*, model: str, task: str, setup: TrainingSetup, from_scratch: bool
             "depths": list(depths)}
 
 
-def cached_twins(spec: dict[str, Any], *, refresh: bool = False) -> tuple[list[dict[str, Any]], bool]:
-    """The twins of ``spec`` from this machine's cache, measuring them when absent (or ``refresh``);
-    returns them and whether they were measured now."""
+def cached_twins(spec: dict[str, Any], *, refresh: bool = False,
+                 measure: bool = True) -> tuple[list[dict[str, Any]], bool]:
+    """The twins of ``spec`` from this machine's cache, measuring them when absent (or ``refresh``;
+    never with ``measure=False``: then ``[]``); returns them and whether they were measured now."""
     from shoestring.plan.hardware import load_hardware, save_hardware
     from shoestring.plan.twin import measure_twins
 
@@ -147,6 +148,8 @@ def cached_twins(spec: dict[str, Any], *, refresh: bool = False) -> tuple[list[d
     store = dict(hw.get("twins", {}))
     if key in store and not refresh:
         return list(store[key]), False
+    if not measure:
+        return [], False
     twins = measure_twins(spec)["twins"]
     hw = load_hardware()  # re-read: the shape timing may have written it meanwhile
     store = dict(hw.get("twins", {}))

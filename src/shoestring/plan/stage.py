@@ -213,7 +213,10 @@ def make_plan(cfg: PlanConfig, ctx: StageContext | None = None) -> dict[str, Any
     from shoestring.plan.search import SearchSpace, search, smallest_change
 
     spec = _model_spec(cfg, ctx)
-    console = ctx.console if ctx is not None else None
+    # A stage run measures what it lacks (calibration, shapes, twins); a programmatic re-plan
+    # (assess's what-ifs, a jobs file) uses this machine's cached measurements only.
+    console = getattr(ctx, "console", None)
+    measure = console is not None
     task = "causal-lm" if cfg.task == "sft" else cfg.task
     config = load_model_config(spec)
     shape = describe_model(config, task)
@@ -222,7 +225,7 @@ def make_plan(cfg: PlanConfig, ctx: StageContext | None = None) -> dict[str, Any
     if device.kind == "cpu":
         from shoestring.plan.headline import ensure_calibration
 
-        calibration = ensure_calibration(cfg.calibrate, console)
+        calibration = ensure_calibration(cfg.calibrate if measure else False, console)
         device = resolve_device(cfg.device)
     if cfg.price_per_hour is not None:
         device = replace(device, usd_per_hour=cfg.price_per_hour)
@@ -250,7 +253,7 @@ def make_plan(cfg: PlanConfig, ctx: StageContext | None = None) -> dict[str, Any
         record_lengths=tuple(int(n) for n in data_info.get("record_length_quantiles", ())),
     )
     timed = replace(base, micro_batch_size=cfg.micro_batch_size or min(4, cfg.batch_size))
-    if device.kind == "cpu" and calibration.get("state") == "fresh" and cfg.calibrate is not False:
+    if device.kind == "cpu" and calibration.get("state") == "fresh" and cfg.calibrate is not False and measure:
         from shoestring.plan.search import measured_step_parts
 
         if cfg.calibrate or measured_step_parts(config, timed, device) is None:
@@ -285,7 +288,8 @@ def make_plan(cfg: PlanConfig, ctx: StageContext | None = None) -> dict[str, Any
 
         dataset = ctx.inputs["dataset"].file("train.jsonl") if ctx is not None and "dataset" in ctx.inputs else None
         local = cpu_headline(cfg=cfg, config=config, shape=shape, best=best, device=device, spec=spec,
-                             dataset=dataset, data_info=data_info, calibration=calibration, console=console)
+                             dataset=dataset, data_info=data_info, calibration=calibration, console=console,
+                             measure=measure)
     elif device.kind == "cpu":
         local = {"calibration": calibration}
     headline = dict(local.get("predicted", {}))
