@@ -66,8 +66,8 @@ def _ci(c: dict[str, Any]) -> str:
 
 
 def table(lines: list[dict[str, Any]]) -> str:
-    out = ["| clients | system | NDCG@10 [95% CI] | HR@10 [95% CI] | rounds to 95% of centralised | MiB sent (down + up) |",
-           "|---|---|---|---|---|---|"]  # fmt: skip
+    out = ["| clients | system | NDCG@10 [95% CI] | HR@10 [95% CI] | / centralised NDCG@10 | rounds to 95% of centralised | MiB sent (down + up) |",
+           "|---|---|---|---|---|---|---|"]  # fmt: skip
     for n in sorted({x["clients"] for x in lines}):
         runs = [x for x in lines if x["clients"] == n and x["label"] != "sim"]
         # The centralised model does not depend on the partition: one run trains it for every table row.
@@ -77,13 +77,16 @@ def table(lines: list[dict[str, Any]]) -> str:
         for name, src in (("centralised", base), ("local-only (mean over clients)", local)):
             if src is not None:
                 s = src["systems"][name]
-                out.append(f"| {n} | {name} | {_ci(s['ndcg@10'])} | {_ci(s['hr@10'])} | - | 0 |")
+                ratio = s["ndcg@10"]["value"] / central if central else float("nan")
+                out.append(f"| {n} | {name} | {_ci(s['ndcg@10'])} | {_ci(s['hr@10'])} | {ratio:.2f} | - | 0 |")
         for x in runs:
             s = x["systems"]["federated"]
             to95 = next((r for r, v in x["curve"] if r > 0 and central and v is not None and v >= 0.95 * central), None)
-            name = x["strategy"] + (f", {x['dropout']:.0%} dropout per round" if x["dropout"] else "")
+            name = (f"{x['strategy']} ({x['local_epochs']} local epoch{'s' if x['local_epochs'] > 1 else ''}, "
+                    f"{x['rounds']} rounds)" + (f", {x['dropout']:.0%} of clients drop per round" if x["dropout"] else ""))  # fmt: skip
             mib = x["traffic"]["bytes_total"] / 2**20
-            out.append(f"| {n} | {name} | {_ci(s['ndcg@10'])} | {_ci(s['hr@10'])} | "
+            ratio = s["ndcg@10"]["value"] / central if central else float("nan")
+            out.append(f"| {n} | {name} | {_ci(s['ndcg@10'])} | {_ci(s['hr@10'])} | {ratio:.2f} | "
                        f"{to95 if to95 else 'not reached in ' + str(x['rounds'])} | {mib:.0f} |")  # fmt: skip
     sims = [x for x in lines if x["label"] == "sim"]
     if sims:
