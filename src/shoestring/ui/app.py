@@ -354,18 +354,22 @@ def _recipes(cfg: UiConfig, base: Path) -> list[tuple[str, str, str]]:
 
 def _launch_form(cfg: UiConfig, base: Path, csrf: str, recipe: str = "", error: str = "", overrides: str = "",
                  workspace: str = "") -> Raw:
+    found = _recipes(cfg, base)
+    if not recipe:  # the main job first, when the folder has it
+        recipe = next((p for p, _name, _d in found if Path(p).name == "quickstart.yaml"), "")
     options = "".join(f'<option value="{esc(p)}"{" selected" if p == recipe else ""}>{esc(p)} - {esc(desc[:90])}</option>'
-                      for p, _name, desc in _recipes(cfg, base))
+                      for p, _name, desc in found)
     err = f'<p class="err" id="launch-error">{esc(error)}</p>' if error else ""
     return Raw(
         f'{err}<form method="post" action="/launch" class="launch" id="launch-form">'
         f'<input type="hidden" name="{CSRF_FIELD}" value="{esc(csrf)}">'
-        f'<label>Recipe <select name="recipe" id="recipe">{options}</select></label>'
-        f'<label>Overrides, one <code>STAGE_ID.KEY=VALUE</code> per line (the <code>--set</code> of '
-        f'<code>shoestring run</code>)<textarea name="overrides" id="overrides" rows="6" '
+        f'<label><span>Recipe</span><select name="recipe" id="recipe">{options}</select></label>'
+        f'<label><span>Overrides, one <code>STAGE_ID.KEY=VALUE</code> per line (the <code>--set</code> of '
+        f'<code>shoestring run</code>)</span><textarea name="overrides" id="overrides" rows="6" '
         f'placeholder="train.max_steps=20">{esc(overrides)}</textarea></label>'
-        f'<label>Workspace (empty = the recipe\'s own) <input name="workspace" id="workspace" value="{esc(workspace)}">'
-        '</label><label>Re-run even if cached (stage ids, space-separated) <input name="force" id="force"></label>'
+        f'<label><span>Workspace (empty = the recipe\'s own)</span><input name="workspace" id="workspace" '
+        f'value="{esc(workspace)}"></label><label><span>Re-run even if cached (stage ids, space-separated)</span>'
+        '<input name="force" id="force"></label>'
         '<button id="launch-button">Launch</button></form>'
         f'<p class="muted">Runs <code>shoestring run RECIPE --set ...</code> in {esc(base)}; the log streams to the next '
         "page, and the run appears under Runs like any other.</p>")

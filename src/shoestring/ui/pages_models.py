@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from shoestring.ui.layout import Raw, cards, esc, fmt_bytes, fmt_seconds, fmt_value, link, section, table
+from shoestring.ui.layout import Raw, cards, esc, fmt_bytes, fmt_seconds, fmt_time, fmt_value, link, section, table
 from shoestring.ui.live import Progress, planned_for
 from shoestring.ui.pages_runs import headline, train_panel
 from shoestring.ui.store import ArtifactView, Store
@@ -184,7 +184,7 @@ def model_body(store: Store, a: ArtifactView) -> Raw:
         found = [c for c in downstream if c.stage == stage]
         if found:
             parts.append(section(title, table(["artifact", "stage", "started", "headline"], [
-                [link(c.url, c.name), c.stage, c.started[:19], headline(c)] for c in found])))
+                [link(c.url, c.name), c.stage, fmt_time(c.started), headline(c)] for c in found])))
     settings = a.json_file("train_settings.json")
     if isinstance(settings, dict):
         parts.append(section("Resolved settings", table(["setting", "value"], [[k, fmt_value(v)] for k, v in settings.items()])))

@@ -180,7 +180,8 @@ def train_panel(p: Progress) -> Raw:
     total = p.total_steps
     head = cards([
         ("step", f"{p.step:,}" + (f" / {total:,}" if total else ""), p.status),
-        ("ETA", fmt_seconds(p.eta_seconds) if p.status == "running" else "-", p.eta_note if p.status == "running" else ""),
+        ("ETA", fmt_seconds(p.eta_seconds), p.eta_note) if p.status == "running" else
+        ("training time", fmt_seconds(sum(t for _, t in step_s)), "optimizer steps, without loading and evaluation"),
         ("tokens/s", f"{me.get('tokens_per_second', 0):,.0f}" if me.get("tokens_per_second") else "-",
          f"planned {pl['tokens_per_second']:,.0f}" if pl.get("tokens_per_second") else ""),
         ("step time", fmt_seconds(me.get("step_seconds")), f"planned {fmt_seconds(pl.get('step_seconds'))}"),
