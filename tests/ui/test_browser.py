@@ -69,7 +69,7 @@ def test_a_failed_stage_shows_its_one_line_error(browser: Any, ui_server: Server
     page, _ = browser
     (tiny_run.root / "recipes" / "broken.yaml").write_text(
         f"name: broken\ndescription: a plan with no data (test recipe)\nworkspace: {tiny_run.root / '.shoestring/broken'}\n"
-        f"stages:\n  budget: {{stage: plan, model: {tiny_run.model}, task: sft}}\n")
+        f"stages:\n  budget: {{stage: plan, model: {tiny_run.model}, task: sft, calibrate: false}}\n")
     _launch(page, ui_server.url, "recipes/broken.yaml", "")
     assert _wait_end(page) == "failed"
     err = page.inner_text('.stage-error[data-stage="budget"]')
