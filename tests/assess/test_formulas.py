@@ -182,3 +182,18 @@ def test_what_if_plans_rank_the_changes() -> None:
     best = wall.best_change
     assert best is not None and best.action == "precision bf16-mixed" and best.reduction >= MIN_REDUCTION
     assert "fits, 2 h, $10.00" in best.effect
+
+
+def test_a_shareable_release_measures_what_a_partner_receives() -> None:
+    release = {"records": {"curated": 650, "released": 585}, "epsilon_spent": 1.0, "dp_counts": {"epsilon_total": 1.0},
+               "k_anonymity": {"quasi_identifiers": ["age", "zip"], "k_required": 5, "k_achieved": 5, "classes": 40,
+                               "records_suppressed": 65}}
+    wall = assess_data(_data_facts(release=release))
+    c = _by_key(wall)
+    assert c["release_suppression"].value == pytest.approx(65 / 650)
+    assert c["k_anonymity_gap"].value == 0.0  # enforced by the release, whatever the data card says
+    assert c["counts_privacy"].score == pytest.approx(0.1)  # epsilon 1 / epsilon_max 10
+    share = (0.03 + 0.1 + 0.0 + 0.1 + 0.2) / 5  # residual PII, withheld, k, counts' epsilon, the model's epsilon
+    assert wall.pillars["sharing"] == pytest.approx(share)
+    assert any(ch.action.startswith("generalise the quasi-identifiers") for ch in wall.changes)
+    assert not any(ch.action.startswith("enforce k") for ch in wall.changes)

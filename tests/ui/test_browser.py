@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from ui_browser import browser_page, screenshot
 from ui_helpers import Server, TinyRun
@@ -89,6 +90,9 @@ def test_a_run_is_cancelled_from_the_page_while_its_curves_grow(browser: Any, ui
     page.click("#cancel")
     assert _wait_end(page) == "cancelled"
     assert page.locator('#stages .badge[data-status="cancelled"]').count() == 1
+    launch = httpx.get(f"{ui_server.url}/api/launches/{page.url.rsplit('/', 1)[-1]}").json()
+    assert launch["returncode"] == 130 and launch["status"] == "cancelled"  # stopped like Ctrl-C, not killed
+    assert "interrupted; re-run the same command to resume" in page.inner_text("#log")
 
 
 def test_main_pages_show_the_artifacts_without_console_errors(browser: Any, ui_server: Server, tiny_run: TinyRun,

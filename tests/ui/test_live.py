@@ -45,7 +45,11 @@ def test_a_running_train_stage_is_read_from_its_work_folder(tmp_path: Path) -> N
     (prog,) = run_progress(store, ws, run)
     assert prog.step == 5 and prog.total_steps == 20 and len(prog.rows) == 5
     # 15 steps x 2 s = 30 s left, but max_minutes=1 leaves 60 - 10 = 50 s: the smaller wins
-    assert prog.eta_seconds == pytest.approx(30.0)
+    assert prog.eta_seconds == pytest.approx(30.0) and prog.eta_note == "median step x steps left"
     assert prog.measured == {"step_seconds": 2.0, "tokens_per_second": 500.0}
+    meta = next((ws_root / "work").iterdir()) / LIVE_META
+    meta.write_text(json.dumps({"total_steps": 20, "max_minutes": 0.3}))  # 18 s limit, 10 s spent
+    (prog,) = run_progress(store, ws, run)
+    assert prog.eta_seconds == pytest.approx(8.0) and "max_minutes" in prog.eta_note
     run["pid"] = 1  # another process's run: its temporary folder is not this one
     assert run_progress(store, ws, run)[0].rows == []

@@ -48,6 +48,8 @@ class DataFacts:
     """Trained model manifest ``privacy`` (DP-SGD): epsilon, delta."""
     model_given: bool = False
     epsilon_max: float = 10.0
+    release: dict[str, Any] | None = None
+    """``share/release_report.json`` of a curated dataset made with ``share: {enabled: true}`` (None = no release)."""
 
 
 def residual_pii(files: list[Path], max_records: int) -> dict[str, Any]:
@@ -214,7 +216,8 @@ def _sharing(f: DataFacts) -> list[Component]:
         out.append(Component(
             "residual_pii", "sharing", "released records still carrying PII", share, "fraction of released records",
             clip01(share), "s = records with a detection after curation / records scanned",
-            "dataset: train/validation/test.jsonl re-scanned with the curator's detectors",
+            "dataset: " + ("share/" if f.release is not None else "") + "train/validation/test.jsonl re-scanned with the "
+            "curator's detectors",
             f"{res['records_with_pii']:,} of {res['records']:,} scanned records "
             f"({', '.join(f'{k} {v}' for k, v in res['by_type'].items()) or 'no detections'})",
         ))
@@ -222,23 +225,58 @@ def _sharing(f: DataFacts) -> list[Component]:
         out.append(Component("residual_pii", "sharing", "released records still carrying PII", None, "fraction", None,
                              "s = records with a detection / records scanned", "dataset files",
                              missing="no released records to scan"))
+    out += _release_components(f)
+    out.append(_privacy(f))
+    return out
+
+
+def _release_components(f: DataFacts) -> list[Component]:
+    """k-anonymity and what the release keeps: from the shareable release when there is one, else the data card."""
+    rel = f.release
+    if rel is not None:
+        k = rel.get("k_anonymity") or {}
+        curated = int((rel.get("records") or {}).get("curated", 0))
+        released = int((rel.get("records") or {}).get("released", 0))
+        gone = curated - released
+        out = [Component(
+            "release_suppression", "sharing", "curated records the release withholds", _frac(gone, curated),
+            "fraction of curated records", clip01(_frac(gone, curated)), "s = (curated - released) / curated",
+            "dataset: share/release_report.json records",
+            f"{released:,} of {curated:,} curated records released"
+            + (f"; {int(k.get('records_suppressed', 0)):,} suppressed for k={k.get('k_required')}" if k else ""),
+        )]
+        if k:
+            ok = k.get("k_achieved") is None or int(k["k_achieved"]) >= int(k.get("k_required") or 0)
+            out.append(Component(
+                "k_anonymity_gap", "sharing", f"records below k={k.get('k_required')}", 0.0 if ok else 1.0,
+                "fraction of released records", 0.0 if ok else 1.0,
+                "s = 0 when the release achieves k (it is enforced by suppression), else 1",
+                "dataset: share/release_report.json k_anonymity",
+                f"quasi-identifiers {', '.join(k.get('quasi_identifiers', []))}: smallest class "
+                f"{k.get('k_achieved')} in {k.get('classes')} classes",
+            ))
+        eps = float(rel.get("epsilon_spent") or 0.0)
+        if rel.get("dp_counts"):
+            out.append(Component(
+                "counts_privacy", "sharing", "privacy loss of the released counts", eps, "epsilon (Laplace counts)",
+                clip01(eps / f.epsilon_max), f"s = min(1, epsilon / {f.epsilon_max:g})",
+                "dataset: share/release_report.json epsilon_spent", f"epsilon {eps:g} over the DP count histograms",
+            ))
+        return out
     k = f.card.get("k_anonymity") or {}
     if k:
         kept = int(f.stats["kept"])
         below = 0 if k.get("enforced") else int(k.get("records_below_k", 0))
-        out.append(Component(
+        return [Component(
             "k_anonymity_gap", "sharing", f"records below k={k.get('k')}", _frac(below, kept),
             "fraction of released records", clip01(_frac(below, kept)),
             "s = records in a quasi-identifier class smaller than k / kept (0 when enforced)",
             "datacard: k_anonymity", f"quasi-identifiers {', '.join(k.get('columns', []))}: "
             f"{int(k.get('records_below_k', 0)):,} records below k ({'suppressed' if k.get('enforced') else 'released'})",
-        ))
-    else:
-        out.append(Component("k_anonymity_gap", "sharing", "records below k", None, "fraction", None,
-                             "s = records below k / kept", "datacard: k_anonymity",
-                             missing="no quasi-identifier columns set (pii.k_anonymity)"))
-    out.append(_privacy(f))
-    return out
+        )]
+    return [Component("k_anonymity_gap", "sharing", "records below k", None, "fraction", None,
+                      "s = records below k / kept", "datacard: k_anonymity",
+                      missing="no quasi-identifiers set (pii.k_anonymity, or a share: release with k)")]
 
 
 def _privacy(f: DataFacts) -> Component:
@@ -308,13 +346,17 @@ def _changes(f: DataFacts, comps: list[Component]) -> list[Change]:
         add(f"scrub the residual PII types ({kinds}): add them to pii.types, or pii.mode: redact",
             _with(comps, "residual_pii", 0.0, 0.0), f"released records with PII {res.value:.1%} -> 0%", types=kinds)
     kgap = by["k_anonymity_gap"]
-    if kgap.value:
+    if kgap.value and f.release is None:
         k = f.card["k_anonymity"]
         n = int(k.get("records_below_k", 0))
         loss = _frac(sum(filt.values()) + n, parsed)
         new = _with(_with(comps, "k_anonymity_gap", 0.0, 0.0), "filter_loss", loss, loss)
         add(f"enforce k={k.get('k')} (pii.enforce_k: true): suppresses the {n} records below k",
             new, f"records below k {kgap.value:.1%} -> 0%; filter loss -> {loss:.1%}", records=n)
+    sup = by.get("release_suppression")
+    if sup is not None and sup.value:
+        add("generalise the quasi-identifiers further (share.generalise) so k holds without suppressing records",
+            _with(comps, "release_suppression", 0.0, 0.0), f"records withheld {sup.value:.1%} -> 0% (upper bound)")
     gap = by["label_coverage_gap"]
     if gap.value:
         add("label the uncovered records (another labelling function, or labels.zero_shot)",

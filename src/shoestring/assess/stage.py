@@ -94,10 +94,13 @@ def assess(cfg: AssessConfig, inputs: dict[str, Artifact], say: Any = None) -> d
     out: dict[str, Any] = {"inputs": {k: str(a.path) for k, a in inputs.items()}}
     if ds is not None:
         card = _json(ds, "datacard.json") or {}
-        files = [ds.path / f"{s}.jsonl" for s in ("train", "validation", "test")]
+        release = _json(ds, "share/release_report.json")
+        shared = ds.path / "share" if release is not None else ds.path  # the release is what a partner receives
+        files = [shared / f"{s}.jsonl" for s in ("train", "validation", "test")]
         residual = residual_pii(files, cfg.pii_scan_records) if cfg.pii_scan_records else None
         facts = DataFacts(ds.stats, card, _quarantine_by_source(ds), residual, plan, train,
-                          (model.manifest.get("privacy") if model else None), model is not None, cfg.epsilon_max)
+                          (model.manifest.get("privacy") if model else None), model is not None, cfg.epsilon_max,
+                          release=release)
         out["data_barrier"] = assess_data(facts).as_dict()
     if plan is not None:
         schedule = _json(inputs["schedule"], "schedule.json") if "schedule" in inputs else None

@@ -62,7 +62,7 @@ def _field_help(field: FieldInfo, suffix: str) -> str:
     default = field.get_default(call_default_factory=True)
     if not field.is_required() and default not in (None, [], {}):
         d = default.value if isinstance(default, enum.Enum) else default
-        text += f" [default: {d}]"
+        text += f" \\[default: {d}]"  # escaped: Typer's rich help would read "[default: 8600]" as markup and drop it
     return (text + suffix).strip()
 
 

@@ -183,7 +183,8 @@ def create_app(cfg: UiConfig) -> FastAPI:
         arts = store.all_artifacts(KIND_PAGES[kind_key])
         ws_label = {ws.id: ws.label for ws in store.workspaces()}
         body: Any = table(["artifact", "kind", "workspace", "started", "headline"], [
-            [link(a.url, a.name), a.kind if a.stage != "compress" else "compressed model", ws_label.get(a.ws, a.ws),
+            [link(a.url, a.name), {"compress": "compressed model", "export": "export"}.get(a.stage, a.kind),
+             ws_label.get(a.ws, a.ws),
              fmt_time(a.started), pages_runs.headline(a)] for a in arts], tid=f"list-{kind_key}")
         if kind_key == "assess" and arts:
             body = Raw(section(f"Latest: {arts[0].name}", pages_assess.assessment_body(arts[0])) + section("All", body))

@@ -131,6 +131,7 @@ def line_chart(
                          f'stroke-dasharray="6 4" class="ref"/><text x="{left + 6}" y="{sy(y) - 5:.1f}" '
                          f'class="ref-label" fill="{colour}">{_e(label)} {fmt_num(y)}</text>')
     legend_x = float(left + pw)
+    legend: list[tuple[str, str]] = []
     for i, s in enumerate(series):
         colour = s.colour or PALETTE[i % len(PALETTE)]
         good = [p for p in s.points if all(math.isfinite(v) for v in p)]
@@ -142,10 +143,11 @@ def line_chart(
                      f'data-series="{_e(s.name)}" data-points="{len(good)}"/>')
         if s.markers or len(good) == 1:
             parts.extend(f'<circle cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="3" fill="{colour}"/>' for x, y in good)
-        label_w = 8 + 6.5 * len(s.name)
-        legend_x -= label_w + 14
+        legend.append((s.name, colour))
+    for name, colour in reversed(legend):  # placed right to left, so the first series reads first
+        legend_x -= 22 + 6.5 * len(name)
         parts.append(f'<rect x="{legend_x:.0f}" y="9" width="12" height="3" fill="{colour}"/>'
-                     f'<text x="{legend_x + 16:.0f}" y="14" class="legend">{_e(s.name)}</text>')
+                     f'<text x="{legend_x + 16:.0f}" y="14" class="legend">{_e(name)}</text>')
     parts.append("</svg>")
     return Raw("".join(parts))
 
@@ -236,13 +238,15 @@ def dag(nodes: Sequence[Node], edges: Sequence[tuple[str, str, str]], *, title: 
     height = 24 + max(len(c) for c in cols.values()) * rh
     out = [f'<svg class="dag" role="img" aria-label="{_e(title)}" viewBox="0 0 {width} {height}" width="{width}" '
            f'height="{height}" xmlns="http://www.w3.org/2000/svg">']
+    lane = 0
     for a, b, label in edges:
         if a not in pos or b not in pos:
             continue
         (ax, ay), (bx, by) = pos[a], pos[b]
         x1, y1, x2, y2 = ax + nw, ay + nh / 2, bx, by + nh / 2
-        if layer[b] - layer[a] > 1:  # skips a column: run below the boxes in between, not through them
-            low = max(ay, by) + nh + 12
+        if layer[b] - layer[a] > 1:  # skips a column: run below the boxes in between, each edge in its own lane
+            low = max(ay, by) + nh + 8 + 5 * (lane % 4)
+            lane += 1
             path = f"M{ax + nw / 2},{ay + nh} C{ax + nw / 2},{low} {ax + nw / 2 + 30},{low} {ax + nw},{low} " \
                    f"L{bx - 30},{low} C{bx - 10},{low} {bx - 10},{y2} {x2},{y2}"
         else:
@@ -252,8 +256,8 @@ def dag(nodes: Sequence[Node], edges: Sequence[tuple[str, str, str]], *, title: 
     for n in nodes:
         x, y = pos[n.id]
         ring = STATUS_COLOURS.get(n.status, "")
-        stroke = f' stroke="{ring}" stroke-width="3"' if ring else ""
-        out.append(f'<a href="{_e(n.href)}"><g class="node" data-status="{_e(n.status)}">'
+        stroke = f' stroke="{ring}" stroke-width="3"' if ring else ' stroke="#c9ced5" stroke-width="1"'
+        out.append(f'<a href="{_e(n.href)}"><g class="node" data-node="{_e(n.id)}" data-x="{x}" data-status="{_e(n.status)}">'
                    f'<rect x="{x}" y="{y}" width="{nw}" height="{nh}" rx="7" fill="#fff"{stroke}/>'
                    f'<rect x="{x}" y="{y}" width="7" height="{nh}" rx="3" fill="{n.colour}"/>'
                    f'<text x="{x + 16}" y="{y + 19}" class="node-title">{_e(n.title[:22])}</text>'

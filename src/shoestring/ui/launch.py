@@ -80,11 +80,14 @@ class Launcher:
 
         recipe_path = (self.cwd / recipe).resolve() if not Path(recipe).is_absolute() else Path(recipe)
         cwd_before = Path.cwd()
+        moved = cwd_before.resolve() != self.cwd.resolve()
         try:
-            os.chdir(self.cwd)  # recipes name their files relative to the folder they run in
+            if moved:  # recipes name their files relative to the folder they run in
+                os.chdir(self.cwd)
             parsed, planned = load_recipe(recipe_path, overrides)
         finally:
-            os.chdir(cwd_before)
+            if moved:
+                os.chdir(cwd_before)
         ids = {ps.id for ps in planned}
         unknown = sorted(set(force or []) - ids)
         if unknown:

@@ -18,7 +18,7 @@ from shoestring.core.runs import ordered_stages
 from shoestring.train.tracking import LIVE_META, LIVE_ROWS
 from shoestring.ui.store import ArtifactView, Store, WorkspaceView, read_jsonl
 
-__all__ = ["Progress", "run_progress", "train_stage_ids"]
+__all__ = ["Progress", "planned_for", "run_progress", "train_stage_ids"]
 
 TRAIN_STAGE = "train"
 
@@ -33,6 +33,7 @@ class Progress:
     total_steps: int | None = None
     max_minutes: float | None = None
     eta_seconds: float | None = None
+    eta_note: str = ""
     planned: dict[str, Any] = field(default_factory=dict)
     """The plan's predictions: step_seconds, peak_memory_bytes, tokens_per_second, total_seconds."""
     measured: dict[str, Any] = field(default_factory=dict)
@@ -58,22 +59,39 @@ def _live_dirs(ws: WorkspaceView, pid: int) -> list[Path]:
     return [ws.root / "work" / t.name.rsplit(".", 1)[0] for t in sorted((ws.root / "tmp").glob(f"{TRAIN_STAGE}-*.{pid}"))]
 
 
-def _eta(rows: list[dict[str, Any]], total: int | None, max_minutes: float | None) -> float | None:
-    """Seconds left: remaining steps x median step time, capped by what is left of max_minutes."""
+def _eta(rows: list[dict[str, Any]], total: int | None, max_minutes: float | None) -> tuple[float | None, str]:
+    """Seconds left: remaining steps x median step time, capped by what is left of max_minutes; and why."""
     times = [float(r["step_seconds"]) for r in rows if "step_seconds" in r]
     if not times or total is None:
-        return None
+        return None, ""
     step = max(int(r.get("step", 0)) for r in rows)
     left = max(0, total - step) * statistics.median(times[-20:])
-    if max_minutes is not None:
-        left = min(left, max(0.0, max_minutes * 60 - sum(times)))
-    return left
+    if max_minutes is not None and max_minutes * 60 - sum(times) < left:
+        return max(0.0, max_minutes * 60 - sum(times)), f"max_minutes {max_minutes:g} stops it first"
+    return left, "median step x steps left"
+
+
+def _plan_facts(plan_art: ArtifactView | None) -> dict[str, Any]:
+    """The plan's predictions, plus whether its device was calibrated (uncalibrated CPU plans are rough)."""
+    if plan_art is None:
+        return {}
+    out = dict(plan_art.manifest.get("predicted") or {})
+    device = (plan_art.json_file("plan.json") or {}).get("device") or {}
+    if "calibrated" in device:
+        out["calibrated"] = bool(device["calibrated"])
+        out["device_kind"] = device.get("kind")
+    return out
 
 
 def _plan_predicted(store: Store, art_inputs: dict[str, Any]) -> dict[str, Any]:
     ref = art_inputs.get("plan")
-    plan_art = store.artifact_at(ref["path"]) if ref else None
-    return dict(plan_art.manifest.get("predicted") or {}) if plan_art else {}
+    return _plan_facts(store.artifact_at(ref["path"]) if ref else None)
+
+
+def planned_for(store: Store, model: ArtifactView) -> dict[str, Any]:
+    """What the plan a trained model followed predicted (its manifest's copy wins), with calibration."""
+    pc = model.manifest.get("plan_comparison") or {}
+    return {**_plan_predicted(store, model.manifest.get("inputs") or {}), **(pc.get("predicted") or {})}
 
 
 def _measured(rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -99,14 +117,11 @@ def run_progress(store: Store, ws: WorkspaceView, run: dict[str, Any]) -> list[P
             if art is not None:
                 prog.artifact = art
                 prog.rows = art.jsonl("metrics.jsonl")
-                pc = art.manifest.get("plan_comparison") or {}
-                prog.planned = dict(pc.get("predicted") or {})
+                prog.planned = planned_for(store, art)
                 s = art.stats
                 prog.total_steps = s.get("steps")
                 prog.measured = {k: s.get(k) for k in ("step_seconds", "tokens_per_second", "peak_memory_bytes")
                                  if s.get(k) is not None}
-                if not prog.planned:
-                    prog.planned = _plan_predicted(store, art.manifest.get("inputs") or {})
         elif st.get("status") == "running" and live:
             work = live[0]
             prog.rows = read_jsonl(work / LIVE_ROWS)
@@ -116,7 +131,7 @@ def run_progress(store: Store, ws: WorkspaceView, run: dict[str, Any]) -> list[P
                 meta = {}
             prog.total_steps = meta.get("total_steps")
             prog.max_minutes = meta.get("max_minutes")
-            prog.eta_seconds = _eta(prog.rows, prog.total_steps, prog.max_minutes)
+            prog.eta_seconds, prog.eta_note = _eta(prog.rows, prog.total_steps, prog.max_minutes)
             prog.measured = _measured(prog.rows)
             prog.planned = _planned_from_run(store, ws, run, sid)
         out.append(prog)
@@ -125,9 +140,7 @@ def run_progress(store: Store, ws: WorkspaceView, run: dict[str, Any]) -> list[P
 
 def _planned_from_run(store: Store, ws: WorkspaceView, run: dict[str, Any], sid: str) -> dict[str, Any]:
     """The prediction of the plan stage this run finished before the train stage (the recipe's plan)."""
-    for other in run.get("stages", {}).values():
+    for _, other in ordered_stages(run):
         if other.get("kind") == "plan" and other.get("artifact"):
-            art = store.artifact_at(other["artifact"])
-            if art is not None:
-                return dict(art.manifest.get("predicted") or {})
+            return _plan_facts(store.artifact_at(other["artifact"]))
     return {}

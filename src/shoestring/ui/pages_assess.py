@@ -49,13 +49,19 @@ def _wall(key: str, wall: dict[str, Any]) -> Raw:
                   f'</div><div class="advice-action">{esc(best["action"])}</div><div>{esc(best["effect"])}</div>'
                   f'<div class="muted">score {best["before"]:.2f} → {best["after"]:.2f} ({esc(best["basis"])})</div></div>')
     else:
+        n = len(wall.get("changes") or [])
         advice = (f'<div class="advice none" id="{esc(key)}-best"><div class="advice-label">no change considered lowers '
-                  "this wall</div></div>")
+                  f'this wall</div><div>{n} change{"s" if n != 1 else ""} priced; none lowers the score by 0.01 or more'
+                  "</div></div>")
+    measured = [c for c in wall["components"] if c["score"] is not None]
+    top = max(measured, key=lambda c: c["score"], default=None)
+    worst = (f'<p class="worst">largest obstacle: <b>{esc(top["label"])}</b>, {esc(_measured(top))} '
+             f'(score {top["score"]:.2f})</p>') if top and top["score"] > 0 else ""
     score = wall["score"]
     value = "not measured" if score is None else f"{score:.2f}"
     return Raw(f'<div class="wall" id="{esc(key)}"><div class="wall-head"><h3>{esc(wall["name"])}</h3>'
-               f'<div class="wall-score" data-score="{esc(value)}">{esc(value)}</div>{meter(score, 260)}</div>'
-               f'<div class="pillars">{pillars}</div>{advice}</div>')
+               f'<div class="wall-score" data-score="{esc(value)}">{esc(value)}</div></div>{meter(score, 320)}'
+               f'<div class="pillars">{pillars}</div>{worst}{advice}</div>')
 
 
 def _components(wall: dict[str, Any]) -> Raw:

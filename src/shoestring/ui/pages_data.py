@@ -133,10 +133,28 @@ def datacard_body(a: ArtifactView) -> Raw:
             ["quasi-identifiers", "k", "classes", "smallest class", "records below k", "enforced"],
             [[", ".join(k.get("columns", [])), k.get("k"), k.get("classes"), k.get("min_class_size"),
               k.get("records_below_k"), k.get("enforced")]])))
+    rel = a.json_file("share/release_report.json")
+    if rel:
+        parts.append(section("Shareable release (share/)", _release(rel),
+                             note="what a partner receives, and the checks it passed"))
     files = " · ".join(str(link(f"{a.url}/rows/{f}", f)) for f in BROWSABLE if (a.path / f).is_file())
     parts.append(section("Files", Raw(f"<p>{files} · {link(f'{a.url}/file/datacard.html', 'datacard.html')} · "
                                       f"{link(f'{a.url}/file/datacard.json', 'datacard.json')}</p>")))
     return Raw("".join(esc(p) for p in parts))
+
+
+def _release(rel: dict[str, Any]) -> Raw:
+    recs, k = rel.get("records") or {}, rel.get("k_anonymity") or {}
+    scan, dp = rel.get("residual_pii_scan") or {}, rel.get("dp_counts") or {}
+    rows = [["records", f"{recs.get('released', 0):,} released of {recs.get('curated', 0):,} curated"],
+            ["k-anonymity", f"k={k.get('k_required')} on {', '.join(k.get('quasi_identifiers', []))}: smallest class "
+                            f"{k.get('k_achieved')}, {k.get('records_suppressed', 0):,} records suppressed" if k else "-"],
+            ["residual PII scan", f"{scan.get('hits', '-')} hits in {scan.get('records_scanned', 0):,} records"],
+            ["DP counts", f"epsilon {rel.get('epsilon_spent', 0):g} ({dp.get('mechanism', '')})" if dp else "none"],
+            ["removed columns", ", ".join(rel.get("removed_columns") or []) or "-"],
+            ["pseudonymised columns", ", ".join(rel.get("pseudonymised_columns") or []) or "-"],
+            ["PII mode", rel.get("pii_mode", "-")]]
+    return table(["", "release"], rows, tid="release")
 
 
 def _cell(v: Any) -> Raw:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from shoestring.ui.layout import Raw, cards, esc, fmt_bytes, fmt_seconds, fmt_value, link, section, table
-from shoestring.ui.live import Progress
+from shoestring.ui.live import Progress, planned_for
 from shoestring.ui.pages_runs import headline, train_panel
 from shoestring.ui.store import ArtifactView, Store
 
@@ -164,7 +164,7 @@ def export_body(a: ArtifactView) -> Raw:
 def model_body(store: Store, a: ArtifactView) -> Raw:
     s = a.stats
     prog = Progress("train", "done", rows=a.jsonl("metrics.jsonl"), total_steps=s.get("steps"),
-                    planned=dict((a.manifest.get("plan_comparison") or {}).get("predicted") or {}),
+                    planned=planned_for(store, a),
                     measured={k: s[k] for k in ("step_seconds", "tokens_per_second", "peak_memory_bytes") if s.get(k)},
                     artifact=a)
     head = cards([

@@ -180,7 +180,7 @@ def train_panel(p: Progress) -> Raw:
     total = p.total_steps
     head = cards([
         ("step", f"{p.step:,}" + (f" / {total:,}" if total else ""), p.status),
-        ("ETA", fmt_seconds(p.eta_seconds) if p.status == "running" else "-", "median step x steps left"),
+        ("ETA", fmt_seconds(p.eta_seconds) if p.status == "running" else "-", p.eta_note if p.status == "running" else ""),
         ("tokens/s", f"{me.get('tokens_per_second', 0):,.0f}" if me.get("tokens_per_second") else "-",
          f"planned {pl['tokens_per_second']:,.0f}" if pl.get("tokens_per_second") else ""),
         ("step time", fmt_seconds(me.get("step_seconds")), f"planned {fmt_seconds(pl.get('step_seconds'))}"),
@@ -198,7 +198,11 @@ def train_panel(p: Progress) -> Raw:
          f"{me['tokens_per_second']:,.0f}" if me.get("tokens_per_second") else "-",
          ratio(me.get("tokens_per_second"), pl.get("tokens_per_second"))],
     ], cls="compare", tid=f"plan-vs-measured-{p.stage_id}", numeric=[1, 2, 3])
-    note = "" if me.get("peak_memory_bytes") else "peak memory is measured when the stage finishes"
+    notes = [] if me.get("peak_memory_bytes") else ["peak memory is measured when the stage finishes"]
+    if pl.get("calibrated") is False and pl.get("device_kind") == "cpu":
+        notes.append("the plan's CPU was not calibrated, so its step time is a rough estimate "
+                     "(shoestring plan --calibrate measures this machine)")
+    note = "; ".join(notes)
     return Raw(f'<div class="train-panel" data-stage="{esc(p.stage_id)}" data-rows="{len(rows)}">{head}'
                f'<div class="chart-row">{loss_chart}</div><div class="chart-row">{tps_chart}{step_chart}</div>'
                f'<h3>Planned vs measured</h3>{compare}<p class="muted">{esc(note)}</p></div>')
