@@ -37,6 +37,9 @@ browser:
 
 demo: $(CORE)
 	$(VENV)/bin/shoestring run recipes/quickstart.yaml
+	@echo
+	@echo "See the run, its data card, plan, model and assessment in a browser (offline):"
+	@echo "  $(VENV)/bin/shoestring ui        # then open http://127.0.0.1:8600/"
 
 test: $(ALL) browser
 	$(VENV)/bin/python -m pytest

@@ -1,30 +1,32 @@
-"""Predicted vs measured peak memory and step time, through the real `shoestring train` path.
+"""Planned vs measured resident peak (RSS) and step time, through the real plan and train stages.
 
-Each configuration trains for a few optimizer steps in a *fresh subprocess* (so memory starts
-clean) through ``Workspace.run(get_stage("train"), TrainConfig(...))``: the trainer's own
-``PeakMemoryMeter`` (CPU: peak RSS above the pre-model baseline) and median step time are
-read from the model artifact's stats. The planner predicts both in the parent process from
-the same config. ``accelerate estimate-memory``'s figure (its "Training using Adam" column,
-computed by accelerate's own ``calculate_maximum_sizes`` + ``estimate_training_usage`` on the
-same meta-device model, because its CLI needs the hub) is reported beside ours.
+Each configuration is planned by the real ``plan`` stage (``Workspace.run``: the machine's
+calibration on first use, the model's shapes and its shallow twins the first time it is
+planned) on the same dataset artifact the trainer reads, then trains for :data:`STEPS`
+optimizer steps in a *fresh subprocess* through the real ``train`` stage following that plan
+(its defaults: fast paths, glibc's default heap when memory is not tight, bf16 autocast where
+asked). Measured = the trainer's peak RSS of its process (what ``top`` shows) and its median
+step; the live-tensor peak (RSS above the stage's start) is reported as a detail with
+``accelerate estimate-memory``'s figure beside it (its "Training using Adam" column, from
+accelerate's own ``calculate_maximum_sizes`` + ``estimate_training_usage`` on the same
+meta-device model, because its CLI needs the hub).
+
+Two passes per configuration, in a cache folder that starts empty (``--cache``, a fresh
+machine as far as shoestring knows):
+
+* **cold**: planned with no training run on record (the run log is set aside while it
+  plans), then trained: that run is filed in the run log (the trainer's feedback);
+* **warm**: planned again after that run (the same job's residual, see
+  ``shoestring.plan.feedback``) and trained again.
 
 Models: the packaged SmolLM2-135M (Llama) and all-MiniLM-L6-v2 (BERT) configs, resized
 with config overrides and written to temporary folders with their real tokenizers; trained
 ``from_scratch`` (random init) except the rows marked ``pretrained``. Data: Python's own
 docs (``pydoc_data.topics``), packed into rows.
 
-Each configuration runs under both CPU heaps the trainer can pick (``--heaps``): ``bounded``
-(``bound_allocator: true``: resident memory = live tensors, what the memory model predicts;
-every large block page-faults) and ``default`` (glibc's own heap, the trainer's choice when
-the plan fits with head-room: the fast one). The trainer's ``fast_paths`` stay on (its
-default; ``--stock`` turns them off). The planner is given the same heap and the dataset's
-packed document mix (``shoestring.plan.tokens.packed_segments``), as ``shoestring plan
---dataset`` gives it.
-
-    .venv/bin/python benchmarks/plan_accuracy.py            # all configurations (~10 min on 2 cores)
-    .venv/bin/python benchmarks/plan_accuracy.py --only 0 3 # some of them
-    .venv/bin/python benchmarks/plan_accuracy.py --calibrate --only 4 5 --json out.json  # calibrate first
-    .venv/bin/python benchmarks/plan_accuracy.py --rescore out.json  # re-predict saved measurements
+    .venv/bin/python benchmarks/plan_accuracy.py --cache /tmp/cal --only 0 1 2 3 4 --json a.json
+    .venv/bin/python benchmarks/plan_accuracy.py --cache /tmp/cal --only 5 6 7 8 9 --json b.json
+    .venv/bin/python benchmarks/plan_accuracy.py --table a.json b.json   # the markdown table
 """
 
 from __future__ import annotations
@@ -143,223 +145,174 @@ def run_one(spec: dict[str, Any]) -> dict[str, Any]:
         dataset=spec["dataset"], model=spec["model"], task=spec["task"], method=spec["method"],
         from_scratch=not spec.get("pretrained", False), seq_len=spec["seq_len"], micro_batch_size=spec["mbs"],
         grad_accum=1, precision=spec["precision"], activation_checkpointing=spec["ckpt"], max_steps=STEPS,
-        val_max_examples=0, progress=False, tracking={"tensorboard": False}, max_examples=spec.get("max_examples"),
-        checkpoint_every=1000, fast_paths=spec.get("fast_paths", True), bound_allocator=bounded,
+        val_max_examples=0, progress=False, max_examples=spec.get("max_examples"), trainable_layers=2,
+        checkpoint_every=1000, fast_paths=spec.get("fast_paths", True), bound_allocator=True if bounded else None,
     )
-    res = ws.run(get_stage("train"), cfg, {"dataset": Artifact.load(spec["dataset"])}, force=True)
+    inputs = {"dataset": Artifact.load(spec["dataset"])}
+    if spec.get("plan"):
+        inputs["plan"] = Artifact.load(spec["plan"])
+    res = ws.run(get_stage("train"), cfg, inputs, force=True)
     st = res.artifact.stats
-    return {"peak_memory_bytes": st["peak_memory_bytes"], "step_seconds": st["step_seconds"],
-            "trainable": st.get("trainable_parameters"), "parameters": st.get("parameters"),
-            "fast_paths": st.get("fast_paths"), "cpu_allocator": res.artifact.manifest.get("cpu_allocator")}
+    return {"peak_memory_bytes": st["peak_memory_bytes"], "resident_peak_bytes": st.get("resident_peak_bytes"),
+            "step_seconds": st["step_seconds"], "trainable": st.get("trainable_parameters"),
+            "parameters": st.get("parameters"), "fast_paths": st.get("fast_paths"),
+            "cpu_allocator": res.artifact.manifest.get("cpu_allocator"),
+            "plan_comparison": res.artifact.manifest.get("plan_comparison")}
 
 
-def _segments(spec: dict[str, Any]) -> tuple[tuple[int, float], ...]:
-    """The dataset's packed document mix, as `shoestring plan --dataset` computes it."""
-    if spec["task"] != "causal-lm":
-        return ()
-    from shoestring.models.loading import load_tokenizer
-    from shoestring.plan.tokens import count_dataset_tokens, packed_segments
+def plan_row(spec: dict[str, Any], ws: Path) -> tuple[dict[str, Any], Path, float]:
+    """The real plan stage for one configuration (its dataset artifact as input); the plan,
+    its artifact folder and the seconds it took (calibration, shapes and twins included)."""
+    from shoestring.core.artifact import Artifact
+    from shoestring.core.registry import get_stage
+    from shoestring.core.workspace import Workspace
+    from shoestring.plan.stage import PlanConfig
 
-    _, lengths = count_dataset_tokens(Path(spec["dataset"]) / "train.jsonl", load_tokenizer(spec["model"]))
-    return packed_segments(lengths, spec["seq_len"], chunk=True)[0]
-
-
-def _record_lengths(spec: dict[str, Any]) -> tuple[int, ...]:
-    """Padded batches (the classifier rows): the records' length quantiles, as `shoestring plan` reads them."""
-    if spec["task"] != "classification":
-        return ()
-    from shoestring.models.loading import load_tokenizer
-    from shoestring.plan.tokens import count_dataset_tokens, length_quantiles
-
-    _, lengths = count_dataset_tokens(Path(spec["dataset"]) / "train.jsonl", load_tokenizer(spec["model"]))
-    return length_quantiles(lengths, spec["seq_len"])
+    cfg = PlanConfig(model=spec["model"], task=spec["task"], dataset=spec["dataset"], seq_len=spec["seq_len"],
+                     method=spec["method"], trainable_layers=2, micro_batch_size=spec["mbs"], grad_accum=1,
+                     batch_size=spec["mbs"], activation_checkpointing=spec["ckpt"],
+                     precision="bf16-mixed" if spec["precision"] == "bf16" else "fp32",
+                     fast_paths=spec.get("fast_paths", True), device="cpu")
+    t0 = time.perf_counter()
+    res = Workspace(ws).run(get_stage("plan"), cfg, {"dataset": Artifact.load(spec["dataset"])}, force=True)
+    plan = json.loads((res.artifact.path / "plan.json").read_text())
+    return plan, res.artifact.path, time.perf_counter() - t0
 
 
-def _setup(spec: dict[str, Any]) -> Any:
-    from shoestring.plan.memory import TrainingSetup
+def accelerate_bytes(spec: dict[str, Any]) -> int:
+    """accelerate's "Training using Adam" estimate for the same model (its own functions)."""
+    from accelerate.commands.estimate import estimate_training_usage
+    from accelerate.utils import calculate_maximum_sizes
 
-    return TrainingSetup(
-        task=spec["task"], method=spec["method"], trainable_layers=2,
-        precision="bf16-mixed" if spec["precision"] == "bf16" else "fp32",
-        activation_checkpointing=spec["ckpt"], micro_batch_size=spec["mbs"], seq_len=spec["seq_len"],
-        device_kind="cpu", fast_paths=spec.get("fast_paths", True), doc_segments=spec.get("segments", ()),
-        bounded_heap=spec.get("heap", "bounded") == "bounded", record_lengths=tuple(spec.get("record_lengths", ())),
-    )
-
-
-def _config(spec: dict[str, Any]) -> Any:
-    from shoestring.plan.arch import load_model_config
+    from shoestring.plan.arch import load_model_config, meta_model
 
     config = load_model_config(spec["model"])
     if spec["task"] == "classification":
         config.num_labels = 2
-    return config
-
-
-def calibrate_row(spec: dict[str, Any]) -> float:
-    """`--calibrate`'s shape timing for one configuration (cached per machine); seconds it took."""
-    from shoestring.plan.calibrate import calibrate_shapes
-
-    t0 = time.perf_counter()
-    calibrate_shapes(_config(spec), _setup(spec))
-    return time.perf_counter() - t0
-
-
-def predict(spec: dict[str, Any], overhead: int | None) -> dict[str, Any]:
-    """Parent process: the planner's prediction for the same configuration, through the
-    search's own costing of one candidate (``shoestring.plan.search.evaluate``)."""
-    from accelerate.commands.estimate import estimate_training_usage
-    from accelerate.utils import calculate_maximum_sizes
-
-    from shoestring.plan.arch import describe_model, meta_model
-    from shoestring.plan.hardware import cpu_device
-    from shoestring.plan.search import Workload, evaluate, measured_matmul_seconds
-
-    config = _config(spec)
-    task = spec["task"]
-    shape = describe_model(config, task)
-    setup = _setup(spec)
-    dev = cpu_device()
-    cand = evaluate(config, shape, setup, Workload(sequences=spec["mbs"], tokens_per_sequence=spec["seq_len"],
-                                                   batch_size=spec["mbs"]),
-                    dev, memory_limit=2**62, framework_overhead=overhead, grad_accum=1)
-    mem = cand.memory
-    step = cand.run.step_seconds
-    from shoestring.plan.allocator import UNBOUNDED_HEAP_FACTOR
-
-    shaped = measured_matmul_seconds(config, setup, dev)
-    total, _largest = calculate_maximum_sizes(meta_model(config, task))
-    acc = max(estimate_training_usage(total, "bfloat16" if spec["precision"] == "bf16" else "float32").values())
-    return {"peak_memory_bytes": mem.peak_bytes, "terms": mem.terms(), "step_seconds": step,
-            "resident_default_heap_upper_bytes": int(mem.peak_bytes * UNBOUNDED_HEAP_FACTOR),
-            "matmul_seconds": shaped, "accelerate_bytes": int(acc), "trainable": mem.trainable_params}
+    total, _largest = calculate_maximum_sizes(meta_model(config, spec["task"]))
+    return int(max(estimate_training_usage(total, "bfloat16" if spec["precision"] == "bf16" else "float32").values()))
 
 
 def table(rows: list[dict[str, Any]]) -> str:
-    """One markdown row per configuration: memory (bounded heap) with accelerate's figure, the
-    default heap's resident peak against the plan's, and step time under each heap."""
+    """One markdown row per configuration: resident peak and step time, cold and warm."""
     by: dict[int, dict[str, Any]] = {}
     for r in rows:
-        by.setdefault(r["i"], {"name": r["name"]})[r.get("heap", "bounded")] = r
+        by.setdefault(r["i"], {"name": r["name"]})[r["phase"]] = r
 
-    def pct(a: float | None, b: float | None) -> str:
-        return f"{a / b - 1:+.1%}" if a and b else "-"
+    def pct(p: float | None, m: float | None) -> str:
+        return f"{p / m - 1:+.1%}" if p and m else "-"
 
     def mib(n: float | None) -> str:
-        return f"{n / 2**20:.0f}" if n else "-"
+        return f"{n / 2**20:,.0f}" if n else "-"
 
-    out = ["| # | configuration | bounded peak MiB measured / ours | err | accelerate err | default-heap resident MiB "
-           "measured / plan's bound | within | step s bounded measured / ours | err | step s default measured / ours | err |",
-           "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    out = ["| # | configuration | RSS MiB measured / planned, cold | err | warm | err | live MiB measured / "
+           "planned | accelerate err | step s measured / planned, cold | err | warm | err |",
+           "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for i, d in sorted(by.items()):
-        b, g = d.get("bounded"), d.get("default")
         cells = [str(i), d["name"]]
-        if b:
-            mp, pp = b["meas"]["peak_memory_bytes"], b["pred"]["peak_memory_bytes"]
-            cells += [f"{mib(mp)} / {mib(pp)}", pct(pp, mp), pct(b["pred"]["accelerate_bytes"], mp)]
-        else:
-            cells += ["-", "-", "-"]
-        if g:
-            mp, pp = g["meas"]["peak_memory_bytes"], g["pred"].get("resident_default_heap_upper_bytes")
-            cells += [f"{mib(mp)} / {mib(pp)}", ("yes" if mp <= pp else "NO") if pp else "-"]
+        cold, warm = d.get("cold"), d.get("warm")
+        for r in (cold, warm):
+            if r:
+                m, p = r["meas"].get("resident_peak_bytes"), r["pred"].get("resident_peak_bytes")
+                cells += [f"{mib(m)} / {mib(p)}", pct(p, m)]
+            else:
+                cells += ["-", "-"]
+        if cold:
+            m, p = cold["meas"]["peak_memory_bytes"], cold["pred"].get("live_peak_bytes")
+            cells += [f"{mib(m)} / {mib(p)}", pct(cold.get("accelerate_bytes"), m)]
         else:
             cells += ["-", "-"]
-        for r in (b, g):
+        for r in (cold, warm):
             if r:
-                ms, ps = r["meas"]["step_seconds"], r["pred"]["step_seconds"]
-                cells += [f"{ms:.3f} / {ps:.3f}", pct(ps, ms)]
+                m, p = r["meas"]["step_seconds"], r["pred"]["step_seconds"]
+                cells += [f"{m:.3f} / {p:.3f}", pct(p, m)]
             else:
                 cells += ["-", "-"]
         out.append("| " + " | ".join(cells) + " |")
     return "\n".join(out)
 
 
+def summary(rows: list[dict[str, Any]]) -> str:
+    """How many rows are within the issue's targets, per phase."""
+    lines = []
+    for phase, mem_tol, step_tol in (("cold", 0.15, 0.25), ("warm", 0.10, 0.20)):
+        rs = [r for r in rows if r["phase"] == phase]
+        if not rs:
+            continue
+        mem = sum(1 for r in rs if abs(r["pred"]["resident_peak_bytes"] / r["meas"]["resident_peak_bytes"] - 1)
+                  <= mem_tol)
+        step = sum(1 for r in rs if abs(r["pred"]["step_seconds"] / r["meas"]["step_seconds"] - 1) <= step_tol)
+        lines.append(f"{phase}: RSS within ±{mem_tol:.0%} on {mem}/{len(rs)}, step within ±{step_tol:.0%} on "
+                     f"{step}/{len(rs)}")
+    return "\n".join(lines)
+
+
+def _train(spec: dict[str, Any]) -> dict[str, Any] | None:
+    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
+    out = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], capture_output=True,
+                         text=True, env=env, timeout=1200)
+    line = [x for x in out.stdout.splitlines() if x.startswith("RESULT ")]
+    if out.returncode != 0 or not line:
+        print(f"[{spec['name']}]: training FAILED\n{out.stderr[-2000:]}", file=sys.stderr)
+        return None
+    return dict(json.loads(line[-1][7:]))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--only", type=int, nargs="*", help="indices of CONFIGS to run")
     ap.add_argument("--child", help=argparse.SUPPRESS)
+    ap.add_argument("--cache", type=Path, help="shoestring cache folder (empty = a fresh machine); kept across chunks")
     ap.add_argument("--json", type=Path, help="also write the raw rows here")
-    ap.add_argument("--rescore", type=Path, help="re-predict the measurements saved by --json (no training)")
-    ap.add_argument("--stock", action="store_true",
-                    help="train (and plan) with the trainer's fast paths off (fast_paths: false)")
-    ap.add_argument("--heaps", nargs="+", default=["bounded", "default"], choices=["bounded", "default"],
-                    help="CPU heaps to run every configuration under")
-    ap.add_argument("--calibrate", action="store_true",
-                    help="first run `shoestring plan --calibrate`'s probe (fp32 + bf16), so the step times are predicted "
-                         "with this machine's utilisation measured right before")
+    ap.add_argument("--table", type=Path, nargs="+", help="print the table of earlier --json files (no runs)")
     args = ap.parse_args()
     if args.child:
         print("RESULT " + json.dumps(run_one(json.loads(args.child))), flush=True)
         return
-    from shoestring.plan.hardware import load_hardware
+    if args.table:
+        rows = [r for f in args.table for r in json.loads(f.read_text())]
+        print(table(rows) + "\n\n" + summary(rows))
+        return
+    if args.cache:
+        args.cache.mkdir(parents=True, exist_ok=True)
+        real = Path(os.environ.get("SHOESTRING_CACHE", Path.home() / ".cache" / "shoestring")).expanduser()
+        if not (args.cache / "models").exists() and (real / "models").is_dir():
+            (args.cache / "models").symlink_to(real / "models")  # packaged models, converted once
+        os.environ["SHOESTRING_CACHE"] = str(args.cache)
+    from shoestring.plan.feedback import run_log_path
 
-    if args.calibrate:
-        from shoestring.plan.calibrate import calibrate
-
-        t_cal = time.perf_counter()
-        cal = calibrate("full")
-        print(f"calibration probes + probe shapes: {time.perf_counter() - t_cal:.1f} s "
-              f"(shape timing {cal.get('shape_seconds')} s); shape model {cal.get('shape_model')}",
-              file=sys.stderr, flush=True)
-        probes = [(p["heap"], p["precision"], p["batch"], p["seq_len"], round(p["step_seconds"], 4)) for p in cal["probes"]]
-        print(f"calibration: probes (heap, precision, batch, seq, s/step) {probes}; utilisation {cal['utilisation_by_dtype']}, "
-              f"streaming B/s {cal['stream_rate_by_dtype']}, overhead {cal['framework_overhead_bytes'] / 2**20:.0f} MiB",
-              file=sys.stderr, flush=True)
-    hw = load_hardware()
-    if args.rescore and hw.get("calibration", {}).get("probes"):
-        from shoestring.plan.calibrate import rederive
-        from shoestring.plan.hardware import save_hardware
-
-        hw["calibration"] = rederive(hw)  # same measured probe times, current time model
-        save_hardware(hw)
-        print(f"calibration re-derived: utilisation {hw['calibration']['utilisation_by_dtype']}, streaming B/s "
-              f"{hw['calibration']['stream_rate_by_dtype']}", file=sys.stderr)
-    overhead = hw.get("calibration", {}).get("framework_overhead_bytes")
     root = Path(tempfile.mkdtemp(prefix="plan-acc-"))
-    rows = []
-    chosen = args.only if args.only else range(len(CONFIGS))
-    if args.rescore:
-        rows = json.loads(args.rescore.read_text())
-        for r in rows:
-            spec = dict(CONFIGS[r["i"]])
-            spec["model"] = SMOL if spec.get("pretrained") else str(_model_folder(spec["base"], spec["over"], root))
-            spec.update(dataset=str(_dataset(root, spec["task"] == "classification")), heap=r.get("heap", "bounded"),
-                        fast_paths=r.get("fast_paths", True))
-            spec["segments"], spec["record_lengths"] = _segments(spec), _record_lengths(spec)
-            r["pred"] = predict(spec, overhead)
-        chosen = []
-    for i in chosen:
+    rows: list[dict[str, Any]] = []
+    for i in args.only if args.only else range(len(CONFIGS)):
         spec = dict(CONFIGS[i])
         model = SMOL if spec.get("pretrained") else str(_model_folder(spec["base"], spec["over"], root))
-        spec.update(model=model, fast_paths=not args.stock, dataset=str(_dataset(root, spec["task"] == "classification")))
-        spec["segments"], spec["record_lengths"] = _segments(spec), _record_lengths(spec)
-        shape_s = calibrate_row(spec) if args.calibrate else None
-        for heap in args.heaps:
-            spec.update(heap=heap, workspace=str(root / f"ws{i}-{heap}"))
-            pred = predict(spec, overhead)
-            pred["shape_calibration_seconds"] = shape_s
-            t0 = time.time()
-            env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
-            out = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], capture_output=True,
-                                 text=True, env=env, timeout=900)
-            line = [x for x in out.stdout.splitlines() if x.startswith("RESULT ")]
-            if out.returncode != 0 or not line:
-                print(f"[{i}] {spec['name']} ({heap}): FAILED\n{out.stderr[-2000:]}", file=sys.stderr)
+        spec.update(model=model, dataset=str(_dataset(root, spec["task"] == "classification")), heap="default")
+        for phase in ("cold", "warm"):
+            log = run_log_path()
+            held = log.with_suffix(".held")
+            if phase == "cold" and log.exists():  # cold: plan as if no run had been filed on this machine
+                log.rename(held)
+            try:
+                plan, plan_dir, plan_s = plan_row(spec, root / f"plan{i}-{phase}")
+            finally:
+                if held.exists():
+                    held.rename(log)
+            meas = _train({**spec, "plan": str(plan_dir), "workspace": str(root / f"ws{i}-{phase}")})
+            if meas is None:
                 continue
-            meas = json.loads(line[-1][7:])
-            rows.append({"i": i, "name": spec["name"], "heap": heap, "fast_paths": spec["fast_paths"], "pred": pred,
-                         "meas": meas, "wall": time.time() - t0})
+            pred = plan["predicted"]
+            row = {"i": i, "name": spec["name"], "phase": phase, "pred": pred, "meas": meas, "plan_seconds": plan_s,
+                   "calibration": plan.get("calibration"), "twins": plan.get("twins"), "feedback": plan.get("feedback"),
+                   "accelerate_bytes": accelerate_bytes(spec) if phase == "cold" else None}
+            rows.append(row)
             if args.json:  # after every row, so a run cut short keeps what it measured
                 args.json.write_text(json.dumps(rows, indent=1))
-            err = pred["peak_memory_bytes"] / meas["peak_memory_bytes"] - 1
-            print(f"[{i}] {spec['name']} ({heap} heap): measured {meas['peak_memory_bytes'] / 2**20:.0f} MiB, predicted "
-                  f"{pred['peak_memory_bytes'] / 2**20:.0f} MiB ({err:+.1%}); step {meas['step_seconds']:.3f}s vs "
-                  f"{pred['step_seconds']:.3f}s ({pred['step_seconds'] / meas['step_seconds'] - 1:+.1%}); "
-                  f"allocator {meas.get('cpu_allocator')}, fast paths {meas.get('fast_paths')}", file=sys.stderr,
-                  flush=True)
-    if args.json:
-        args.json.write_text(json.dumps(rows, indent=1))
-    print(table(rows))
+            rm, rp = meas.get("resident_peak_bytes") or 0, pred.get("resident_peak_bytes") or 0
+            print(f"[{i}] {spec['name']} {phase}: RSS {rm / 2**20:.0f} MiB measured, {rp / 2**20:.0f} planned "
+                  f"({rp / max(rm, 1) - 1:+.1%}); step {meas['step_seconds']:.3f} s vs {pred['step_seconds']:.3f} s "
+                  f"({pred['step_seconds'] / meas['step_seconds'] - 1:+.1%}); plan {plan_s:.1f} s "
+                  f"(calibration {plan.get('calibration', {}).get('seconds_now')} s)", file=sys.stderr, flush=True)
+    print(table(rows) + "\n\n" + summary(rows))
     shutil.rmtree(root, ignore_errors=True)
 
 

@@ -42,6 +42,7 @@ EXTRA_VERBS = (
     "evaluate.cli",
     "compress.cli",
     "serve.cli",
+    "ui.cli",
 )
 
 
@@ -133,7 +134,8 @@ def main() -> None:
     # hub-downloaded 4-bit kernel is missing; QLoRA needs CUDA anyway, so it is only noise.
     logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
     try:
-        app(standalone_mode=False)
+        # Typer turns Ctrl-C into exit code 130 and, outside standalone mode, returns it.
+        code = app(standalone_mode=False)
     except ShoestringError as err:
         err_console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
         sys.exit(err.exit_code)
@@ -146,8 +148,11 @@ def main() -> None:
         ex.show()  # type: ignore[attr-defined]
         sys.exit(ex.exit_code)  # type: ignore[attr-defined]
     except KeyboardInterrupt:
-        err_console.print("interrupted; re-run the same command to resume from the last finished step")
-        sys.exit(130)
+        code = 130
+    if isinstance(code, int) and code:
+        if code == 130:
+            err_console.print("interrupted; re-run the same command to resume from the last finished step")
+        sys.exit(code)
 
 
 if __name__ == "__main__":

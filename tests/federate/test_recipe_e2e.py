@@ -22,7 +22,7 @@ pytestmark = pytest.mark.slow
 SMALL = [
     "--set", "federate.clients=4", "--set", "federate.rounds=3", "--set", "federate.partition=iid",
     "--set", "federate.recsys.hidden_size=8", "--set", "federate.recsys.max_len=10",
-    "--set", "federate.local_batch_size=256",
+    "--set", "federate.local_batch_size=256", "--set", "federate.local_epochs=1",
     "--set", "federate.faults={dropout: 0.2, corrupt: 0.15, wrong_shape: 0.15, seed: 3}",
     "--set", "federate.baselines={epochs: 2, patience: 1, max_local_clients: 2}",
     "--set", "evaluate.bootstrap=100",

@@ -19,6 +19,7 @@ CONTRACT = ("model", "task", "method", "seq_len", "micro_batch_size", "grad_accu
 
 
 def _plan(tmp_path: Path, cfg: PlanConfig, inputs: dict | None = None) -> dict:
+    cfg = cfg.model_copy(update={"calibrate": False})  # contracts, not this machine (tests/plan/test_fresh_machine.py)
     ws = Workspace(tmp_path / "ws")
     res = ws.run(get_stage("plan"), cfg, inputs or {})
     return json.loads((res.artifact.path / "plan.json").read_text())

@@ -12,7 +12,7 @@ import inspect
 import types
 import typing
 from pathlib import Path
-from typing import Any, Literal, get_args, get_origin
+from typing import Any, Literal, TypeVar, get_args, get_origin
 
 import typer
 from pydantic.fields import FieldInfo
@@ -23,8 +23,9 @@ from shoestring.core.errors import NotBuiltError, ShoestringError
 from shoestring.core.registry import get_stage
 from shoestring.core.workspace import Workspace, input_fields
 
-__all__ = ["add_stage_command", "flag_type", "not_built_command"]
+__all__ = ["add_stage_command", "config_from_flags", "flag_type", "not_built_command", "options_signature"]
 
+C = TypeVar("C", bound=StageConfig)
 RESERVED = {"config", "workspace", "force"}
 _SCALARS = (str, int, float, bool, Path)
 
@@ -61,8 +62,63 @@ def _field_help(field: FieldInfo, suffix: str) -> str:
     default = field.get_default(call_default_factory=True)
     if not field.is_required() and default not in (None, [], {}):
         d = default.value if isinstance(default, enum.Enum) else default
-        text += f" [default: {d}]"
+        text += f" \\[default: {d}]"  # escaped: Typer's rich help would read "[default: 8600]" as markup and drop it
     return (text + suffix).strip()
+
+
+def options_signature(cfg_cls: type[StageConfig], leading: tuple[inspect.Parameter, ...] = ()) -> inspect.Signature:
+    """``--config FILE`` plus one option per scalar field of a long-running verb's config (serve, ui).
+
+    ``leading`` parameters (e.g. a positional argument) come first; their fields get no option.
+    """
+    params = [
+        *leading,
+        inspect.Parameter(
+            "config",
+            inspect.Parameter.KEYWORD_ONLY,
+            default=typer.Option(None, "--config", "-c", help="YAML file with these keys; flags override it."),
+            annotation=typing.Optional[Path],  # noqa: UP045 - Typer needs a runtime type
+        ),
+    ]
+    taken = {p.name for p in leading}
+    for name, field in cfg_cls.model_fields.items():
+        mapped = flag_type(field.annotation)
+        if name in taken or mapped is None:
+            continue
+        ftype, suffix = mapped
+        flag = "--" + name.replace("_", "-")
+        decls = [f"{flag}/--no-{name.replace('_', '-')}"] if ftype is bool else [flag]
+        params.append(
+            inspect.Parameter(
+                name,
+                inspect.Parameter.KEYWORD_ONLY,
+                default=typer.Option(None, *decls, help=_field_help(field, suffix)),
+                annotation=typing.Optional[ftype],  # noqa: UP045
+            )
+        )
+    return inspect.Signature(params)
+
+
+def config_from_flags(cfg_cls: type[C], verb: str, kwargs: dict[str, Any], required: dict[str, str] | None = None) -> C:
+    """The config of ``shoestring VERB`` from its ``--config`` file (kwargs["config"]) and flags (flags win).
+
+    ``required``: key -> the one-line error when neither the file nor a flag sets it.
+    """
+    cfg_file = kwargs.pop("config", None)
+    data: dict[str, Any] = {}
+    if cfg_file is not None:
+        loaded = load_yaml(cfg_file)
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ShoestringError(f"{cfg_file} must be a mapping of {verb} keys")
+        data.update(loaded or {})
+    for key, value in kwargs.items():
+        if value is None or (isinstance(value, list) and not value):
+            continue
+        data[key] = value.value if isinstance(value, enum.Enum) else value
+    for key, message in (required or {}).items():
+        if not data.get(key):
+            raise ShoestringError(message)
+    return parse_config(cfg_cls, data, f"shoestring {verb}", as_flags=cfg_file is None)
 
 
 def _signature_for(cfg_cls: type[StageConfig]) -> tuple[inspect.Signature, dict[str, str]]:

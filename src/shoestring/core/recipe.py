@@ -26,10 +26,11 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
-from shoestring.core.artifact import Artifact, atomic_write_json
+from shoestring.core.artifact import Artifact
 from shoestring.core.config import StageConfig, load_yaml, parse_config
 from shoestring.core.errors import ShoestringError
 from shoestring.core.registry import Stage, get_stage
+from shoestring.core.runs import RunRecord
 from shoestring.core.workspace import StageResult, Workspace, input_fields
 
 __all__ = ["PlannedStage", "Recipe", "apply_overrides", "load_recipe", "run_recipe"]
@@ -134,6 +135,8 @@ def run_recipe(
     ``force``: stage ids to re-run even when cached. ``only``: run up to and including
     these ids (earlier stages they need are still resolved from cache or run).
     ``overrides``: ``STAGE_ID.KEY=VALUE`` strings applied before validation.
+    Progress (stage started / finished / failed with its one-line error) is written to
+    ``<workspace>/runs/<run_id>.json`` and ``run.json`` as it happens (:mod:`shoestring.core.runs`).
     """
     recipe, planned = load_recipe(path, overrides)
     ws = Workspace(workspace or recipe.workspace)
@@ -144,33 +147,33 @@ def run_recipe(
     results: dict[str, StageResult] = {}
     arts: dict[str, Artifact] = {}
     last_needed = max((i for i, ps in enumerate(planned) if only is None or ps.id in only), default=-1)
+    record = RunRecord(
+        ws.root,
+        str(path),
+        recipe.name,
+        {ps.id: ps.stage.name for ps in planned},
+        overrides=list(overrides or []),
+        force=sorted(force),
+        only=sorted(only or []),
+    )
     for ps in planned[: last_needed + 1]:
-        inputs: dict[str, Artifact] = {}
-        for fname, marker in input_fields(ps.stage.config).items():
-            ref = getattr(ps.config, fname)
-            if ref is None:
-                continue
-            art = ws.resolve_input(str(ref), marker, arts, f"{path}: stages.{ps.id}.{fname}")
-            if art is not None:
-                inputs[fname] = art
-        res = ws.run(ps.stage, ps.config, inputs, force=ps.id in force, label=ps.id)
+        record.stage_started(ps.id)
+        try:
+            inputs: dict[str, Artifact] = {}
+            for fname, marker in input_fields(ps.stage.config).items():
+                ref = getattr(ps.config, fname)
+                if ref is None:
+                    continue
+                art = ws.resolve_input(str(ref), marker, arts, f"{path}: stages.{ps.id}.{fname}")
+                if art is not None:
+                    inputs[fname] = art
+            res = ws.run(ps.stage, ps.config, inputs, force=ps.id in force, label=ps.id)
+        except BaseException as err:
+            record.stage_failed(ps.id, err)
+            raise
         ws.link(ps.id, res.artifact)
         results[ps.id] = res
         arts[ps.id] = res.artifact
-    atomic_write_json(
-        ws.root / "run.json",
-        {
-            "recipe": str(path),
-            "name": recipe.name,
-            "stages": {
-                sid: {
-                    "artifact": str(r.artifact.path),
-                    "kind": r.artifact.kind,
-                    "cached": r.cached,
-                    "seconds": round(r.seconds, 3),
-                }
-                for sid, r in results.items()
-            },
-        },
-    )
+        record.stage_finished(ps.id, res.artifact.path, res.artifact.kind, res.cached, res.seconds)
+    record.finished()
     return results

@@ -38,6 +38,7 @@ STAGES: dict[str, str] = {
     "compress": "shoestring.compress.stage",
     "export": "shoestring.compress.export_stage",
     "report": "shoestring.report.stage",
+    "assess": "shoestring.assess.stage",
 }
 
 

@@ -121,7 +121,7 @@ class RecsysTask:
     def initial_state(self) -> State:
         if self._initial is None:
             self._initial = self._state(self._model(None))
-        return {k: v.copy() for k, v in self._initial.items()}
+        return dict(self._initial)  # read-only: callers copy before changing a tensor
 
     def size_bytes(self) -> dict[str, int]:
         n = sum(int(a.nbytes) for a in self.initial_state().values())

@@ -150,7 +150,7 @@ class _TextTask:
     def initial_state(self) -> State:
         if self._initial is None:
             self._initial = self._state(self.base())
-        return {k: v.copy() for k, v in self._initial.items()}
+        return dict(self._initial)  # read-only: callers copy before changing a tensor
 
     def size_bytes(self) -> dict[str, int]:
         full = sum(p.numel() * 4 for p in self.base().parameters())

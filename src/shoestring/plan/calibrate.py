@@ -1,184 +1,114 @@
-"""`shoestring plan --calibrate`: measure what a real training step achieves on this machine.
+"""Calibrate this machine on first use: what a real training step costs here.
 
-A fresh subprocess (so memory starts clean) builds a small Llama-style model through the
-trainer's own code (``shoestring.train.modeling.build_model`` + its loss module and AdamW),
-runs one warm-up and a few timed optimizer steps under :class:`PeakMemoryMeter`, and
-reports the median step time and the peak. From them:
+The first CPU ``plan`` on a machine (and ``--calibrate``, which refreshes it) runs one child
+process (:mod:`shoestring.plan.calibrate_child`, about 30-60 s on 2 cores, with a progress
+bar) that measures the library residency, real optimizer steps of three small probe models
+(4-layer 256-wide Llama at 4×256 and 1×32 tokens, 6-layer 512-wide at 2×512; vocabulary 8192;
+fp32, and bf16 autocast where the CPU multiplies bf16 natively) on glibc's default heap with
+every call of those steps timed alone, the bytes a dataset token holds in the trainer's rows,
+the checkpoint write rate and the bounded heap's page-fault rate. From the probes:
 
-* two probe shapes (4×256 tokens: mostly matmuls; 1×32 tokens: mostly the optimizer's
-  streaming) give two equations ``time = FLOPs / R + streamed bytes / W``
-  (:mod:`shoestring.plan.flops`), solved for the matmul rate R (stored as ``utilisation`` =
-  R / the probe's matmul FLOP/s) and the streaming rate W, per precision: fp32, and bf16
-  autocast (the trainer's ``precision: bf16``), because on a CPU autocast's casts and the
-  non-matmul work do not speed up with the bf16 matmul units (one fp32 figure would
-  predict a bf16 step 2-3x too fast);
-* ``framework_overhead_bytes`` = measured peak - the planner's prediction without overhead;
-* the shape-timed model (:mod:`shoestring.plan.shapes`): the probes' own Linear, attention,
-  loss and optimizer calls are timed, and the rest of each probe step (norms, activation
-  functions, residual adds, casts) against its streamed bytes gives that model's streaming
-  rate per precision (``shape_model``). :func:`calibrate_shapes` then times a planned
-  model's shapes; a plan uses them whenever they are cached.
+* the shape-timed model's in-step factor ``k`` per precision and per-operator cost ``c``
+  (:func:`derive_shape_rates`, least squares over the probes only);
+* the FLOPs model's matmul utilisation and streaming rate (:func:`derive_rates`), used
+  where a model's shapes were not timed.
 
-All are stored in the hardware cache and used by every later plan on this machine.
+Everything is stored with the machine's fingerprint (:func:`shoestring.plan.hardware.fingerprint`)
+in the hardware cache, reused by every later plan, and detected as stale or foreign when
+the fingerprint no longer matches. :func:`calibrate_shapes` times a planned model's own
+shapes the first time it is planned (cached per shape).
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import statistics
 import subprocess
 import sys
 import time
 from typing import Any
 
-__all__ = ["CALIBRATION_MODEL", "calibrate"]
+__all__ = ["CALIBRATION_MODEL", "DEADLINE_S", "calibrate", "probe_config", "probe_setup"]
 
 CALIBRATION_MODEL: dict[str, Any] = {
     "model_type": "llama", "architectures": ["LlamaForCausalLM"], "hidden_size": 256, "intermediate_size": 688,
     "num_hidden_layers": 4, "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 64, "vocab_size": 8192,
     "max_position_embeddings": 1024, "tie_word_embeddings": True,
 }
-"""A 4-layer GQA Llama (~5M parameters): seconds per step on 2 cores, same kernels as bigger ones."""
+"""A 4-layer GQA Llama (~5M parameters): a fraction of a second per step, same kernels as bigger ones."""
 WIDE_MODEL: dict[str, Any] = {**CALIBRATION_MODEL, "hidden_size": 512, "intermediate_size": 1376,
                                "num_hidden_layers": 6, "num_attention_heads": 8, "num_key_value_heads": 4}
 """A wider, deeper probe (~27M parameters): its step has another balance of matmul, attention
-and elementwise work than the 256-wide one, so the shape-timed model's two constants are
-fitted over different shapes (see :func:`derive_shape_rates`)."""
+and elementwise work than the 256-wide one, so the shape-timed model's constants are fitted
+over different shapes (see :func:`derive_shape_rates`)."""
 PROBE_MODELS = {"base": CALIBRATION_MODEL, "wide": WIDE_MODEL}
-BATCH, SEQ, STEPS = 4, 256, 6
-HEAPS = ("bounded", "default")
-"""Each probe runs under the trainer's bounded heap and under glibc's default heap (the
-trainer's choice when memory is not tight): a bounded step page-faults every large block
-and runs up to 2x slower, so each heap gets its own in-step constants."""
-SMALL_PROBE = (1, 32)
-WIDE_PROBE = (2, 512)
-"""A second probe of few tokens: its step is mostly the optimizer's streaming, which separates
-the streaming rate from the matmul rate (see :mod:`shoestring.plan.flops`)."""
+DEADLINE_S = 55.0
+"""The child skips remaining probe steps past this many seconds (the budget is 60 s on 2 cores)."""
 
 
-def _child(method: str, precision: str = "fp32", batch_size: int = BATCH, seq_len: int = SEQ,
-           model_name: str = "base", heap: str = "bounded") -> dict[str, Any]:
-    """Runs in the subprocess: real steps through the trainer's modules; returns measurements.
-
-    ``heap``: ``bounded`` (the trainer's ``bound_allocator``) or ``default`` (glibc's own heap,
-    what the trainer runs with when memory is not tight).
-    """
-    if heap == "bounded":
-        from shoestring.plan.allocator import bound_cpu_allocator
-
-        bound_cpu_allocator()
-    import torch
-
-    from shoestring.core.metering import PeakMemoryMeter
-
-    meter = PeakMemoryMeter("cpu")
-    meter.__enter__()
-
-    config = _probe_config(model_name)
-    try:  # the trainer's own path when it is installed
-        from shoestring.train.modeling import LossModule, _apply_lora
-
-        torch.manual_seed(0)
-        from transformers import AutoModelForCausalLM
-
-        model = AutoModelForCausalLM.from_config(config)
-        model.config.use_cache = False
-        from shoestring.train.fastpath import use_packed_attention
-
-        use_packed_attention(model)  # the trainer's default for packed rows (fast_paths)
-        if method == "lora":
-            from shoestring.train.config import LoraOptions
-
-            model = _apply_lora(model, "causal-lm", LoraOptions.model_validate({}), kbit=False)
-        lossmod = LossModule.create(model, "causal-lm")
-        path = "shoestring.train"
-    except ImportError:
-        from transformers import AutoModelForCausalLM
-
-        model = AutoModelForCausalLM.from_config(config)
-        lossmod = None
-        path = "transformers"
-    model.train()
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=1e-4, foreach=True)
-    ids = torch.randint(0, config.vocab_size, (batch_size, seq_len), generator=torch.Generator().manual_seed(0))
-    # Packed rows as the trainer feeds them: position ids restart at each document (two per
-    # row here), so transformers builds the same boolean block mask and attention kernel.
-    half = seq_len // 2
-    pos = torch.cat([torch.arange(half), torch.arange(seq_len - half)]).repeat(batch_size, 1)
-    batch = {"input_ids": ids, "labels": ids.clone(), "position_ids": pos}
-    times = []
-    for _ in range(STEPS + 1):
-        t0 = time.perf_counter()
-        cast = (torch.autocast(device_type="cpu", dtype=torch.bfloat16) if precision == "bf16"
-                else contextlib.nullcontext())
-        with cast:  # the trainer's bf16 = autocast around the forward and loss
-            if lossmod is not None:
-                loss_sum, n = lossmod(**batch)
-                loss = loss_sum / n
-            else:
-                loss = model(input_ids=ids, labels=ids).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        times.append(time.perf_counter() - t0)
-    meter.stop()
-    return {"step_seconds": statistics.median(times[1:]), "peak_memory_bytes": meter.peak_bytes, "path": path,
-            "threads": torch.get_num_threads()}
-
-
-def calibrate(method: str = "full") -> dict[str, Any]:
-    """Measure this machine with a real training step; store and return the calibration."""
+def calibrate(progress: Any = None) -> dict[str, Any]:
+    """Measure this machine (one child process); store the calibration with its fingerprint and
+    return it. ``progress(done, total, label)`` is called as the child reports."""
     from shoestring.core.errors import ShoestringError
-    from shoestring.plan.hardware import load_hardware, save_hardware
+    from shoestring.models.loading import cache_dir
+    from shoestring.plan.hardware import fingerprint, load_hardware, save_hardware
 
-    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
     hw = load_hardware()
-    precisions = ["fp32"] + (["bf16"] if hw.get("cpu_bf16_flops") else [])
-    probes: list[dict[str, Any]] = []
-    for heap, precision in [(h, p) for h in HEAPS for p in precisions]:
-        for name, (batch_size, seq_len) in (("base", (BATCH, SEQ)), ("base", SMALL_PROBE), ("wide", WIDE_PROBE)):
-            cmd = [sys.executable, "-m", "shoestring.plan.calibrate", method, precision, str(batch_size), str(seq_len),
-                   name, heap]
-            out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
-            lines = [x for x in out.stdout.splitlines() if x.startswith("CALIBRATION ")]
-            if out.returncode != 0 or not lines:
-                tail = (out.stderr.strip().splitlines() or ["no output"])[-1]
-                raise ShoestringError(f"calibration step failed ({tail}); run `shoestring plan` without --calibrate")
-            m = json.loads(lines[-1][len("CALIBRATION "):])
-            probes.append({"precision": precision, "batch": batch_size, "seq_len": seq_len, "method": method,
-                           "model": name, "heap": heap, **m,
-                           **_probe_model(method, precision, batch_size, seq_len, name)})
-    # The FLOP model and the framework overhead stand on the bounded probes (RSS = live tensors).
-    cal = derive_rates([p for p in probes if p["heap"] == "bounded"], hw)
-    cal["heap_retention"] = heap_retention(probes)
-    t_shapes = time.perf_counter()
-    probes = [{**p, **_probe_shapes(p, hw)} for p in probes]
-    cal["shape_model"] = derive_shape_rates(probes)
-    cal["shape_seconds"] = round(time.perf_counter() - t_shapes, 2)
-    fp32 = probes[0]
+    precisions = ["fp32"] + (["bf16"] if _bf16_native(hw) else [])
+    folder = cache_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    payload = {"precisions": precisions, "deadline_s": DEADLINE_S, "folder": str(folder)}
+    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
+    t0 = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-m", "shoestring.plan.calibrate_child", json.dumps(payload)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    result: dict[str, Any] | None = None
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if line.startswith("PROGRESS ") and progress is not None:
+            _, done, total, label = line.rstrip("\n").split(" ", 3)
+            progress(int(done), int(total), label)
+        elif line.startswith("CALIBRATION "):
+            result = json.loads(line[len("CALIBRATION "):])
+    err = proc.stderr.read() if proc.stderr is not None else ""
+    if proc.wait() != 0 or result is None:
+        tail = (err.strip().splitlines() or ["no output"])[-1]
+        raise ShoestringError(f"calibrating this machine failed ({tail}); plan with --no-calibrate")
+    probes = [{**p, **_probe_model(p["method"], p["precision"], p["batch"], p["seq_len"], p["model"])}
+              for p in result["probes"]]
+    table = {**hw.get("shape_times", {}), **result["shape_times"]}
+    probes = [{**p, **_probe_shapes(p, {"shape_times": table}, measure=False)} for p in probes]
+    cal = derive_rates(probes, hw) if probes else {}
+    model = derive_shape_rates(probes)
+    if result.get("fault_rate_bytes_s", float("inf")) < float("inf"):
+        model["fault_rate"] = {p: float(result["fault_rate_bytes_s"]) for p in precisions}
     cal.update({
-        "framework_overhead_bytes": max(0, int(fp32["peak_memory_bytes"] - fp32["predicted_peak_without_overhead"])),
-        "measured_peak_bytes": int(fp32["peak_memory_bytes"]),
-        "predicted_peak_without_overhead": fp32["predicted_peak_without_overhead"],
-        "step_seconds": fp32["step_seconds"],
-        "code_path": fp32["path"],
-        "threads": fp32["threads"],
-        "model": CALIBRATION_MODEL,
-        "batch": BATCH,
-        "seq_len": SEQ,
+        "shape_model": model,
+        "library_rss_bytes": int(result["library_rss_bytes"]),
+        "bytes_per_token": float(result["bytes_per_token"]),
+        "write_bytes_s": float(result["write_bytes_s"]),
+        "threads": result.get("threads"),
         "probes": probes,
+        "skipped": result.get("skipped", []),
+        "seconds": round(time.perf_counter() - t0, 1),
+        "fingerprint": fingerprint(),
         "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     })
+    hw = load_hardware()
     hw["calibration"] = cal
+    hw["shape_times"] = table
     save_hardware(hw)
     return cal
 
 
-def _probe_config(name: str = "base") -> Any:
+def _bf16_native(hw: dict[str, Any]) -> bool:
+    from shoestring.core.metering import cpu_bf16_native
+
+    return bool(hw.get("cpu_bf16_flops")) and cpu_bf16_native()
+
+
+def probe_config(name: str = "base") -> Any:
+    """The probe model ``name`` (``base`` or ``wide``) as a transformers config."""
     from transformers import LlamaConfig
 
     return LlamaConfig(**{k: v for k, v in PROBE_MODELS[name].items() if k != "model_type"})
@@ -191,9 +121,9 @@ def _probe_model(method: str, precision: str, batch_size: int, seq_len: int, nam
     from shoestring.plan.flops import streamed_bytes, training_flops_per_token
     from shoestring.plan.memory import estimate_training_memory
 
-    config = _probe_config(name)
+    config = probe_config(name)
     shape = describe_model(config, "causal-lm")
-    setup = _probe_setup(method, precision, batch_size, seq_len)
+    setup = probe_setup(method, precision, batch_size, seq_len)
     mem = estimate_training_memory(config, shape, setup, framework_overhead=0)
     flops = training_flops_per_token(shape, seq_len, mem.trainable_params,
                                      lora=method in ("lora", "qlora")) * batch_size * seq_len
@@ -202,7 +132,7 @@ def _probe_model(method: str, precision: str, batch_size: int, seq_len: int, nam
             "predicted_peak_without_overhead": int(mem.peak_bytes)}
 
 
-def _probe_setup(method: str, precision: str, batch_size: int, seq_len: int) -> Any:
+def probe_setup(method: str, precision: str, batch_size: int, seq_len: int) -> Any:
     from shoestring.plan.memory import TrainingSetup
 
     half = seq_len // 2  # the probe rows hold two documents (see _child)
@@ -217,8 +147,8 @@ def _probe_shapes(probe: dict[str, Any], hw: dict[str, Any], measure: bool = Tru
     from shoestring.plan.shape_timing import measure_shapes
     from shoestring.plan.shapes import optimizer_seconds, shape_seconds, step_shapes_cached
 
-    config = _probe_config(probe.get("model", "base"))
-    setup = _probe_setup(probe.get("method", "full"), probe["precision"], probe["batch"], probe["seq_len"])
+    config = probe_config(probe.get("model", "base"))
+    setup = probe_setup(probe.get("method", "full"), probe["precision"], probe["batch"], probe["seq_len"])
     shapes = step_shapes_cached(config, setup)
     table = measure_shapes(shapes, setup.compute_dtype, hw=hw, refresh=True) if measure else hw.get("shape_times", {})
     seconds = shape_seconds(shapes, setup.compute_dtype, table)
@@ -226,27 +156,6 @@ def _probe_shapes(probe: dict[str, Any], hw: dict[str, Any], measure: bool = Tru
     if seconds is not None and opt is not None:
         seconds += opt
     return {"matmul_seconds": seconds, "allocated_bytes": shapes.allocated_bytes, "ops": shapes.ops}
-
-
-def heap_retention(probes: list[dict[str, Any]]) -> dict[str, float]:
-    """Peak RSS under glibc's default heap / peak RSS bounded, per probe shape, and their median.
-
-    The bounded peak is what the memory model predicts (live tensors); the default heap keeps
-    freed blocks for reuse, so its resident peak is higher by a factor that depends on the
-    step's allocation pattern. Reported beside each plan, never folded into ``peak_bytes``.
-    """
-    out: dict[str, float] = {}
-    for p in probes:
-        if p.get("heap") != "default":
-            continue
-        twin = [b for b in probes if b.get("heap") == "bounded" and all(
-            b.get(k) == p.get(k) for k in ("precision", "batch", "seq_len", "model"))]
-        if twin and twin[0]["peak_memory_bytes"] > 0:
-            out[f"{p['precision']} {p['model']} {p['batch']}x{p['seq_len']}"] = round(
-                p["peak_memory_bytes"] / twin[0]["peak_memory_bytes"], 3)
-    if out:
-        out["median"] = statistics.median(out.values())
-    return out
 
 
 def derive_shape_rates(probes: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
@@ -370,9 +279,8 @@ def rederive(hw: dict[str, Any]) -> dict[str, Any]:
                                    p.get("model", "base"))} for p in probes]
     probes = [{**p, **_probe_shapes(p, hw, measure=False)} for p in probes]
     cal.update(derive_rates(probes, hw), probes=probes)
-    cal["shape_model"] = derive_shape_rates(probes)
-    cal["framework_overhead_bytes"] = max(0, int(probes[0]["peak_memory_bytes"]
-                                                 - probes[0]["predicted_peak_without_overhead"]))
+    cal["shape_model"] = {**cal.get("shape_model", {}), **{
+        k: v for k, v in derive_shape_rates(probes).items() if k != "fault_rate"}}
     return cal
 
 
@@ -387,7 +295,10 @@ def derive_rates(probes: list[dict[str, Any]], hw: dict[str, Any]) -> dict[str, 
     util: dict[str, float] = {}
     stream: dict[str, float] = {}
     for precision in dict.fromkeys(p["precision"] for p in probes):
-        big, small = [p for p in probes if p["precision"] == precision and p.get("model", "base") == "base"][:2]
+        pair = [p for p in probes if p["precision"] == precision and p.get("model", "base") == "base"][:2]
+        if len(pair) < 2:  # a probe was skipped (deadline): this precision keeps the default utilisation
+            continue
+        big, small = pair
         peak = float(hw[f"cpu_{precision}_flops"])
         f1, s1, t1 = big["flops"], big["streamed_bytes"], big["step_seconds"]
         f2, s2, t2 = small["flops"], small["streamed_bytes"], small["step_seconds"]
@@ -399,12 +310,7 @@ def derive_rates(probes: list[dict[str, Any]], hw: dict[str, Any]) -> dict[str, 
             stream[precision] = 1.0 / inv_w
         else:
             util[precision] = f1 / t1 / peak
-    return {"utilisation": util["fp32"], "utilisation_by_dtype": util, "stream_rate_by_dtype": stream,
-            "achieved_flops": probes[0]["flops"] / probes[0]["step_seconds"]}
-
-
-if __name__ == "__main__":
-    argv = sys.argv[1:] + ["full", "fp32", str(BATCH), str(SEQ), "base"][len(sys.argv) - 1:]
-    argv += ["bounded"][len(argv) - 5:]
-    print("CALIBRATION " + json.dumps(_child(argv[0], argv[1], int(argv[2]), int(argv[3]), argv[4], argv[5])),
-          flush=True)
+    if not util:
+        return {}
+    return {"utilisation": util.get("fp32", next(iter(util.values()))), "utilisation_by_dtype": util,
+            "stream_rate_by_dtype": stream}

@@ -8,7 +8,8 @@ fp32 tensor data plus, measured on Flower 1.42, ~460 bytes per tensor (its heade
 (``secaggplus_mod``) each client uploads its quantised, masked update as int64 (twice the fp32
 bytes, plus the weight), and the key exchange adds four small messages per client and round.
 
-Used by ``shoestring plan --federated-clients N ...`` (``plan.json`` key ``federated``) and by
+Used by ``shoestring plan`` with ``federated: {clients: N, rounds: R, ...}`` (``plan.json`` key
+``federated``) and by
 the `federate` stage, which records these predictions beside what it measured.
 """
 
@@ -17,7 +18,11 @@ from __future__ import annotations
 import math
 from typing import Any
 
-__all__ = ["predict_traffic", "sampled_clients"]
+from pydantic import Field
+
+from shoestring.core.config import StageConfig
+
+__all__ = ["FederatedPlanOptions", "plan_traffic", "predict_traffic", "sampled_clients"]
 
 TENSOR_OVERHEAD = 460
 """Bytes added per tensor by the array object's header, dtype/shape and name (Flower 1.42)."""
@@ -67,3 +72,44 @@ def predict_traffic(numels: list[int], clients: int, rounds: int, fraction_train
         "bytes_down_per_round": down, "bytes_up_per_round": up, "bytes_per_round": down + up,
         "bytes_total": rounds * (down + up), "rounds": rounds, "secure_aggregation": secure_aggregation,
     }  # fmt: skip
+
+
+class FederatedPlanOptions(StageConfig):
+    """Plan a federated run of this model (``plan.json`` key ``federated``): bytes per round and in total."""
+
+    clients: int = Field(10, ge=2)
+    """Clients in the federation."""
+    rounds: int = Field(20, ge=1)
+    """Federated rounds."""
+    fraction_train: float = Field(1.0, gt=0, le=1)
+    """Fraction of clients sampled per round."""
+    min_clients_per_round: int = Field(2, ge=1)
+    """Fewest clients sampled per round."""
+    fraction_evaluate: float = Field(0.0, ge=0, le=1)
+    """Fraction of clients evaluating the global model per round."""
+    secure_aggregation: bool = False
+    """SecAgg+ uploads (masked int64 vectors and key exchange)."""
+
+
+def plan_traffic(shape: Any, method: str, lora_targets: list[str], lora_rank: int, trainable: int,
+                 opts: FederatedPlanOptions) -> dict[str, Any]:  # fmt: skip
+    """What a federated run of the planned model sends: LoRA runs send the adapters (+ a
+    classification head), other methods the trainable weights."""
+    from shoestring.plan.arch import match_lora_targets
+
+    if method in ("lora", "qlora"):
+        numels = []
+        for name in match_lora_targets(shape, lora_targets):
+            d_in, d_out = shape.linear_shapes[name]
+            numels += [lora_rank * d_in, d_out * lora_rank]
+        numels += [max(0, trainable - sum(numels))]  # the head peft keeps trainable (classification)
+        numels = [n for n in numels if n > 0]
+    else:
+        weights = [i * o for i, o in shape.linear_shapes.values()]
+        numels = [*weights, max(0, trainable - sum(weights))]
+    out = predict_traffic(numels, opts.clients, opts.rounds, opts.fraction_train, opts.min_clients_per_round,
+                          opts.fraction_evaluate, opts.secure_aggregation)  # fmt: skip
+    full = shape.n_params * 4
+    out["full_model_bytes"] = full
+    out["travelling_fraction_of_full"] = out["payload_bytes"] / full if full else None
+    return out

@@ -1,10 +1,15 @@
-"""Hardware probe: what this machine has and what it really delivers, cached per machine.
+"""Hardware probe: what this machine has and what it really delivers, cached per fingerprint.
 
 The probe records CPU cores, RAM, GPUs (through ``torch.cuda``), a measured matmul FLOP/s
-(fp32 and bf16) and a measured memory bandwidth (a large tensor copy). Results are cached
-in ``$SHOESTRING_CACHE/hardware-<machine>.json`` (default ``~/.cache/shoestring``) so a plan
-costs no benchmark time after the first; ``--calibrate`` adds the utilisation and memory
-overhead measured by a real training step (see :mod:`shoestring.plan.calibrate`).
+(fp32 and bf16) and a measured memory bandwidth (a large tensor copy). It is cached in
+``$SHOESTRING_CACHE/hardware-<fingerprint>.json`` (default ``~/.cache/shoestring``) beside the
+machine's calibration (:mod:`shoestring.plan.calibrate`). The fingerprint
+(:func:`fingerprint`) is the CPU model, core count, instruction sets that change kernels
+(AVX-512, AVX512-BF16, AMX), RAM, glibc, Python and the versions of torch, transformers and
+peft: anything that changes what a training step costs. A cache made under another
+fingerprint is never used: :func:`calibration_state` says whether this machine's calibration
+is ``fresh``, ``missing``, ``stale`` (same machine, other libraries: what changed is named) or
+``foreign`` (a file whose recorded fingerprint is not this machine's, e.g. a copied cache).
 """
 
 from __future__ import annotations
@@ -26,29 +31,93 @@ CPU_USD_PER_HOUR = 0.10
 """Default price of this CPU machine per hour (a 2-vCPU cloud VM); edit via prices.yaml key ``cpu``."""
 CPU_DEFAULT_UTILISATION = 0.5
 """Fraction of the measured fp32 matmul rate a training step reaches before calibration."""
-PROBE_VERSION = 1
+PROBE_VERSION = 2
+"""Bumped when the probe or the calibration changes meaning: older caches are stale."""
+_KERNEL_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "avx512_vnni")
+"""CPU flags that change which kernels torch/oneDNN run (and so what a step costs)."""
+_MACHINE_FIELDS = ("cpu", "cores", "flags", "ram_gib")
 
 
-def _machine_key() -> str:
-    import psutil
-
-    cpu = platform.processor() or platform.machine()
+def _cpu_info() -> tuple[str, list[str]]:
+    cpu, flags = platform.processor() or platform.machine(), []
     try:
         with open("/proc/cpuinfo") as fh:
             for line in fh:
-                if line.startswith("model name"):
+                if line.startswith("model name") and cpu in ("", platform.machine(), platform.processor()):
                     cpu = line.split(":", 1)[1].strip()
-                    break
+                elif line.startswith("flags") and not flags:
+                    have = set(line.split(":", 1)[1].split())
+                    flags = [f for f in _KERNEL_FLAGS if f in have]
     except OSError:
         pass
-    raw = f"{platform.node()}|{cpu}|{os.cpu_count()}|{psutil.virtual_memory().total}"
-    return hashlib.sha256(raw.encode()).hexdigest()[:12]
+    return cpu, flags
+
+
+def fingerprint() -> dict[str, Any]:
+    """What a calibration depends on: this machine and the libraries a training step runs."""
+    import importlib.metadata as md
+
+    import psutil
+
+    def version(name: str) -> str:
+        try:
+            return md.version(name)
+        except md.PackageNotFoundError:
+            return "-"
+
+    cpu, flags = _cpu_info()
+    return {
+        "cpu": cpu, "cores": os.cpu_count(), "flags": flags,
+        "ram_gib": round(psutil.virtual_memory().total / 2**30),
+        "glibc": "-".join(platform.libc_ver()) or "-", "python": platform.python_version(),
+        "torch": version("torch"), "transformers": version("transformers"), "peft": version("peft"),
+        "probe_version": PROBE_VERSION,
+    }
+
+
+def fingerprint_key(fp: dict[str, Any] | None = None) -> str:
+    """12 hex digits naming the cache file of a fingerprint."""
+    fp = fp if fp is not None else fingerprint()
+    return hashlib.sha256(json.dumps(fp, sort_keys=True).encode()).hexdigest()[:12]
 
 
 def hardware_cache_path() -> Path:
     from shoestring.models.loading import cache_dir
 
-    return cache_dir() / f"hardware-{_machine_key()}.json"
+    return cache_dir() / f"hardware-{fingerprint_key()}.json"
+
+
+def calibration_state(hw: dict[str, Any] | None = None) -> tuple[str, str]:
+    """(state, why) of this machine's calibration: ``fresh``, ``missing``, ``stale`` or ``foreign``.
+
+    ``stale``: no calibration under this fingerprint, but one made on this machine with other
+    libraries (``why`` names what differs); ``foreign``: the cached file records another
+    machine's fingerprint (a copied or shared cache folder).
+    """
+    now = fingerprint()
+    hw = hw if hw is not None else load_hardware()
+    if hw.get("calibration"):
+        recorded = hw["calibration"].get("fingerprint")
+        if recorded == now:
+            return "fresh", f"measured {hw['calibration'].get('measured_at', '?')}"
+        if recorded is not None and any(recorded.get(k) != now.get(k) for k in _MACHINE_FIELDS):
+            return "foreign", "the cached calibration was made on another machine (" + _diff(recorded, now) + ")"
+        return "stale", "the cached calibration does not match this machine (" + _diff(recorded or {}, now) + ")"
+    from shoestring.models.loading import cache_dir
+
+    for other in sorted(cache_dir().glob("hardware-*.json")):
+        try:
+            old = json.loads(other.read_text()).get("calibration", {}).get("fingerprint")
+        except (json.JSONDecodeError, OSError):
+            continue
+        if old and old != now and all(old.get(k) == now.get(k) for k in _MACHINE_FIELDS):
+            return "stale", "this machine was calibrated with other libraries (" + _diff(old, now) + ")"
+    return "missing", "this machine has not been calibrated"
+
+
+def _diff(old: dict[str, Any], new: dict[str, Any]) -> str:
+    keys = [k for k in new if old.get(k) != new.get(k)]
+    return ", ".join(f"{k} {old.get(k, '-')} -> {new[k]}" for k in keys) or "unrecorded fingerprint"
 
 
 def _matmul_flops(dtype_name: str, n: int = 1024, seconds: float = 0.4) -> float:
@@ -90,7 +159,7 @@ def probe_hardware() -> dict[str, Any]:
 
     info: dict[str, Any] = {
         "version": PROBE_VERSION,
-        "machine": _machine_key(),
+        "machine": fingerprint_key(),
         "cpu_cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "ram_bytes": int(psutil.virtual_memory().total),
@@ -121,14 +190,6 @@ def load_hardware(refresh: bool = False) -> dict[str, Any]:
         except (json.JSONDecodeError, OSError):
             pass
     data = probe_hardware()
-    if path.is_file():  # keep an earlier calibration across re-probes
-        try:
-            old = json.loads(path.read_text())
-            for key in ("calibration", "shape_times"):
-                if key in old:
-                    data[key] = old[key]
-        except (json.JSONDecodeError, OSError):
-            pass
     save_hardware(data)
     return data
 

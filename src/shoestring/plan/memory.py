@@ -60,6 +60,9 @@ beyond its tensors after the meter's baseline (model-code and peft imports, Open
 stacks, oneDNN scratch, small-object heap). Measured on the reference machine; see RESULTS.md."""
 CUDA_CONTEXT_BYTES = 600 * 1024**2
 """CUDA context + cuBLAS workspace: real device memory outside ``max_memory_allocated``."""
+CUDA_RESERVED_FACTOR = 1.15
+"""``max_memory_reserved`` / ``max_memory_allocated`` assumed for a GPU plan's headline: the
+caching allocator rounds blocks up and keeps freed segments. Not measured here (no GPU)."""
 
 
 @dataclass(frozen=True)

@@ -140,20 +140,17 @@ UNTIMED_RECOMPUTE = 4.0 / 3.0
 """Activation checkpointing runs the forward's operators once more: forward 1 + backward ~2 + recompute 1."""
 
 
-def measured_step_parts(config: PretrainedConfig, setup: TrainingSetup,
-                        device: DeviceSpec) -> tuple[float, float | None] | None:
-    """(one micro-batch's seconds, the optimizer step's seconds or None when not timed) from
-    this machine's timed shapes, or None.
-
-    A micro-batch = k × (its timed matmul, attention and loss calls (+ the blocks' forward
-    again under checkpointing) + [bounded heap] allocated bytes / F) + its forward operators ×
-    the per-operator seconds (×4/3 under checkpointing). None unless ``--calibrate`` timed this
-    model's shapes (at some micro-batch size) and fitted k for this precision.
-    """
+def step_terms(config: PretrainedConfig, setup: TrainingSetup, device: DeviceSpec) -> dict[str, float] | None:
+    """One micro-batch's shape-timed terms (seconds; None unless this model's shapes were timed
+    and k was fitted for its precision): ``calls`` = k × Σ timed calls (+ the blocks' forward
+    again under checkpointing), ``faults`` = k × [bounded heap] allocated bytes / F,
+    ``operators`` = c × forward operators (×4/3 under checkpointing), ``forward`` = k × Σ the
+    calls' forward-only times + c × operators / 3 (an evaluation micro-batch under no_grad),
+    ``optimizer`` = k × the optimizer step (absent when not timed)."""
     dtype = setup.compute_dtype
     if not device.shape_times or dtype not in device.matmul_factor_by_dtype:
         return None
-    from shoestring.plan.shapes import optimizer_seconds, shape_seconds, step_shapes_cached
+    from shoestring.plan.shapes import forward_seconds, optimizer_seconds, shape_seconds, step_shapes_cached
 
     width = setup.expected_width()  # padded batches are as wide as their longest record
     shapes = step_shapes_cached(config, replace(setup, seq_len=width, record_lengths=()))
@@ -162,12 +159,28 @@ def measured_step_parts(config: PretrainedConfig, setup: TrainingSetup,
         return None
     opt = optimizer_seconds(shapes, device.shape_times)
     k = device.matmul_factor_by_dtype[dtype]
+    c = device.op_seconds_by_dtype.get(dtype, 0.0)
     recompute = UNTIMED_RECOMPUTE if setup.activation_checkpointing else 1.0
+    faults = 0.0
     if setup.bounded_heap and device.fault_rate_by_dtype.get(dtype):
         # Every fresh block is a new mapping: its pages fault in (forward + backward allocations).
-        seconds += shapes.allocated_bytes * recompute / device.fault_rate_by_dtype[dtype] / k
-    overhead = shapes.ops * recompute * device.op_seconds_by_dtype.get(dtype, 0.0)
-    return k * seconds + overhead, None if opt is None else k * opt
+        faults = shapes.allocated_bytes * recompute / device.fault_rate_by_dtype[dtype]
+    out = {"calls": k * seconds, "faults": faults, "operators": shapes.ops * recompute * c,
+           "forward": k * (forward_seconds(shapes, dtype, device.shape_times) or 0.0) + shapes.ops * c / 3,
+           "k": k, "c": c, "ops": shapes.ops}
+    if opt is not None:
+        out["optimizer"] = k * opt
+    return out
+
+
+def measured_step_parts(config: PretrainedConfig, setup: TrainingSetup,
+                        device: DeviceSpec) -> tuple[float, float | None] | None:
+    """(one micro-batch's seconds, the optimizer step's seconds or None when not timed) from
+    this machine's timed shapes (:func:`step_terms`), or None."""
+    t = step_terms(config, setup, device)
+    if t is None:
+        return None
+    return t["calls"] + t["faults"] + t["operators"], t.get("optimizer")
 
 
 def measured_matmul_seconds(config: PretrainedConfig, setup: TrainingSetup, device: DeviceSpec) -> float | None:

@@ -19,7 +19,7 @@ from typing import Any
 
 from shoestring.plan.shapes import AttentionCall, LinearCall, LossCall, OptimizerCall, StepShapes
 
-__all__ = ["MIN_SECONDS", "measure_shapes"]
+__all__ = ["MIN_SECONDS", "fields_of", "kind_of", "measure_shapes", "time_calls"]
 
 MIN_SECONDS = 0.15
 """Time each shape for at least this long (after a warm-up), and at least :data:`MIN_REPS` times."""
@@ -166,8 +166,9 @@ def _measure_optimizer(c: OptimizerCall) -> tuple[float, float]:
     return t, t
 
 
-def _child(payload: dict[str, Any]) -> dict[str, list[float]]:
-    """Runs in the subprocess: every shape timed."""
+def time_calls(payload: dict[str, Any]) -> dict[str, list[float]]:
+    """Every call of ``payload`` (``compute``, ``calls``: [(kind, fields)], ``min_seconds``) timed
+    in this process: ``{key: [forward seconds, forward + backward seconds]}``."""
     import torch
 
     torch.manual_seed(0)
@@ -196,8 +197,14 @@ def _child(payload: dict[str, Any]) -> dict[str, list[float]]:
 _CALL_TYPES: dict[str, Any] = {"linear": LinearCall, "sdpa": AttentionCall, "loss": LossCall, "adamw": OptimizerCall}
 
 
-def _kind(call: Any) -> str:
+def kind_of(call: Any) -> str:
+    """The payload kind of a call (``linear``, ``sdpa``, ``loss``, ``adamw``)."""
     return {LinearCall: "linear", AttentionCall: "sdpa", LossCall: "loss", OptimizerCall: "adamw"}[type(call)]
+
+
+def fields_of(call: Any) -> dict[str, Any]:
+    """A call's fields as the payload carries them."""
+    return asdict(call)
 
 
 def measure_shapes(shapes: StepShapes, compute: str, *, hw: dict[str, Any] | None = None,
@@ -218,7 +225,7 @@ def measure_shapes(shapes: StepShapes, compute: str, *, hw: dict[str, Any] | Non
     for c in calls:
         key = c.key(compute)
         if (refresh and key not in _TIMED_HERE) or key not in table:
-            todo.append((_kind(c), asdict(c)))
+            todo.append((kind_of(c), fields_of(c)))
     if todo:
         payload = json.dumps({"compute": compute, "calls": todo, "min_seconds": min_seconds})
         env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
@@ -241,4 +248,4 @@ _TIMED_HERE: set[str] = set()
 
 
 if __name__ == "__main__":
-    print("SHAPES " + json.dumps(_child(json.loads(sys.argv[1]))), flush=True)
+    print("SHAPES " + json.dumps(time_calls(json.loads(sys.argv[1]))), flush=True)

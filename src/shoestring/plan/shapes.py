@@ -35,7 +35,8 @@ if TYPE_CHECKING:
 
     from shoestring.plan.memory import TrainingSetup
 
-__all__ = ["AttentionCall", "LinearCall", "LossCall", "OptimizerCall", "StepShapes", "optimizer_seconds", "shape_seconds",
+__all__ = ["AttentionCall", "LinearCall", "LossCall", "OptimizerCall", "StepShapes", "forward_seconds",
+           "optimizer_seconds", "shape_seconds",
            "step_shapes", "step_shapes_cached", "with_batch"]
 
 
@@ -415,6 +416,19 @@ def shape_seconds(shapes: StepShapes, compute: str, table: dict[str, list[float]
         in_block = isinstance(call, AttentionCall) or (isinstance(call, LinearCall) and call.in_block)
         recompute = fwd if checkpointing and in_block else 0.0
         total += n * (both + recompute)
+    return total
+
+
+def forward_seconds(shapes: StepShapes, compute: str, table: dict[str, list[float]]) -> float | None:
+    """One micro-batch's forward-only seconds of the timed calls (an evaluation pass; the
+    loss entry is forward + backward, a third of it counted)."""
+    total = 0.0
+    for call, n in shapes.calls():
+        size = call.batch if isinstance(call, AttentionCall) else call.tokens
+        got = _lookup(call.key(compute), size, table)
+        if got is None:
+            return None
+        total += n * (got[0] / 3 if isinstance(call, LossCall) else got[0])
     return total
 
 

@@ -15,6 +15,7 @@ from pydantic import Field
 
 from shoestring.core.config import ArtifactInput, HashedPath, StageConfig
 from shoestring.core.errors import ShoestringError
+from shoestring.plan.federated import FederatedPlanOptions
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -85,8 +86,12 @@ class PlanConfig(StageConfig):
     """Reject plans that cost more than this many dollars."""
     rank_by: Literal["time", "cost"] = "time"
     """Order feasible plans by total time or by cost."""
-    calibrate: bool = False
-    """Before planning, measure this machine (CPU): two short real training steps (memory overhead, streaming rate) and the planned model's own matmul, attention, loss and optimizer shapes (seconds to a minute); cached."""
+    calibrate: bool | None = None
+    """CPU: unset = calibrate on first use (this machine's probe steps, about a minute, cached under its
+    hardware + library fingerprint; the model's own shapes and a 1- and 2-block trial run the first time it
+    is planned); true = refresh all of it now; false = plan from uncalibrated defaults (live tensors only)."""
+    explain: bool = False
+    """Print every term of the predicted memory and time and how it was obtained."""
     jobs: Annotated[Path | None, HashedPath()] = None
     """YAML file of several jobs to schedule on the available devices (see docs); replaces the single-job plan."""
     inference_batch: int = Field(default=1, ge=1)
@@ -96,6 +101,8 @@ class PlanConfig(StageConfig):
     fast_paths: bool = True
     """Plan for the trainer's fast paths (its default ``fast_paths: true``): per-document attention on
     packed rows, LoRA's 1-byte dropout mask (CPU), frozen LoRA weights stored in bf16/fp16 under autocast."""
+    federated: FederatedPlanOptions | None = None
+    """Also predict the bytes a federated run of this model sends per round and in total (YAML / --config only)."""
 
 
 CONFIG = PlanConfig
@@ -119,19 +126,24 @@ def _workload(cfg: PlanConfig, ctx: StageContext | None, model_spec: str) -> tup
 
     info: dict[str, Any] = {}
     if ctx is not None and "dataset" in ctx.inputs:
+        import time
+
         from shoestring.models.loading import load_tokenizer
         from shoestring.plan.tokens import count_dataset_tokens
 
         art = ctx.inputs["dataset"]
+        t0 = time.perf_counter()
         tok = load_tokenizer(model_spec)
         counted, lengths = count_dataset_tokens(art.file("train.jsonl"), tok)
+        tokenize_seconds = time.perf_counter() - t0
         if counted.records == 0:
             raise ShoestringError(f"dataset {art.path} has no usable train records (need 'text' or 'messages')")
         truncated = [min(n, cfg.seq_len) for n in lengths]
         info = {"records": counted.records, "tokens": counted.tokens, "max_tokens": counted.max_tokens,
                 "mean_tokens": round(counted.mean_tokens, 1), "p95_tokens": counted.p95_tokens,
                 "skipped": counted.skipped, "tokens_after_truncation": sum(truncated),
-                "records_truncated": sum(1 for n in lengths if n > cfg.seq_len)}
+                "records_truncated": sum(1 for n in lengths if n > cfg.seq_len),
+                "tokenize_seconds": round(tokenize_seconds, 3)}
         if cfg.packing and cfg.task in ("causal-lm", "sft"):
             from shoestring.plan.tokens import packed_segments
 
@@ -180,6 +192,7 @@ def build(cfg: PlanConfig, ctx: StageContext) -> dict[str, Any]:
         "micro_batch_size": plan["micro_batch_size"],
         "grad_accum": plan["grad_accum"],
         "peak_memory_bytes": plan["predicted"]["peak_memory_bytes"],
+        "resident_peak_bytes": plan["predicted"].get("resident_peak_bytes"),
         "step_seconds": plan["predicted"]["step_seconds"],
         "total_seconds": plan["predicted"]["total_seconds"],
         "cost_usd": plan["predicted"]["cost_usd"],
@@ -194,19 +207,26 @@ def make_plan(cfg: PlanConfig, ctx: StageContext | None = None) -> dict[str, Any
     import psutil
 
     from shoestring.plan.arch import describe_model, load_model_config
+    from shoestring.plan.federated import plan_traffic
     from shoestring.plan.hardware import load_hardware, resolve_device
     from shoestring.plan.memory import TrainingSetup
     from shoestring.plan.search import SearchSpace, search, smallest_change
 
     spec = _model_spec(cfg, ctx)
-    if cfg.calibrate:
-        from shoestring.plan.calibrate import calibrate
-
-        calibrate()
+    # A stage run measures what it lacks (calibration, shapes, twins); a programmatic re-plan
+    # (assess's what-ifs, a jobs file) uses this machine's cached measurements only.
+    console = getattr(ctx, "console", None)
+    measure = console is not None
     task = "causal-lm" if cfg.task == "sft" else cfg.task
     config = load_model_config(spec)
     shape = describe_model(config, task)
     device = resolve_device(cfg.device)
+    calibration: dict[str, Any] = {}
+    if device.kind == "cpu":
+        from shoestring.plan.headline import ensure_calibration
+
+        calibration = ensure_calibration(cfg.calibrate if measure else False, console)
+        device = resolve_device(cfg.device)
     if cfg.price_per_hour is not None:
         device = replace(device, usd_per_hour=cfg.price_per_hour)
     if cfg.memory_limit_gib is not None:
@@ -232,13 +252,19 @@ def make_plan(cfg: PlanConfig, ctx: StageContext | None = None) -> dict[str, Any
         doc_segments=tuple((int(n), float(w)) for n, w in data_info.get("doc_segments_per_row", ())),
         record_lengths=tuple(int(n) for n in data_info.get("record_length_quantiles", ())),
     )
-    if cfg.calibrate and device.kind == "cpu":
-        # Time this model's own Linear, attention, loss and optimizer shapes at the planned
-        # micro-batch (others are scaled from it), then re-read the device with them.
-        from shoestring.plan.calibrate import calibrate_shapes
+    timed = replace(base, micro_batch_size=cfg.micro_batch_size or min(4, cfg.batch_size))
+    if device.kind == "cpu" and calibration.get("state") == "fresh" and cfg.calibrate is not False and measure:
+        from shoestring.plan.search import measured_step_parts
 
-        calibrate_shapes(config, replace(base, micro_batch_size=cfg.micro_batch_size or min(4, cfg.batch_size)))
-        device = replace(resolve_device(cfg.device), usd_per_hour=device.usd_per_hour)
+        if cfg.calibrate or measured_step_parts(config, timed, device) is None:
+            # Time this model's own Linear, attention, loss and optimizer shapes at the planned
+            # micro-batch (others are scaled from it), then re-read the device with them.
+            from shoestring.plan.calibrate import calibrate_shapes
+
+            if console is not None:
+                console.print("timing this model's matmul, attention, loss and optimizer shapes (once; cached)")
+            calibrate_shapes(config, timed)
+            device = replace(resolve_device(cfg.device), usd_per_hour=device.usd_per_hour)
     if cfg.parallelism != "auto":
         pars: tuple[str, ...] = (cfg.parallelism,)
     elif cfg.devices > 1:
@@ -256,6 +282,25 @@ def make_plan(cfg: PlanConfig, ctx: StageContext | None = None) -> dict[str, Any
                                                       framework_overhead=overhead)
     s = best.setup
     mem = best.memory
+    local: dict[str, Any] = {}
+    if device.kind == "cpu" and calibration.get("state") == "fresh":
+        from shoestring.plan.headline import cpu_headline
+
+        dataset = ctx.inputs["dataset"].file("train.jsonl") if ctx is not None and "dataset" in ctx.inputs else None
+        local = cpu_headline(cfg=cfg, config=config, shape=shape, best=best, device=device, spec=spec,
+                             dataset=dataset, data_info=data_info, calibration=calibration, console=console,
+                             measure=measure)
+    elif device.kind == "cpu":
+        local = {"calibration": calibration}
+    headline = dict(local.get("predicted", {}))
+    if device.kind == "cuda":
+        from shoestring.plan.memory import CUDA_CONTEXT_BYTES, CUDA_RESERVED_FACTOR
+
+        headline["reserved_peak_bytes"] = int(mem.peak_bytes * CUDA_RESERVED_FACTOR) + CUDA_CONTEXT_BYTES
+        headline["reserved_how"] = (f"modelled, not measured: allocated peak x {CUDA_RESERVED_FACTOR} (caching "
+                                    f"allocator segments) + {CUDA_CONTEXT_BYTES >> 20} MiB CUDA context")
+    step_seconds = headline.get("step_seconds", best.run.step_seconds)
+    steps = best.run.steps
     return {
         "model": spec,
         "task": cfg.task,
@@ -286,17 +331,26 @@ def make_plan(cfg: PlanConfig, ctx: StageContext | None = None) -> dict[str, Any
                  "epochs": cfg.epochs},
         "predicted": {
             "peak_memory_bytes": mem.peak_bytes,
+            "live_peak_bytes": mem.peak_bytes - mem.framework_overhead,
             "required_bytes": mem.required_bytes,
             "memory_terms": mem.terms(),
-            "step_seconds": best.run.step_seconds,
-            "steps": best.run.steps,
-            "total_seconds": best.run.total_seconds,
-            "cost_usd": best.run.cost_usd,
+            **headline,
+            "step_seconds": step_seconds,
+            "steps": steps,
+            "total_seconds": step_seconds * steps,
+            "cost_usd": best.run.cost_usd * step_seconds / max(best.run.step_seconds, 1e-9),
             "flops_per_step": best.run.flops_per_step,
-            "tokens_per_second": best.run.tokens_per_second,
+            "tokens_per_second": best.run.tokens_per_second * best.run.step_seconds / max(step_seconds, 1e-9),
         },
+        "run": local.get("run"),
+        "explain": local.get("explain", []),
+        "calibration": local.get("calibration"),
+        "feedback": local.get("feedback"),
+        "twins": local.get("twins"),
         "cpu_heap": _heap(s, mem.peak_bytes, hw) if device.kind == "cpu" else None,
         "inference": _inference(shape, cfg, device.kind),
+        "federated": None if cfg.federated is None else plan_traffic(
+            shape, cfg.method, list(cfg.lora_targets), cfg.lora_rank, mem.trainable_params, cfg.federated),
         "candidates": [c.row() for c in cands],
     }
 
@@ -378,6 +432,17 @@ def summarize(artifact: Artifact, console: Console) -> None:
         f"{pred['steps']} steps × {_human_seconds(pred['step_seconds'])} = {_human_seconds(pred['total_seconds'])}, "
         f"${pred['cost_usd']:.4f}"
     )
+    if pred.get("resident_peak_bytes"):
+        console.print(f"[bold]resident peak {_human_bytes(pred['resident_peak_bytes'])}[/] (what top will show; "
+                      f"live tensors {_human_bytes(pred['live_peak_bytes'])}), step "
+                      f"{pred['step_seconds']:.2f} s wall")
+    elif pred.get("reserved_peak_bytes"):
+        console.print(f"GPU memory {_human_bytes(pred['reserved_peak_bytes'])} reserved ({pred['reserved_how']})")
+    cal = plan.get("calibration") or {}
+    if cal:
+        console.print(f"calibration: {cal.get('state')} - {cal.get('why')}")
+    if artifact.manifest.get("config", {}).get("explain"):
+        _print_explain(plan, console)
     heap = plan.get("cpu_heap")
     if heap:
         line = "bounded (memory is tight: resident = live tensors, steps slower)" if heap["bounded"] else (
@@ -387,3 +452,17 @@ def summarize(artifact: Artifact, console: Console) -> None:
         console.print(f"CPU heap: {line}")
     if plan["suggestion"]:
         console.print(f"[yellow]smallest change that fits:[/] {plan['suggestion']}")
+
+
+def _print_explain(plan: dict[str, Any], console: Console) -> None:
+    """Every term of the predicted step and memory, with how it was obtained."""
+    from rich.table import Table
+
+    table = Table(title="How the plan was obtained")
+    for col in ("figure", "term", "value", "how it was obtained"):
+        table.add_column(col, justify="right" if col == "value" else "left")
+    for row in plan.get("explain") or []:
+        v = row["value"]
+        value = _human_bytes(v) if row["unit"] == "B" else f"{v:+.3f} s" if "feedback" in row["term"] else f"{v:.3f} s"
+        table.add_row(row["figure"], row["term"], value, row["how"])
+    console.print(table)

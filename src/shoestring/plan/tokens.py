@@ -146,3 +146,44 @@ def packed_segments(lengths: list[int], seq_len: int, *, chunk: bool) -> tuple[t
         if used < seq_len:
             add(seq_len - used)
     return tuple((g, round(w / len(rows), 4)) for g, w in sorted(weight.items())), len(rows)
+
+
+def training_rows(train_jsonl: Path | None, tokenizer: Any, task: str, seq_len: int, *, packing: bool, n: int,
+                  seed: int = 0, max_records: int = 4096) -> tuple[list[dict[str, Any]], bool]:
+    """The first ``n`` rows the trainer would feed (its own tokenising, packing or padding, and
+    its epoch-0 order), as JSON-able dicts; and whether they are packed. Without a dataset:
+    full-length rows of random ids, every position labelled."""
+    import numpy as np
+
+    from shoestring.train import data as D
+
+    packed = packing and task in ("sft", "causal-lm")
+    if train_jsonl is None or not train_jsonl.is_file():
+        rng = np.random.default_rng(seed)
+        vocab = max(8, int(getattr(tokenizer, "vocab_size", 1000) or 1000) - 1)
+        rows = []
+        for i in range(n):
+            ids = [int(x) for x in rng.integers(1, vocab, seq_len)]
+            label = i % 2 if task == "classification" else None
+            rows.append({"input_ids": ids, "labels": [] if label is not None else list(ids),
+                         "position_ids": list(range(seq_len)), "label": label})
+        return rows, packed
+    records = D.read_records(train_jsonl, max_records)
+    label_to_id = None
+    if task == "classification":
+        labels = sorted({str(r.get("label")) for r in records if r.get("label") is not None}) or ["0", "1"]
+        label_to_id = {lab: i for i, lab in enumerate(labels)}
+    examples, _ = D.build_examples(records, tokenizer, task=task, seq_len=seq_len, text_field="text",  # type: ignore[arg-type]
+                                   messages_field="messages", label_field="label", label_to_id=label_to_id)
+    if packed:
+        built = D.pack_examples(examples, seq_len)
+    elif packing and task == "masked-lm":
+        built = D.concat_segments(examples, seq_len, getattr(tokenizer, "cls_token_id", None))
+    else:
+        built = D.pad_rows(examples)
+    if not built:
+        return training_rows(None, tokenizer, task, seq_len, packing=packing, n=n, seed=seed)
+    order = [int(i) for i in np.random.default_rng([seed, 0]).permutation(len(built))]
+    chosen = [built[order[i % len(built)]] for i in range(n)]
+    return [{"input_ids": r.input_ids, "labels": r.labels, "position_ids": r.position_ids, "label": r.label}
+            for r in chosen], packed

@@ -11,7 +11,7 @@ from typing import Any
 
 from shoestring.core.artifact import Artifact
 
-__all__ = ["collect_summary", "flatten", "render_html"]
+__all__ = ["collect_summary", "flatten", "plan_vs_measured", "render_html"]
 
 
 def flatten(obj: Any, prefix: str = "", max_items: int = 200) -> dict[str, Any]:
@@ -83,8 +83,9 @@ def collect_summary(title: str, inputs: Mapping[str, Artifact]) -> dict[str, Any
         plan = _read_json(inputs["plan"].path / "plan.json") or {}
         sections["plan"]["plan"] = plan
         pred = plan.get("predicted", {})
-        if pred.get("peak_memory_bytes") is not None:
-            headline["planned peak memory (MiB)"] = round(pred["peak_memory_bytes"] / 2**20, 1)
+        peak = pred.get("resident_peak_bytes", pred.get("peak_memory_bytes"))
+        if peak is not None:
+            headline["planned peak memory (MiB)"] = round(peak / 2**20, 1)
         if pred.get("total_seconds") is not None:
             headline["planned training time (s)"] = round(pred["total_seconds"], 1)
     if "model" in inputs:
@@ -97,8 +98,15 @@ def collect_summary(title: str, inputs: Mapping[str, Artifact]) -> dict[str, Any
         ):
             if s.get(key) is not None:
                 headline[label] = round(float(s[key]), 3)
-        if s.get("peak_memory_bytes") is not None:
-            headline["measured peak memory (MiB)"] = round(s["peak_memory_bytes"] / 2**20, 1)
+        peak = s.get("resident_peak_bytes", s.get("peak_memory_bytes"))
+        if peak is not None:
+            headline["measured peak memory (MiB)"] = round(peak / 2**20, 1)
+        comparison = plan_vs_measured(inputs["model"].manifest.get("plan_comparison") or {})
+        if comparison:
+            sections["model"]["plan_vs_measured"] = comparison
+            for label, row in comparison.items():
+                if row.get("error %") is not None:
+                    headline[f"{label}: error vs plan (%)"] = row["error %"]
         seconds = inputs["model"].manifest.get("timings", {}).get("seconds")
         if seconds is not None:
             headline["training stage time (s)"] = round(seconds, 1)
@@ -108,6 +116,27 @@ def collect_summary(title: str, inputs: Mapping[str, Artifact]) -> dict[str, Any
         sections["evaluation"]["before_after"] = before_after(inputs["evaluation"].stats)
         headline.update(_evaluation_headline(inputs["evaluation"].stats))
     return {"title": title, "headline": headline, "sections": sections}
+
+
+def plan_vs_measured(comparison: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """Rows of the planned-vs-measured table: resident peak (what ``top`` shows), step and run
+    wall time, and the live-tensor peak as a detail, each with the plan's error."""
+    pred, meas = comparison.get("predicted") or {}, comparison.get("measured") or {}
+    rows: dict[str, dict[str, Any]] = {}
+    for label, p_key, m_key, scale, unit in (
+        ("resident peak (RSS)", "resident_peak_bytes", "resident_peak_bytes", 2**20, "MiB"),
+        ("step time (wall)", "step_seconds", "step_seconds", 1.0, "s"),
+        ("training run (wall)", "run_seconds", "run_seconds", 1.0, "s"),
+        ("live tensors above start", "live_peak_bytes", "peak_memory_bytes", 2**20, "MiB"),
+    ):
+        p, m = pred.get(p_key), meas.get(m_key)
+        if p_key == "live_peak_bytes" and p is None:
+            p = pred.get("peak_memory_bytes")
+        if not isinstance(p, int | float) or not isinstance(m, int | float) or m <= 0:
+            continue
+        rows[label] = {f"planned ({unit})": round(p / scale, 2), f"measured ({unit})": round(m / scale, 2),
+                       "error %": round(100.0 * (p / m - 1.0), 1)}
+    return rows
 
 
 def before_after(stats: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
@@ -227,6 +256,8 @@ def render_html(title: str, summary: Mapping[str, Any], inputs: Mapping[str, Art
                 parts.append(_png_tag(art.path / img, img))
         if name == "plan" and section.get("plan"):
             parts.append(_table(flatten(section["plan"].get("predicted", {}))))
+        if name == "model" and section.get("plan_vs_measured"):
+            parts.append("<h3>Planned vs measured</h3>" + _grid(section["plan_vs_measured"]))
         if name == "evaluation" and section.get("before_after"):
             parts.append("<h3>Before (base model) vs after (fine-tuned)</h3>" + _grid(section["before_after"]))
         if name == "evaluation" and section.get("metrics"):

@@ -7,7 +7,6 @@ drive it in-process; ``shoestring serve`` loads the model and runs it under uvic
 from __future__ import annotations
 
 import asyncio
-import hmac
 import time
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
@@ -17,6 +16,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from shoestring.core.auth import bearer_token, token_matches
 from shoestring.serve.errors import ApiError, api_error, error_response
 from shoestring.serve.protocol import error_body
 from shoestring.serve.routes import router
@@ -99,15 +99,9 @@ class _GuardMiddleware:
         length = headers.get("content-length")
         if length is not None and length.isdigit() and int(length) > limit:
             return api_error(413, f"request body is {int(length)} bytes; the limit is {limit} bytes (--max-body-bytes)")
-        if self.state.keys and path not in _OPEN_PATHS:
-            auth = headers.get("authorization", b"")
-            token = auth[7:].strip() if auth[:7].lower() == b"bearer " else b""
-            # Compare against every key without early exit so timing does not reveal which one matched.
-            ok = False
-            for key in self.state.keys:
-                ok |= hmac.compare_digest(token, key)
-            if not ok:
-                return api_error(401, "missing or wrong API key; send 'Authorization: Bearer <key>'", "invalid_api_key")
+        token = bearer_token(headers.get("authorization", b""))
+        if self.state.keys and path not in _OPEN_PATHS and not token_matches(token, self.state.keys):
+            return api_error(401, "missing or wrong API key; send 'Authorization: Bearer <key>'", "invalid_api_key")
         return None
 
     def _limited(self, receive: Any, too_big: list[bool]) -> Any:

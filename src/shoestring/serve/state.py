@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from shoestring.core.auth import api_keys as shared_api_keys
 from shoestring.serve.drift import DriftMonitor, drift_level, load_reference
 from shoestring.serve.errors import api_error
 from shoestring.serve.metrics import ServerMetrics
@@ -19,8 +19,7 @@ __all__ = ["ServerState", "api_keys"]
 
 def api_keys(cfg: ServeConfig) -> list[bytes]:
     """Keys from the config plus ``$SHOESTRING_API_KEYS`` (comma-separated)."""
-    env = [k.strip() for k in os.environ.get("SHOESTRING_API_KEYS", "").split(",") if k.strip()]
-    return [k.encode() for k in [*cfg.api_key, *env]]
+    return shared_api_keys(cfg.api_key)
 
 
 class ServerState:

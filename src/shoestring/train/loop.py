@@ -24,7 +24,7 @@ from shoestring.train import data as D
 from shoestring.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from shoestring.train.config import TrainConfig
 from shoestring.train.settings import Settings
-from shoestring.train.tracking import MetricsLog
+from shoestring.train.tracking import LIVE_ROWS, MetricsLog
 
 if TYPE_CHECKING:
     import torch
@@ -203,6 +203,9 @@ def train_language_model(cfg: TrainConfig, s: Settings, paths: Paths, console: C
     from shoestring.train.output import make_progress, save_outputs, wrap_distributed
 
     rank, world = _dist()
+    t_start = time.perf_counter()
+    clock = {"eval_seconds": 0.0, "eval_passes": 0, "checkpoint_seconds": 0.0, "checkpoints": 0}
+    """Wall time outside the optimizer steps (what a run's total adds to steps x step)."""
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     tok = load_tokenizer(s.model)
@@ -281,6 +284,8 @@ def train_language_model(cfg: TrainConfig, s: Settings, paths: Paths, console: C
             mlflow_uri=ml,
             mlflow_experiment=cfg.tracking.mlflow_experiment,
             params=params,
+            live_path=paths.work_dir / LIVE_ROWS,
+            live_meta={"total_steps": total_steps, "max_minutes": cfg.max_minutes, "start_step": start_step},
         )
 
     step_times: list[float] = []
@@ -292,6 +297,7 @@ def train_language_model(cfg: TrainConfig, s: Settings, paths: Paths, console: C
     perm_epoch, perm = -1, list(range(len(rows)))
     last_val_step = -1
     step = start_step
+    setup_seconds = time.perf_counter() - t_start
     with progress:
         while step < total_steps:
             t0 = time.perf_counter()
@@ -344,7 +350,10 @@ def train_language_model(cfg: TrainConfig, s: Settings, paths: Paths, console: C
                                    "tokens_per_second": round(real_tokens / dt, 1)}  # fmt: skip
             stop = False
             if val_rows and (step % eval_every == 0 or step == total_steps):
+                t_eval = time.perf_counter()
                 val = evaluate_loss(runner, val_rows, cfg, s, tok, packed, pad_id)
+                clock["eval_seconds"] += time.perf_counter() - t_eval
+                clock["eval_passes"] += 1
                 last_val_step = step
                 if val is not None:
                     row["val_loss"] = val
@@ -363,14 +372,20 @@ def train_language_model(cfg: TrainConfig, s: Settings, paths: Paths, console: C
             stop = stop_f > 0
             progress.update(task_id, advance=1, tps=f"{real_tokens / dt:,.0f}")
             if step % cfg.checkpoint_every == 0 and step < total_steps and not stop and not fsdp:
+                t_ckpt = time.perf_counter()
                 state.update(rows=log.rows if log else [], train_seconds=train_seconds, tokens=tokens_seen)
                 if rank == 0:
                     save_checkpoint(ckpt_root, step, model, optimizer, state, cfg.keep_checkpoints)
                 _barrier()
+                clock["checkpoint_seconds"] += time.perf_counter() - t_ckpt
+                clock["checkpoints"] += 1
             if stop:
                 break
     if val_rows and last_val_step != step:
+        t_eval = time.perf_counter()
         val = evaluate_loss(runner, val_rows, cfg, s, tok, packed, pad_id)
+        clock["eval_seconds"] += time.perf_counter() - t_eval
+        clock["eval_passes"] += 1
         if val is not None and log is not None:
             if log.rows and log.rows[-1]["step"] == step:
                 log.rows[-1]["val_loss"] = val
@@ -401,10 +416,13 @@ def train_language_model(cfg: TrainConfig, s: Settings, paths: Paths, console: C
         "tokens": tokens_seen, "train_seconds": round(train_seconds, 3),
         "tokens_per_second": round(tokens_seen / train_seconds, 1) if train_seconds else None,
         "step_seconds": round(statistics.median(step_times), 4) if step_times else None,
-        "peak_memory_bytes": int(meter.peak_bytes),
-        "deviations": s.deviations, "fast_paths": fast or None,
+        "peak_memory_bytes": int(meter.peak_bytes), "resident_peak_bytes": int(meter.peak_absolute_bytes),
+        "rss_at_start_bytes": int(meter.baseline_bytes), "deviations": s.deviations, "fast_paths": fast or None,
+        "setup_seconds": round(setup_seconds, 3), "val_rows": len(val_rows),
+        **{k: round(v, 3) if isinstance(v, float) else v for k, v in clock.items()},
+        "run_seconds": round(time.perf_counter() - t_start, 3),
     }  # fmt: skip
-    for key in ("peak_memory_bytes", "step_seconds", "total_seconds", "cost_usd"):
+    for key in ("peak_memory_bytes", "resident_peak_bytes", "step_seconds", "total_seconds", "cost_usd"):
         if key in s.predicted:
             stats[f"predicted_{key}"] = s.predicted[key]
     return {**stats, **extra}

@@ -89,12 +89,66 @@ def build(cfg: TrainConfig, ctx: StageContext) -> dict[str, Any]:
         meter.stop()
     if (ctx.out_dir / "adapter").is_dir():
         ctx.extra_manifest["base_model"] = s.model
-    ctx.extra_manifest["plan_comparison"] = {
-        "predicted": s.predicted,
-        "measured": {"peak_memory_bytes": stats.get("peak_memory_bytes"), "step_seconds": stats.get("step_seconds")},
-        "deviations": s.deviations,
-    }
+    comparison = plan_comparison(plan, stats, s.deviations)
+    ctx.extra_manifest["plan_comparison"] = comparison
+    stats["plan_errors"] = comparison["errors"]
+    _feed_back(plan, comparison, s.deviations, meter.device)
     return stats
+
+
+def plan_comparison(plan: dict[str, Any] | None, stats: dict[str, Any], deviations: list[str]) -> dict[str, Any]:
+    """The plan's predictions beside what this run measured, with the relative errors.
+
+    Resident peak = the process's peak RSS (what ``top`` shows); step = median wall seconds of
+    an optimizer step (collate included); run = the training function's wall time, which the
+    plan's per-run terms predict for this run's own cadence (setup + steps x step + evaluation
+    passes + checkpoint writes).
+    """
+    pred = dict((plan or {}).get("predicted") or {})
+    run = (plan or {}).get("run") or {}
+    steps = stats.get("steps") or 0
+    if pred.get("step_seconds") and steps:
+        parts = [pred["step_seconds"] * (steps - (stats.get("resumed_from_step") or 0))]
+        if run.get("setup_seconds") is not None:
+            parts.append(run["setup_seconds"])
+        if run.get("eval_seconds_per_row") is not None:
+            parts.append(run["eval_seconds_per_row"] * (stats.get("val_rows") or 0) * (stats.get("eval_passes") or 0))
+        if run.get("checkpoint_seconds") is not None:
+            parts.append(run["checkpoint_seconds"] * (stats.get("checkpoints") or 0))
+        pred["run_seconds"] = sum(parts)
+    measured = {k: stats.get(k) for k in ("resident_peak_bytes", "peak_memory_bytes", "step_seconds", "run_seconds",
+                                          "setup_seconds", "eval_seconds", "checkpoint_seconds")}
+    pairs = {"resident_peak_bytes": "resident_peak_bytes", "live_peak_bytes": "peak_memory_bytes",
+             "step_seconds": "step_seconds", "run_seconds": "run_seconds"}
+    errors = {}
+    for p_key, m_key in pairs.items():
+        p, m = pred.get(p_key), measured.get(m_key)
+        if isinstance(p, int | float) and isinstance(m, int | float) and m > 0:
+            errors[p_key] = round(p / m - 1.0, 4)
+    return {"predicted": pred, "measured": measured, "errors": errors, "deviations": deviations}
+
+
+def _feed_back(plan: dict[str, Any] | None, comparison: dict[str, Any], deviations: list[str], device: str) -> None:
+    """Append this run to the machine's run log, where later plans read their correction
+    (``shoestring.plan.feedback``). Only a CPU run that followed its plan counts."""
+    fb = (plan or {}).get("feedback")
+    key = ((plan or {}).get("calibration") or {}).get("fingerprint")
+    if not fb or not key or deviations or device != "cpu":
+        return
+    import time
+
+    from shoestring.core.metering import append_run_record
+    from shoestring.models.loading import cache_dir
+
+    measured = comparison["measured"]
+    record = {"job": fb.get("job"), "family": fb.get("family"), "predicted": fb.get("model", {}),
+              "measured": {"resident_peak_bytes": measured.get("resident_peak_bytes"),
+                           "step_seconds": measured.get("step_seconds")},
+              "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    import contextlib
+
+    with contextlib.suppress(OSError):  # a read-only cache folder must not fail a finished run
+        append_run_record(cache_dir() / "runs" / f"{key}.jsonl", record)
 
 
 def _bound_allocator(cfg: TrainConfig, plan: dict[str, Any] | None) -> tuple[bool, str]:
@@ -197,7 +251,12 @@ def summarize(artifact: Artifact, console: Console) -> None:
     t.add_row("tokens/s (non-pad)", fmt(st.get("tokens_per_second")), "")
     t.add_row("step seconds (median)", fmt(st.get("step_seconds")), fmt(st.get("predicted_step_seconds")))
     t.add_row(
-        "peak memory", _human_bytes(st.get("peak_memory_bytes")), _human_bytes(st.get("predicted_peak_memory_bytes"))
+        "resident peak (RSS)", _human_bytes(st.get("resident_peak_bytes")),
+        _human_bytes(st.get("predicted_resident_peak_bytes")),
+    )
+    t.add_row(
+        "live peak above start", _human_bytes(st.get("peak_memory_bytes")),
+        _human_bytes(st.get("predicted_peak_memory_bytes")),
     )
     console.print(t)
     for line in st.get("deviations") or []:

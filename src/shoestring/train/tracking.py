@@ -1,7 +1,9 @@
 """Training metrics: metrics.jsonl rows, a loss-curve PNG, TensorBoard and (optionally) MLflow.
 
 Rows live in memory and are stored inside every checkpoint, so a resumed run continues the
-exact same curve; the artifact's ``metrics.jsonl`` is written once at the end.
+exact same curve; the artifact's ``metrics.jsonl`` is written once at the end. While a run
+trains, ``live_path`` (the stage's work folder ``metrics.live.jsonl``) gets each row as it is
+logged, flushed at once, so ``shoestring ui`` can draw the curves live.
 """
 
 from __future__ import annotations
@@ -12,7 +14,12 @@ from typing import Any
 
 from shoestring.core.artifact import atomic_write_text
 
-__all__ = ["MetricsLog", "plot_loss"]
+__all__ = ["LIVE_META", "LIVE_ROWS", "MetricsLog", "plot_loss"]
+
+LIVE_ROWS = "metrics.live.jsonl"
+"""Rows appended as they are logged, in the train stage's work folder."""
+LIVE_META = "metrics.live.meta.json"
+"""``{"total_steps", "max_minutes", "start_step"}`` of the live run, beside :data:`LIVE_ROWS`."""
 
 
 class MetricsLog:
@@ -27,8 +34,15 @@ class MetricsLog:
         mlflow_experiment: str = "shoestring",
         run_name: str = "train",
         params: dict[str, Any] | None = None,
+        live_path: Path | None = None,
+        live_meta: dict[str, Any] | None = None,
     ) -> None:
         self.rows: list[dict[str, Any]] = list(rows or [])
+        self._live = live_path
+        if live_path is not None:  # a resumed run starts from its checkpoint's rows, not the killed run's tail
+            atomic_write_text(live_path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in self.rows))
+            # total steps and time limit beside the rows, so a reader can give an ETA
+            atomic_write_text(live_path.with_name(LIVE_META), json.dumps(live_meta or {}, sort_keys=True))
         self._tb: Any = None
         self._mlflow: Any = None
         if tensorboard_dir is not None:
@@ -43,6 +57,9 @@ class MetricsLog:
     def log(self, row: dict[str, Any]) -> None:
         self.rows.append(row)
         self._mirror(row)
+        if self._live is not None:
+            with open(self._live, "a", encoding="utf-8") as fh:
+                fh.write(json.dumps(row, sort_keys=True) + "\n")
 
     def _mirror(self, row: dict[str, Any]) -> None:
         step = int(row.get("step", 0))

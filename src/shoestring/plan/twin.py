@@ -1,0 +1,205 @@
+"""Shallow twins: the planned run, one and two blocks deep, for a few real steps on this CPU.
+
+What a CPU training process holds resident is more than its live tensors: glibc's default
+heap keeps freed blocks in its arenas (1.06-1.85x the live peak on the accuracy benchmark's
+configurations, with no pattern a formula over the tensors captured), the libraries and
+their thread pools stay mapped, and a pretrained checkpoint's pages may stay mapped too. All
+of that depends on the step's own sequence of allocations. So the planner runs it: the
+planned model, built by the trainer's own code (``shoestring.train.modeling.build_model``,
+same method, LoRA, fast paths, precision, heap, optimizer, loss and the dataset's own rows
+through ``shoestring.train.data.collate``) with its depth cut to two depths
+(see :func:`twin_depths`). Each twin starts in a
+fresh process that first imports what the trainer imports (its heap and its resident library
+pages then start as a training process's do; a process *forked* after the imports would not
+count the library pages it re-touches until it touches them, measured as +170 MiB of false
+growth on a 4-block Llama), runs :data:`WARMUP` + :data:`STEPS` - 1 optimizer steps under the trainer's
+:class:`~shoestring.core.metering.PeakMemoryMeter`.
+
+Every block of a transformer allocates the same tensors in the same order, so what one more
+block adds is measured (the difference of the twins per block) and multiplied by the blocks
+the real model has: resident peak = twin(a) + (N - a) x per-block growth. The step time
+uses the twins differently (:func:`shoestring.plan.search.evaluate`): the shape-timed model
+predicts both twins too, and their mean residual (what the model misses outside the blocks:
+the head on the rows that carry labels, the loss, the optimizer, collate) is added to the
+full model's prediction.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from typing import Any
+
+__all__ = ["STEPS", "measure_twins", "twin_depths"]
+
+STEPS = 4
+WARMUP = 2
+"""A twin runs WARMUP + STEPS optimizer steps and reports the median of the last STEPS - 1 as its
+steady step (glibc's arenas reach their size in two steps; per-document attention meets new
+block lengths, so new kernels, in the first few)."""
+
+
+def twin_depths(method: str, trainable_layers: int, n_layers: int) -> tuple[int, int]:
+    """The two depths to run: ``b + 2`` and ``b + 4`` blocks (``b`` = the trainable top blocks of a
+    frozen run, else 0), or the model's last two even depths when it is shallower.
+
+    Two blocks apart, not one: a twin's resident peak moves by tens of MiB with where the
+    sampler catches the step's transients, and the first block's arenas grow differently from
+    the later ones (measured on SmolLM2 LoRA bf16: blocks 1 -> 2 added 28-53 MiB in two runs,
+    2 -> 4 added 40.5 and 40 MiB per block), so the difference of one block, multiplied by 28
+    more, is mostly noise.
+    """
+    b = min(trainable_layers, n_layers - 1) if method == "frozen" else 0
+    if b + 4 <= n_layers:
+        return b + 2, b + 4
+    if n_layers >= 3:
+        return n_layers - 2, n_layers
+    return 1, max(2, n_layers)
+
+
+def measure_twins(spec: dict[str, Any], timeout: float = 600.0) -> dict[str, Any]:
+    """Run each twin of ``spec`` (see :func:`_run_twin` for its keys) in its own fresh child."""
+    from shoestring.core.errors import ShoestringError
+
+    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
+    twins = []
+    for depth in spec["depths"]:
+        out = subprocess.run([sys.executable, "-m", "shoestring.plan.twin"], input=json.dumps({**spec, "depth": depth}),
+                             capture_output=True, text=True, env=env, timeout=timeout)
+        lines = [x for x in out.stdout.splitlines() if x.startswith("TWIN ")]
+        if out.returncode != 0 or not lines:
+            tail = (out.stderr.strip().splitlines() or ["no output"])[-1]
+            raise ShoestringError(f"the planned model's short trial run failed ({tail}); plan with --no-calibrate")
+        twins.append(json.loads(lines[-1][len("TWIN "):]))
+    return {"twins": twins}
+
+
+def _child(spec: dict[str, Any]) -> dict[str, Any]:
+    """In the child: import what a training process imports, then run the twin."""
+    import torch
+    import transformers  # noqa: F401
+
+    import shoestring.train.data
+    import shoestring.train.fastpath
+    import shoestring.train.modeling
+    import shoestring.train.stage  # noqa: F401  (what `shoestring train` has loaded when its meter starts)
+
+    try:  # the same set the machine calibration's library residency imports
+        import peft  # noqa: F401
+        import torch.utils.tensorboard  # noqa: F401
+        import typer  # noqa: F401
+    except ImportError:
+        pass
+    return _run_twin(spec, int(spec["depth"]))
+
+
+def _run_twin(spec: dict[str, Any], depth: int) -> dict[str, Any]:
+    """Build the planned model ``depth`` blocks deep and train it as the trainer does; measure.
+
+    ``spec`` keys: model, task, method, from_scratch, lora {r, dropout, targets}, trainable_layers,
+    precision (fp32|bf16), seq_len, micro_batch_size, grad_accum, activation_checkpointing,
+    fast_paths, bounded_heap, layers_key, rows (token rows: input_ids/labels/position_ids/label),
+    packed.
+    """
+    if spec.get("bounded_heap"):
+        from shoestring.plan.allocator import bound_cpu_allocator
+
+        bound_cpu_allocator()
+    import torch
+
+    from shoestring.core.metering import PeakMemoryMeter, current_rss_bytes, heap_stats
+    from shoestring.train import data as D
+    from shoestring.train.config import LoraOptions
+    from shoestring.train.modeling import LossModule, build_model
+
+    base = current_rss_bytes()
+    t_build = time.perf_counter()
+    meter = PeakMemoryMeter("cpu")
+    meter.__enter__()
+    task = "causal-lm" if spec["task"] == "sft" else spec["task"]
+    lora = spec.get("lora") or {}
+    model = build_model(
+        spec["model"], task, spec["method"], from_scratch=bool(spec.get("from_scratch")),
+        config_overrides={spec["layers_key"]: depth}, dropout=None,
+        lora=LoraOptions(r=int(lora.get("r", 16)), alpha=2 * int(lora.get("r", 16)),
+                         dropout=float(lora.get("dropout", 0.05)), target_modules=lora.get("targets") or "all-linear"),
+        trainable_layers=int(spec.get("trainable_layers", 2)), num_labels=2 if task == "classification" else None,
+        id2label=None, device="cpu", seed=0,
+    )  # fmt: skip
+    if spec.get("activation_checkpointing"):
+        core: Any = getattr(model, "get_base_model", lambda: model)()
+        core.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if spec.get("fast_paths", True):
+        _fast_paths(model, spec, task)
+    model.train()
+    build_seconds = time.perf_counter() - t_build
+    lossmod = LossModule.create(model, task)
+    params = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for n, p in model.named_parameters() if p.requires_grad and p.ndim >= 2 and "norm" not in n.lower()]
+    rest = [p for p in params if all(p is not q for q in decay)]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.01}, {"params": rest, "weight_decay": 0.0}],
+                            lr=1e-4, foreach=True)
+    rows = [D.Row(r["input_ids"], r["labels"], r["position_ids"], r.get("label")) for r in spec["rows"]]
+    mbs, accum = int(spec["micro_batch_size"]), int(spec.get("grad_accum", 1))
+    cast = (torch.autocast(device_type="cpu", dtype=torch.bfloat16) if spec.get("precision") == "bf16"
+            else None)
+    times: list[float] = []
+    for step in range(WARMUP + STEPS - 1):
+        t0 = time.perf_counter()
+        start = step * mbs * accum
+        chosen = [rows[(start + i) % len(rows)] for i in range(mbs * accum)]
+        batches = [D.collate(chosen[j:j + mbs], 0, packed=bool(spec.get("packed"))) for j in range(0, len(chosen), mbs)]
+        labels = sum(float((b["labels"] != D.IGNORE).sum()) if task != "classification" else mbs for b in batches)
+        for b in batches:
+            if task == "masked-lm":
+                _mask(b, torch.Generator().manual_seed(step))
+            with cast if cast is not None else _Null():
+                loss_sum, _n = lossmod(**{k: v for k, v in b.items() if k != "real_tokens"})
+            (loss_sum / max(labels, 1.0)).backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        times.append(time.perf_counter() - t0)
+    meter.stop()
+    return {"depth": depth, "base_rss_bytes": base, "peak_rss_bytes": meter.peak_absolute_bytes,
+            "step_seconds": statistics.median(times[WARMUP:]), "first_step_seconds": times[0], "heap": heap_stats(),
+            "build_seconds": build_seconds}
+
+
+def _fast_paths(model: Any, spec: dict[str, Any], task: str) -> None:
+    """The trainer's fast paths for this run (``train.loop._apply_fast_paths``)."""
+    import torch
+
+    from shoestring.train.fastpath import fast_lora_dropout, hoist_frozen_casts, use_packed_attention
+
+    if spec.get("packed") and task == "causal-lm":
+        use_packed_attention(model)
+    if spec["method"] == "lora":
+        fast_lora_dropout(model)
+        if spec.get("precision") == "bf16":
+            hoist_frozen_casts(model, torch.bfloat16)
+
+
+def _mask(batch: dict[str, Any], gen: Any) -> None:
+    """Masked-LM targets at 15% of positions (what the trainer's mask_tokens selects)."""
+    import torch
+
+    labels = batch["labels"]
+    keep = torch.rand(labels.shape, generator=gen) < 0.15
+    batch["labels"] = torch.where(keep, batch["input_ids"], torch.full_like(labels, -100))
+
+
+class _Null:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *a: object) -> None:
+        return None
+
+
+if __name__ == "__main__":
+    print("TWIN " + json.dumps(_child(json.loads(sys.stdin.read()))), flush=True)
