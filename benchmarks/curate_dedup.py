@@ -147,22 +147,22 @@ class PrefixIndex:
         self.flat, self.off = flat, off
         sizes = np.diff(off)
         uniq, inv, cnt = np.unique(flat, return_inverse=True, return_counts=True)
-        rank = np.empty(uniq.size, dtype=np.int64)
-        rank[np.lexsort((uniq, cnt))] = np.arange(uniq.size)
-        doc = np.repeat(np.arange(sizes.size), sizes)
-        tok = rank[inv]
-        order = np.lexsort((tok, doc))
-        tok = tok[order]
+        rank = np.empty(uniq.size, dtype=np.int32)
+        rank[np.lexsort((uniq, cnt))] = np.arange(uniq.size, dtype=np.int32)
+        del uniq, cnt
+        tok = rank[inv]  # (S,) int32: rare tokens first
+        del inv, rank
+        doc = np.repeat(np.arange(sizes.size, dtype=np.int32), sizes)
+        tok = tok[np.lexsort((tok, doc))]  # each document's tokens in rank order (doc is already sorted)
         frac = Fraction(t).limit_denominator(1000)
         need = -(-frac.numerator * sizes // frac.denominator)  # ceil(t |s|), exact
-        plen = np.where(sizes > 0, sizes - need + 1, 0)
-        pos = np.arange(tok.size) - off[doc]
-        keep = pos < plen[doc]
+        self.plen = np.where(sizes > 0, sizes - need + 1, 0)
+        keep = (np.arange(tok.size) - off[doc]) < self.plen[doc]
         ptok, pdoc = tok[keep], doc[keep]
+        del keep, doc
         o = np.lexsort((pdoc, ptok))
         self.ptok, self.pdoc = ptok[o], pdoc[o]
-        self.tok_sorted_by_doc, self.doc_of_tok = tok, doc
-        self.plen = plen
+        self.tok_sorted_by_doc = tok
 
     def set_of(self, i: int) -> np.ndarray:
         return self.flat[self.off[i] : self.off[i + 1]]
@@ -244,7 +244,8 @@ def score_sampled(
     sample = rng.sample(removed, min(n, len(removed)))
     correct = sum(idx.similar(pos[d], pos[rep_of[clusters[d]]]) for d in sample if clusters[d] in rep_of)
     found = total = docs_with = doc_found = 0
-    for i in rng.sample(range(len(ids)), min(n, len(ids))):
+    # Its own generator, so every tool is scored on the same 2,000 documents.
+    for i in random.Random(seed + 1).sample(range(len(ids)), min(n, len(ids))):
         ps = idx.partners(i)
         if not ps:
             continue

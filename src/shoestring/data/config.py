@@ -186,7 +186,7 @@ class DedupConfig(_Section):
     """Cosine similarity for semantic duplicates."""
     max_memory: Annotated[int, NotHashed()] = 64
     """MiB the near-dup clustering may hold at once, shared by the workers: documents with LSH
-    candidates are clustered in batches of whole candidate components (about 1.3 KB a document)
+    candidates are clustered in batches of whole candidate components (about 2 KB a document)
     that fit; the manifest reports the batches and the largest. A component larger than the
     budget is still one batch. Does not change the result, only how it is computed."""
 

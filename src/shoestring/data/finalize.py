@@ -166,7 +166,7 @@ _COUNTERS = (
 def _merge(cfg: CurateConfig, work_dir: Path, index: Index) -> tuple[_Clusters, float, int]:
     """Pass 1a: combine exact groups, singleton documents and the batches' clusters."""
     n = index.n_docs
-    founder = np.arange(n, dtype=np.int64)  # an indexed document without candidates founds its own group
+    founder = np.arange(n, dtype=np.int32 if n < 2**31 else np.int64)  # no candidates: founds its own group
     role = np.zeros(n, dtype=np.uint8)
     cross: list[np.ndarray] = []
     near_sum, near_n = 0.0, 0
@@ -178,14 +178,14 @@ def _merge(cfg: CurateConfig, work_dir: Path, index: Index) -> tuple[_Clusters, 
         near_sum += float(r["sim"][assigned].sum())
         near_n += int(np.count_nonzero(assigned))
         cross.append(r["cross"])
-    is_copy = index.first != np.arange(n)
+    is_copy = index.first != np.arange(n, dtype=index.first.dtype)
     founder[is_copy] = founder[index.first[is_copy]]  # an exact copy joins its first occurrence's group
     founders = np.unique(founder)
     group = np.searchsorted(founders, founder).astype(np.int32)
     near_status = NEAR if cfg.dedup.near else KEPT
     status = np.where(role == CENTRE, KEPT, np.where(role == MEMBER, near_status, SEMANTIC)).astype(np.uint8)
     status[is_copy] = EXACT if cfg.dedup.exact else near_status
-    centre = np.zeros(founders.size, dtype=np.int64)
+    centre = np.zeros(founders.size, dtype=founder.dtype)
     kept = np.flatnonzero((role == CENTRE) & ~is_copy)
     centre[group[kept]] = kept
     pairs = np.concatenate(cross) if cross else np.zeros((0, 2), dtype=np.int64)
