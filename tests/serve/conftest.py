@@ -7,15 +7,12 @@ from pathlib import Path
 import pytest
 
 
-@pytest.fixture(scope="session")
-def tiny_llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A 2-layer Llama with the packaged SmolLM2 tokenizer (and its chat template)."""
+def _tiny_llama(out: Path, max_positions: int) -> Path:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from shoestring.models import load_tokenizer
 
-    out = tmp_path_factory.mktemp("tiny-llama")
     tok = load_tokenizer("smollm2-135m-instruct")
     cfg = LlamaConfig(
         vocab_size=len(tok),
@@ -24,7 +21,7 @@ def tiny_llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
         num_hidden_layers=2,
         num_attention_heads=4,
         num_key_value_heads=2,
-        max_position_embeddings=256,
+        max_position_embeddings=max_positions,
         bos_token_id=tok.bos_token_id,
         eos_token_id=tok.eos_token_id,
         pad_token_id=tok.pad_token_id,
@@ -35,6 +32,19 @@ def tiny_llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
     model.save_pretrained(out)
     tok.save_pretrained(out)
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 2-layer Llama with the packaged SmolLM2 tokenizer (and its chat template), 256 positions."""
+    return _tiny_llama(tmp_path_factory.mktemp("tiny-llama"), 256)
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_long(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The same tiny Llama with 8,192 positions: a request for 8,000 tokens runs for seconds even
+    on a fast engine, so disconnects, timeouts and a full queue happen while it still generates."""
+    return _tiny_llama(tmp_path_factory.mktemp("tiny-llama-long"), 8192)
 
 
 @pytest.fixture(scope="session")
