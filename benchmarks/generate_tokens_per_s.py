@@ -221,12 +221,10 @@ def bench_file(label: str, path: Path, args: argparse.Namespace, tok: Any, ids: 
     own = llama_cpp_own(path, args.threads)
     rate, t_own = decode_rate(lambda: own(ids, n), args.runs)
     row["llama.cpp own"] = rate
-    del own
     agg: dict[str, dict[int, float]] = {"transformers static generate": {}}
     for b in batches:
         secs, _ = median_of(lambda b=b: hf_static_batch(hf, int(tok.pad_token_id or 0), prompts[:b], n), args.runs)
         agg["transformers static generate"][b] = b * n / secs
-    del hf
     same: dict[str, str] = {}
     for name, ref in (("torch", t_tf), ("llama.cpp", t_own)):
         sched = Scheduled(build_server_engine(name, path, args.threads, max(batches)))
@@ -295,7 +293,9 @@ def main() -> None:
     bandwidth = read_bandwidth(args.threads)
     rows = [bench_file(label, path, args, tok, ids, prompts, bandwidth) for label, path in files]
 
-    print(f"\nmemory read bandwidth: {bandwidth / 1e9:.1f} GB/s (torch.sum over 1 GiB, {args.threads} threads, best of 5)")
+    print(
+        f"\nmemory read bandwidth: {bandwidth / 1e9:.1f} GB/s (torch.sum over 1 GiB, {args.threads} threads, best of 5)"
+    )
     print(f"prompt {len(ids)} tokens, {args.new_tokens} new tokens, greedy, EOS ignored, {args.threads} threads, "
           f"median of {args.runs} runs after 1 warm-up\n")  # fmt: skip
     print("Batch 1 decode tokens/s (first token to last; prefill excluded)\n")

@@ -70,10 +70,10 @@ def mode_command(mode: str, model: str, args: argparse.Namespace) -> tuple[list[
         if not args.baseline_src:
             raise SystemExit("mode 'baseline' needs --baseline-src (the src folder of the older checkout)")
         env["PYTHONPATH"] = args.baseline_src
-        return base + ["--max-batch-size", str(args.batch_size)], env
+        return [*base, "--max-batch-size", str(args.batch_size)], env
     if mode == "one-at-a-time":
-        return base + ["--engine", "torch", "--max-batch-size", "1"], env
-    return base + ["--engine", mode, "--max-batch-size", str(args.batch_size)], env
+        return [*base, "--engine", "torch", "--max-batch-size", "1"], env
+    return [*base, "--engine", mode, "--max-batch-size", str(args.batch_size)], env
 
 
 def start_server(cmd: list[str], env: dict[str, str]) -> tuple[subprocess.Popen[str], str, list[str]]:
@@ -116,7 +116,9 @@ class RssSampler:
         self._thread.join()
 
 
-async def stream_chat(http: httpx.AsyncClient, url: str, messages: list[dict[str, str]], max_tokens: int) -> dict[str, Any]:
+async def stream_chat(
+    http: httpx.AsyncClient, url: str, messages: list[dict[str, str]], max_tokens: int
+) -> dict[str, Any]:
     """One streamed chat completion: status, time to first token, latency, completion tokens."""
     body = {"model": "bench", "messages": messages, "max_tokens": max_tokens, "temperature": 0, "stream": True,
             "stream_options": {"include_usage": True}}  # fmt: skip
@@ -141,7 +143,9 @@ async def stream_chat(http: httpx.AsyncClient, url: str, messages: list[dict[str
                     continue
                 if chunk.get("usage"):
                     out["tokens"] = int(chunk["usage"]["completion_tokens"])
-                if out["ttft"] is None and any((c.get("delta") or {}).get("content") for c in chunk.get("choices") or []):
+                if out["ttft"] is None and any(
+                    (c.get("delta") or {}).get("content") for c in chunk.get("choices") or []
+                ):
                     out["ttft"] = time.perf_counter() - t0
             if not done and out["status"] == "200":
                 out["status"] = "200+cut"

@@ -48,7 +48,6 @@ def _threads(cfg: Any) -> int:
 def _torch_engine(cfg: Any, context_length: int) -> tuple[Engine, Any]:
     import torch
 
-    from shoestring.models import load_model
     from shoestring.serve.native import NativeUnavailable, native_support
     from shoestring.serve.torch_engine import HFEngine, NativeEngine
 
@@ -122,7 +121,9 @@ def gguf_for(spec: str) -> Path:
         if files:
             return files[0]
     source = Path(ref.adapter or ref.location)
-    stamp = "".join(f"{p.name}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in sorted(source.glob("*")) if p.is_file())
+    stamp = "".join(
+        f"{p.name}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in sorted(source.glob("*")) if p.is_file()
+    )
     key = hashlib.sha256(f"{source.resolve()}|{ref.base}|{stamp}".encode()).hexdigest()[:12]
     out = cache_dir() / "gguf" / f"{source.name}-{key}-f16.gguf"
     if not out.is_file():
@@ -231,9 +232,15 @@ def _auto(cfg: Any, context_length: int) -> EngineChoice:
     for name, other in built.items():
         if name != best:
             _close(other.engine)
-    figures = "; ".join(f"{n} {r[1]:.0f} tok/s at {cfg.max_batch_size} sequences ({r[0]:.0f} at 1)" for n, r in rates.items())
+    figures = "; ".join(
+        f"{n} {r[1]:.0f} tok/s at {cfg.max_batch_size} sequences ({r[0]:.0f} at 1)" for n, r in rates.items()
+    )
     chosen = built.get(best) or _build(best, cfg, context_length)
-    cached = "" if built else " (measured earlier on this machine; delete ~/.cache/shoestring/engine-choice.json to re-measure)"
+    cached = (
+        ""
+        if built
+        else " (measured earlier on this machine; delete ~/.cache/shoestring/engine-choice.json to re-measure)"
+    )
     chosen.reason = f"auto: {figures}: {best} is fastest{cached}"
     return chosen
 
