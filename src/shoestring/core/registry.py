@@ -15,18 +15,12 @@ Heavy libraries (torch, transformers, ...) are imported inside ``build`` so that
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
-from dataclasses import dataclass
 from types import ModuleType
-from typing import TYPE_CHECKING, Any
 
 from shoestring.core.errors import NotBuiltError, ShoestringError
+from shoestring.core.workspace import Stage
 
-if TYPE_CHECKING:
-    from shoestring.core.config import StageConfig
-    from shoestring.core.workspace import StageContext
-
-__all__ = ["STAGES", "Stage", "get_stage", "stage_names"]
+__all__ = ["STAGES", "get_stage", "stage_names"]
 
 # verb -> module that implements it. The order is the order of the flow.
 STAGES: dict[str, str] = {
@@ -40,18 +34,6 @@ STAGES: dict[str, str] = {
     "report": "shoestring.report.stage",
     "assess": "shoestring.assess.stage",
 }
-
-
-@dataclass(frozen=True)
-class Stage:
-    """A loaded stage: its name, typed config and build function."""
-
-    name: str
-    kind: str
-    config: type[StageConfig]
-    schema_version: int
-    summary: str
-    build: Callable[[Any, StageContext], dict[str, Any]]
 
 
 def stage_names() -> list[str]:

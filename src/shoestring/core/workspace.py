@@ -18,7 +18,7 @@ import os
 import re
 import shutil
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -36,9 +36,8 @@ from shoestring.core.artifact import (
 )
 from shoestring.core.config import ArtifactInput, HashedPath, NotHashed, StageConfig, iter_marked_fields
 from shoestring.core.errors import ShoestringError
-from shoestring.core.registry import Stage
 
-__all__ = ["StageContext", "StageResult", "Workspace", "input_fields", "stage_hash"]
+__all__ = ["Stage", "StageContext", "StageResult", "Workspace", "input_fields", "stage_hash"]
 
 
 def input_fields(cfg_cls: type[StageConfig]) -> dict[str, ArtifactInput]:
@@ -49,6 +48,18 @@ def input_fields(cfg_cls: type[StageConfig]) -> dict[str, ArtifactInput]:
             if isinstance(m, ArtifactInput):
                 out[name] = m
     return out
+
+
+@dataclass(frozen=True)
+class Stage:
+    """A loaded stage (see :mod:`shoestring.core.registry`): its name, typed config and build function."""
+
+    name: str
+    kind: str
+    config: type[StageConfig]
+    schema_version: int
+    summary: str
+    build: Callable[[Any, StageContext], dict[str, Any]]
 
 
 @dataclass

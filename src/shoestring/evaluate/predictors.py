@@ -18,7 +18,7 @@ from shoestring.core.errors import ShoestringError
 
 if TYPE_CHECKING:
     from shoestring.core.workspace import StageContext
-    from shoestring.evaluate.stage import EvaluateConfig
+    from shoestring.evaluate.config import EvaluateConfig
 
 __all__ = ["Predictions", "predict_text_classifier", "predict_tabular"]
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from shoestring.core.errors import ShoestringError
+from shoestring.models.tasks import training_task
 from shoestring.train.config import TrainConfig
 
 __all__ = ["Settings", "read_plan", "resolve_settings"]
@@ -35,7 +36,6 @@ _PLANNED = (
     "precision",
     "activation_checkpointing",
 )
-_TASK_ALIASES = {"causal": "causal-lm", "clm": "causal-lm", "pretrain": "causal-lm", "mlm": "masked-lm", "chat": "sft"}
 _METHOD_ALIASES = {"freeze": "frozen", "freeze-layers": "frozen"}
 _PRECISION_ALIASES = {
     "float32": "fp32",
@@ -86,7 +86,7 @@ def read_plan(path: Path | None) -> dict[str, Any] | None:
 def _plan_value(plan: dict[str, Any], key: str) -> Any:
     val = plan.get(key)
     if key == "task" and isinstance(val, str):
-        val = _TASK_ALIASES.get(val, val)
+        val = training_task(val)
     if key == "method" and isinstance(val, str):
         val = _METHOD_ALIASES.get(val, val)
     if key == "precision" and isinstance(val, str):
