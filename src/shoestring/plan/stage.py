@@ -397,7 +397,7 @@ def _heap(s: Any, peak: int, hw: dict[str, Any]) -> dict[str, Any]:
     """Which glibc heap the trainer will pick (its auto rule) and, for the default heap, the most
     resident memory to expect: the live peak × ``UNBOUNDED_HEAP_FACTOR`` (the retention
     ``--calibrate`` measured on its probes is reported beside it)."""
-    from shoestring.plan.allocator import UNBOUNDED_HEAP_FACTOR
+    from shoestring.core.allocator import UNBOUNDED_HEAP_FACTOR
 
     retention = (hw.get("calibration", {}).get("heap_retention") or {}).get("median")
     out: dict[str, Any] = {"bounded": bool(s.bounded_heap), "retention_probes": retention}
