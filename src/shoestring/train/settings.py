@@ -10,11 +10,11 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 from shoestring.core.errors import ShoestringError
 from shoestring.models.tasks import training_task
-from shoestring.train.config import TrainConfig
+from shoestring.train.config import Task, TrainConfig
 
 __all__ = ["Settings", "read_plan", "resolve_settings"]
 
@@ -118,14 +118,7 @@ def resolve_settings(cfg: TrainConfig, plan: dict[str, Any] | None, cuda_availab
         raise ShoestringError(
             "train: no model; set `model:` (e.g. smollm2-135m-instruct) or pass a plan that names one"
         )
-    if chosen["task"] not in (
-        "sft",
-        "causal-lm",
-        "masked-lm",
-        "classification",
-        "sequential-recommendation",
-        "tabular-classification",
-    ):
+    if chosen["task"] not in get_args(Task):
         raise ShoestringError(f"train: unknown task '{chosen['task']}' (from the plan); set `task:` explicitly")
     device = cfg.device
     if device == "auto":
