@@ -6,7 +6,9 @@ Each stage module (``shoestring.<package>.stage``) defines, at light import cost
 * ``KIND`` - the kind of artifact it produces (``dataset``, ``plan``, ``model`` ...),
 * ``SCHEMA_VERSION`` - bumped when the payload layout changes (invalidates caches),
 * ``SUMMARY`` - one line for ``--help``,
-* ``build(cfg, ctx) -> dict`` - writes the payload into ``ctx.out_dir``; returns stats.
+* ``build(cfg, ctx) -> dict`` - writes the payload into ``ctx.out_dir``; returns stats;
+* optionally ``stale(artifact) -> str | None`` - why a cached artifact no longer holds although
+  its config and inputs are the same (the plan: this machine was calibrated again); None = reuse it.
 
 Heavy libraries (torch, transformers, ...) are imported inside ``build`` so that
 ``shoestring --help`` stays fast.
@@ -23,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 from shoestring.core.errors import NotBuiltError, ShoestringError
 
 if TYPE_CHECKING:
+    from shoestring.core.artifact import Artifact
     from shoestring.core.config import StageConfig
     from shoestring.core.workspace import StageContext
 
@@ -52,6 +55,8 @@ class Stage:
     schema_version: int
     summary: str
     build: Callable[[Any, StageContext], dict[str, Any]]
+    stale: Callable[[Artifact], str | None] | None = None
+    """Why a cached artifact of this stage must be rebuilt (None: reuse it); see the module docstring."""
 
 
 def stage_names() -> list[str]:
@@ -80,4 +85,5 @@ def get_stage(name: str) -> Stage:
         schema_version=int(getattr(mod, "SCHEMA_VERSION", 1)),
         summary=str(getattr(mod, "SUMMARY", "")),
         build=mod.build,
+        stale=getattr(mod, "stale", None),
     )
