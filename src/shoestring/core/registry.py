@@ -6,7 +6,9 @@ Each stage module (``shoestring.<package>.stage``) defines, at light import cost
 * ``KIND`` - the kind of artifact it produces (``dataset``, ``plan``, ``model`` ...),
 * ``SCHEMA_VERSION`` - bumped when the payload layout changes (invalidates caches),
 * ``SUMMARY`` - one line for ``--help``,
-* ``build(cfg, ctx) -> dict`` - writes the payload into ``ctx.out_dir``; returns stats.
+* ``build(cfg, ctx) -> dict`` - writes the payload into ``ctx.out_dir``; returns stats;
+* optionally ``stale(artifact) -> str | None`` - why a cached artifact no longer holds although
+  its config and inputs are the same (the plan: this machine was calibrated again); None = reuse it.
 
 Heavy libraries (torch, transformers, ...) are imported inside ``build`` so that
 ``shoestring --help`` stays fast.
@@ -62,4 +64,5 @@ def get_stage(name: str) -> Stage:
         schema_version=int(getattr(mod, "SCHEMA_VERSION", 1)),
         summary=str(getattr(mod, "SUMMARY", "")),
         build=mod.build,
+        stale=getattr(mod, "stale", None),
     )

@@ -60,6 +60,8 @@ class Stage:
     schema_version: int
     summary: str
     build: Callable[[Any, StageContext], dict[str, Any]]
+    stale: Callable[[Artifact], str | None] | None = None
+    """Why a cached artifact of this stage must be rebuilt (None: reuse it); see :mod:`shoestring.core.registry`."""
 
 
 @dataclass
@@ -209,9 +211,13 @@ class Workspace:
         final = self.artifact_dir(stage.name, digest)
         if not force:
             found = self.find(stage.name, digest)
-            if found is not None:
+            why = stage.stale(found) if found is not None and stage.stale is not None else None
+            if found is not None and why is None:
                 self.console.print(f"[green]✓[/] {name:<10} [cyan]cached[/]  {found.path}")
                 return StageResult(found, cached=True, seconds=0.0)
+            if found is not None:
+                self.console.print(f"[yellow]↻[/] {name:<10} cached artifact no longer holds: {why}")
+                shutil.rmtree(final)
         elif final.exists():
             shutil.rmtree(final)
 

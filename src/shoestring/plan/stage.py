@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from shoestring.core.artifact import Artifact
     from shoestring.core.workspace import StageContext
 
-__all__ = ["CONFIG", "KIND", "SCHEMA_VERSION", "SUMMARY", "PlanConfig", "build", "summarize"]
+__all__ = ["CONFIG", "KIND", "SCHEMA_VERSION", "SUMMARY", "PlanConfig", "build", "stale", "summarize"]
 
 KIND = "plan"
 SCHEMA_VERSION = 1
@@ -199,6 +199,29 @@ def build(cfg: PlanConfig, ctx: StageContext) -> dict[str, Any]:
     }
 
 
+def stale(artifact: Artifact) -> str | None:
+    """Why a cached CPU plan no longer holds (None: reuse it). A CPU plan stands on this machine's
+    calibration: after ``--calibrate`` (or under another fingerprint: other libraries) the same
+    config and dataset are planned again. What was built on the old plan is kept (it was trained)."""
+    import json
+
+    from shoestring.plan.hardware import calibration_id
+
+    try:
+        plan = json.loads((artifact.path / "plan.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return "its plan.json is unreadable"
+    used = plan.get("calibration") or {}
+    if (plan.get("device") or {}).get("kind") != "cpu" or "measured_at" not in used:
+        return None
+    now = calibration_id()
+    if now["fingerprint"] != used.get("fingerprint"):
+        return "planned under another machine or library fingerprint"
+    if now["measured_at"] != used["measured_at"]:
+        return f"this machine's calibration changed (measured {now['measured_at'] or '-'}, plan used {used['measured_at'] or 'none'})"
+    return None
+
+
 def make_plan(cfg: PlanConfig, ctx: StageContext | None = None) -> dict[str, Any]:
     """The whole planning computation; returns the ``plan.json`` document."""
     from dataclasses import asdict, replace
@@ -291,6 +314,10 @@ def make_plan(cfg: PlanConfig, ctx: StageContext | None = None) -> dict[str, Any
                              measure=measure)
     elif device.kind == "cpu":
         local = {"calibration": calibration}
+    if device.kind == "cpu":  # what the cache check (`stale`) compares with this machine's calibration
+        from shoestring.plan.hardware import calibration_id
+
+        local["calibration"] = {**local["calibration"], **calibration_id()}
     headline = dict(local.get("predicted", {}))
     if device.kind == "cuda":
         from shoestring.plan.memory import CUDA_CONTEXT_BYTES, CUDA_RESERVED_FACTOR
