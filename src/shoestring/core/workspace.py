@@ -18,7 +18,7 @@ import os
 import re
 import shutil
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -36,9 +36,8 @@ from shoestring.core.artifact import (
 )
 from shoestring.core.config import ArtifactInput, HashedPath, NotHashed, StageConfig, iter_marked_fields
 from shoestring.core.errors import ShoestringError
-from shoestring.core.registry import Stage
 
-__all__ = ["StageContext", "StageResult", "Workspace", "input_fields", "stage_hash"]
+__all__ = ["Stage", "StageContext", "StageResult", "Workspace", "input_fields", "stage_hash"]
 
 
 def input_fields(cfg_cls: type[StageConfig]) -> dict[str, ArtifactInput]:
@@ -49,6 +48,20 @@ def input_fields(cfg_cls: type[StageConfig]) -> dict[str, ArtifactInput]:
             if isinstance(m, ArtifactInput):
                 out[name] = m
     return out
+
+
+@dataclass(frozen=True)
+class Stage:
+    """A loaded stage (see :mod:`shoestring.core.registry`): its name, typed config and build function."""
+
+    name: str
+    kind: str
+    config: type[StageConfig]
+    schema_version: int
+    summary: str
+    build: Callable[[Any, StageContext], dict[str, Any]]
+    stale: Callable[[Artifact], str | None] | None = None
+    """Why a cached artifact of this stage must be rebuilt (None: reuse it); see :mod:`shoestring.core.registry`."""
 
 
 @dataclass
@@ -198,9 +211,13 @@ class Workspace:
         final = self.artifact_dir(stage.name, digest)
         if not force:
             found = self.find(stage.name, digest)
-            if found is not None:
+            why = stage.stale(found) if found is not None and stage.stale is not None else None
+            if found is not None and why is None:
                 self.console.print(f"[green]✓[/] {name:<10} [cyan]cached[/]  {found.path}")
                 return StageResult(found, cached=True, seconds=0.0)
+            if found is not None:
+                self.console.print(f"[yellow]↻[/] {name:<10} cached artifact no longer holds: {why}")
+                shutil.rmtree(final)
         elif final.exists():
             shutil.rmtree(final)
 

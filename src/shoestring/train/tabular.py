@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 
     from shoestring.core.workspace import StageContext
 
-__all__ = ["TabularClassifier", "TabularOptions", "build_mlp", "load_tabular", "train_tabular"]
+__all__ = ["TabularClassifier", "TabularOptions", "build_mlp", "digits_data", "load_tabular", "train_tabular"]
 
 MODEL_FORMAT = "shoestring.tabular"
 _RESERVED = {"id", "text", "messages"}
@@ -93,7 +93,9 @@ def _split_indices(labels: np.ndarray, fractions: tuple[float, float], seed: int
     return train, val, test
 
 
-def _load_digits(opts: TabularOptions, seed: int) -> TabularData:
+def digits_data(opts: TabularOptions, seed: int) -> TabularData:
+    """scikit-learn's 8x8 digits with the train/validation/test split ``seed`` gives (the
+    built-in data of the tabular task when no dataset is passed)."""
     import numpy as np
     from sklearn.datasets import load_digits
 
@@ -213,7 +215,7 @@ def _train_tabular(cfg: Any, ctx: StageContext) -> dict[str, Any]:
 
     opts: TabularOptions = cfg.tabular
     if opts.source == "digits":
-        data = _load_digits(opts, cfg.seed)
+        data = digits_data(opts, cfg.seed)
     else:
         art = ctx.inputs.get("dataset")
         if art is None:
