@@ -30,9 +30,9 @@ from shoestring.core.artifact import Artifact
 from shoestring.core.cluster import ClusterConfig, place_on_cluster, using_cluster
 from shoestring.core.config import StageConfig, load_yaml, parse_config
 from shoestring.core.errors import ShoestringError
-from shoestring.core.registry import Stage, get_stage
+from shoestring.core.registry import get_stage
 from shoestring.core.runs import RunRecord
-from shoestring.core.workspace import StageResult, Workspace, input_fields
+from shoestring.core.workspace import Stage, StageResult, Workspace, input_fields
 
 __all__ = ["PlannedStage", "Recipe", "apply_overrides", "load_recipe", "run_recipe"]
 

@@ -154,7 +154,7 @@ def worker_main(job: Path) -> None:
     if s.device == "cuda":
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", rank)))
     if s.device != "cuda" and cfg.bound_allocator:  # each worker process has its own heap to bound
-        from shoestring.plan.allocator import bound_cpu_allocator
+        from shoestring.core.allocator import bound_cpu_allocator
 
         bound_cpu_allocator()
     with PeakMemoryMeter("cuda" if s.device == "cuda" else "cpu") as meter:
