@@ -11,6 +11,7 @@ cluster's processes is still alive.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -43,3 +44,30 @@ def ray_cluster() -> Iterator[LocalCluster]:
             assert not left, f"cluster processes left after teardown: {[p.pid for p in left]}"
         return
     raise RuntimeError(f"no free port block for a test cluster in 20000-20999: {last}")
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 2-layer Llama with SmolLM2's tokenizer, saved as an HF folder."""
+    from tiny_models import save_tiny_llama
+
+    return save_tiny_llama(tmp_path_factory.mktemp("tiny-llama"), hidden=32, intermediate=64, layers=2)
+
+
+@pytest.fixture(scope="session")
+def chat_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A dataset artifact folder of 32 training and 8 validation chats from Python's own docs."""
+    import hashlib
+    import json
+    from pydoc_data.topics import topics
+
+    recs = [{"id": f"doc{i}", "messages": [{"role": "user", "content": f"What does the Python reference say about {k}?"},
+                                           {"role": "assistant", "content": " ".join(t.split())[:300]}]}
+            for i, (k, t) in enumerate(sorted(topics.items())[:40])]  # fmt: skip
+    root = tmp_path_factory.mktemp("chat-ds")
+    for name, part in (("train", recs[:32]), ("validation", recs[32:]), ("test", [])):
+        (root / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in part))
+    digest = hashlib.sha256((root / "train.jsonl").read_bytes()).hexdigest()
+    (root / "manifest.json").write_text(json.dumps({"kind": "dataset", "stage": "curate", "hash": digest,
+                                                    "stats": {"kept": 32}}))  # fmt: skip
+    return root
