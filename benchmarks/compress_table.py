@@ -60,9 +60,9 @@ def main() -> None:
     import torch
 
     from shoestring.compress import regression as rg
+    from shoestring.compress.config import CompressConfig
     from shoestring.compress.modelio import load_compressed, save_model_folder
     from shoestring.compress.quant import quantize_model
-    from shoestring.compress.stage import CompressConfig
     from shoestring.compress.transforms import shrink_and_distill
     from shoestring.models import load_model, load_tokenizer
 
@@ -108,7 +108,7 @@ def main() -> None:
         )
         rep["child_file_bytes"] = rg.folder_bytes(folder)
         if qspec is not None:
-            from shoestring.compress.quant import quantized_modules
+            from shoestring.models.quantized import quantized_modules
 
             note = ", ".join(sorted({m.backend for m in quantized_modules(child).values()}))
         rows.append(_row(method, rep, time.perf_counter() - t0, note))

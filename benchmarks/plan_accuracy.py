@@ -130,7 +130,7 @@ def _dataset(root: Path, with_labels: bool) -> Path:
 
 def run_one(spec: dict[str, Any]) -> dict[str, Any]:
     """Child process: train a few steps through the real train stage; return its stats."""
-    from shoestring.plan.allocator import bound_cpu_allocator
+    from shoestring.core.allocator import bound_cpu_allocator
 
     bounded = spec.get("heap", "bounded") == "bounded"
     if bounded:

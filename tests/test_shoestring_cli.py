@@ -22,6 +22,19 @@ def test_help_lists_every_verb() -> None:
         assert verb in out.stdout, verb
 
 
+def test_every_extra_verb_module_exists_and_registers() -> None:
+    import importlib
+
+    import typer
+
+    from shoestring.cli import EXTRA_VERBS
+
+    for name in EXTRA_VERBS:
+        app = typer.Typer()
+        importlib.import_module(f"shoestring.{name}").register(app)
+        assert app.registered_commands or app.registered_groups, name
+
+
 def _one_line_error(p: subprocess.CompletedProcess[str]) -> str:
     assert p.returncode == 2, (p.returncode, p.stderr)
     lines = [ln for ln in p.stderr.strip().splitlines() if ln.strip()]

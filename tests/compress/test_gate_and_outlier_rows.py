@@ -18,7 +18,7 @@ def test_gate_checks_generation_speed_ratio_and_skips_missing_metrics() -> None:
 def test_int8_dynamic_keeps_precision_for_ordinary_tokens_next_to_an_outlier() -> None:
     import torch
 
-    from shoestring.compress.quant import quant_class
+    from shoestring.models.quantized import quant_class
 
     torch.manual_seed(0)
     lin = torch.nn.Linear(256, 64, bias=False)

@@ -8,10 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from shoestring.compress.modelio import QUANT_WEIGHTS, load_compressed, save_model_folder
-from shoestring.compress.quant import QUANT_FILE, dequantize_model, quantize_model, quantized_modules
+from shoestring.compress.modelio import load_compressed, save_model_folder
+from shoestring.compress.quant import dequantize_model, quantize_model
 from shoestring.compress.regression import measure_pair, weight_bytes
 from shoestring.core.errors import ShoestringError
+from shoestring.models.quantized import QUANT_FILE, QUANT_WEIGHTS, quantized_modules
 
 
 @pytest.fixture(scope="module")

@@ -10,8 +10,7 @@ import toy_stage
 
 from shoestring.core.artifact import Artifact
 from shoestring.core.errors import ShoestringError
-from shoestring.core.registry import Stage
-from shoestring.core.workspace import Workspace
+from shoestring.core.workspace import Stage, Workspace
 
 STAGE = Stage("toy", "toy", toy_stage.ToyConfig, 1, "toy", toy_stage.build)
 
@@ -95,7 +94,7 @@ def test_sigkill_mid_stage_leaves_no_half_artifact_and_resumes(tmp_path: Path, s
     src.write_text("\n".join(str(i) for i in range(10)) + "\n")
     code = (
         "import sys, toy_stage\n"
-        "from shoestring.core.registry import Stage\n"
+        "from shoestring.core.workspace import Stage\n"
         "from shoestring.core.workspace import Workspace\n"
         "S = Stage('toy','toy',toy_stage.ToyConfig,1,'toy',toy_stage.build)\n"
         f"Workspace({str(tmp_path / 'ws')!r}).run(S, toy_stage.ToyConfig(source={str(src)!r}, crash_after=4))\n"

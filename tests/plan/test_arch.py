@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from shoestring.plan.allocator import bound_cpu_allocator
+from shoestring.core.allocator import bound_cpu_allocator
 from shoestring.plan.arch import describe_model, lora_trainable_parameters, trace_activations
 
 

@@ -124,3 +124,30 @@ def test_plan_classification_of_a_packaged_model(tmp_path: Path) -> None:
                                       dataset_tokens=50_000, device="cpu", seq_len=128))
     assert plan["fits"] and plan["method"] == "lora"
     assert 0 < plan["parameters"]["trainable"] < plan["parameters"]["total"] / 10
+
+
+def test_a_cached_plan_is_planned_again_after_the_machine_is_calibrated_again(
+        tmp_path: Path, tiny_llama: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from shoestring.plan import hardware
+
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    probe = json.loads(hardware.hardware_cache_path().read_text())
+    monkeypatch.setenv("SHOESTRING_CACHE", str(cache))
+    hardware.save_hardware({k: v for k, v in probe.items() if k != "calibration"})
+    ws = Workspace(tmp_path / "ws")
+    cfg = PlanConfig(model=str(tiny_llama), dataset_tokens=10_000, device="cpu", seq_len=64, calibrate=False)
+
+    def plan() -> tuple[bool, dict]:
+        res = ws.run(get_stage("plan"), cfg, {})
+        return res.cached, json.loads((res.artifact.path / "plan.json").read_text())
+
+    cached, first = plan()
+    assert not cached and first["calibration"]["measured_at"] is None
+    assert plan()[0]  # nothing changed: reused
+    hardware.save_hardware({**probe, "calibration": {"measured_at": "2026-01-02T03:04:05Z"}})
+    cached, again = plan()
+    assert not cached and again["calibration"]["measured_at"] == "2026-01-02T03:04:05Z"
+    assert again["calibration"]["fingerprint"] == hardware.fingerprint_key()
+    assert plan()[0]
+    assert get_stage("train").stale is None  # only stages that depend on machine state declare it

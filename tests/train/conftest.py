@@ -7,12 +7,24 @@ training run takes seconds on 2 CPU cores.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from lm_helpers import pydoc_chats, write_dataset
 
 from tiny_models import save_tiny_bert, save_tiny_llama
+
+
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    """Tiny models: one intra-op thread avoids thread-sync stalls on a busy 2-core machine."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session")

@@ -1,11 +1,14 @@
-"""Helpers for the language-model training tests (imported by conftest and tests)."""
+"""Helpers for the training tests (imported by conftest and tests)."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import types
 from pathlib import Path
 from typing import Any
+
+from rich.console import Console
 
 
 def write_dataset(root: Path, train: list[dict[str, Any]], validation: list[dict[str, Any]] | None = None) -> Path:
@@ -37,3 +40,12 @@ def pydoc_chats(n: int) -> list[dict[str, Any]]:
             }
         )
     return out
+
+
+def make_ctx(tmp: Path, dataset: Path | None = None) -> types.SimpleNamespace:
+    """The parts of a ``StageContext`` the trainers read: out/work folders, inputs, a quiet console."""
+    out, work = tmp / "out", tmp / "work"
+    out.mkdir(parents=True, exist_ok=True)
+    work.mkdir(parents=True, exist_ok=True)
+    inputs = {"dataset": types.SimpleNamespace(path=dataset)} if dataset else {}
+    return types.SimpleNamespace(out_dir=out, work_dir=work, inputs=inputs, console=Console(quiet=True), extra_manifest={})

@@ -15,7 +15,7 @@ def applied(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """Record calls instead of changing this test process's allocator for every later test."""
     import psutil
 
-    import shoestring.plan.allocator as allocator
+    import shoestring.core.allocator as allocator
 
     calls: list[int] = []
     monkeypatch.setattr(allocator, "bound_cpu_allocator", lambda: calls.append(1) or True)

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import math
-import types
 import warnings
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
-from rich.console import Console
+from lm_helpers import make_ctx
 from torch.utils.data import DataLoader, TensorDataset
 
 from shoestring.core.config import parse_config
@@ -25,21 +24,7 @@ from shoestring.train.privacy import (
 )
 from shoestring.train.tabular import train_tabular
 
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Any:
-    # Tiny models: one intra-op thread avoids thread-sync stalls on a busy 2-core machine.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def make_ctx(tmp: Path) -> types.SimpleNamespace:
-    (tmp / "out").mkdir(parents=True, exist_ok=True)
-    (tmp / "work").mkdir(parents=True, exist_ok=True)
-    return types.SimpleNamespace(out_dir=tmp / "out", work_dir=tmp / "work", inputs={}, console=Console(quiet=True),
-                                 extra_manifest={})
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def dp_digits(privacy: dict[str, Any], epochs: int = 4) -> TrainConfig:

@@ -5,13 +5,12 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import types
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
-from rich.console import Console
+from lm_helpers import make_ctx
 
 from shoestring.core.errors import ShoestringError
 from shoestring.train.config import TrainConfig
@@ -46,23 +45,7 @@ def write_event_dataset(root: Path, rows: list[dict[str, Any]], bad: list[str] =
     return root
 
 
-@pytest.fixture(autouse=True)
-def one_thread() -> Any:
-    # Tiny models: one intra-op thread avoids thread-sync stalls on a busy 2-core machine.
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def make_ctx(tmp: Path, dataset: Path | None = None) -> types.SimpleNamespace:
-    out, work = tmp / "out", tmp / "work"
-    out.mkdir(parents=True, exist_ok=True)
-    work.mkdir(parents=True, exist_ok=True)
-    inputs = {"dataset": types.SimpleNamespace(path=dataset)} if dataset else {}
-    return types.SimpleNamespace(out_dir=out, work_dir=work, inputs=inputs, console=Console(quiet=True), extra_manifest={})
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_cfg(arch: str, **extra: Any) -> TrainConfig:

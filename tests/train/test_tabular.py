@@ -6,36 +6,19 @@ import hashlib
 import json
 import subprocess
 import sys
-import types
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+from lm_helpers import make_ctx
 from rich.console import Console
 
 from shoestring.core.errors import ShoestringError
 from shoestring.train.config import TrainConfig
 from shoestring.train.tabular import load_tabular, train_tabular
 
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Any:
-    # Tiny models: one intra-op thread avoids thread-sync stalls on a busy 2-core machine.
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def make_ctx(tmp: Path, dataset: Path | None = None) -> types.SimpleNamespace:
-    out, work = tmp / "out", tmp / "work"
-    out.mkdir(parents=True, exist_ok=True)
-    work.mkdir(parents=True, exist_ok=True)
-    inputs = {"dataset": types.SimpleNamespace(path=dataset)} if dataset else {}
-    return types.SimpleNamespace(out_dir=out, work_dir=work, inputs=inputs, console=Console(quiet=True), extra_manifest={})
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def write_dataset(root: Path, train: list[Any], validation: list[Any] | None = None) -> Path:

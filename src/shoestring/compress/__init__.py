@@ -1,7 +1,7 @@
 """Compression and export: quantisation, structured pruning, distillation, LoRA merge;
 HF / ONNX / GGUF export. Each result is measured against its parent."""
 
-from shoestring.compress.modelio import load_compressed
+from shoestring.compress.modelio import load_compressed, save_model_folder
 from shoestring.compress.quant import QUANT_METHODS, QuantSpec, dequantize_model, quantize_model
 from shoestring.compress.regression import GateConfig, check_gate, measure_pair
 
@@ -14,4 +14,5 @@ __all__ = [
     "load_compressed",
     "measure_pair",
     "quantize_model",
+    "save_model_folder",
 ]

@@ -65,10 +65,11 @@ CONFIG = ExportConfig
 
 
 def _load_float_model(cfg: ExportConfig, ctx: StageContext) -> tuple[Any, Any, str, dict[str, Any]]:
-    from shoestring.compress.modelio import is_quantized, load_compressed, model_task, normalize_task
-    from shoestring.compress.quant import QuantSpec, dequantize_model
-    from shoestring.models import load_tokenizer
+    from shoestring.compress.modelio import load_compressed
+    from shoestring.compress.quant import dequantize_model
+    from shoestring.models import HF_TASKS, load_tokenizer, normalize_task
     from shoestring.models.packaged import packaged_model
+    from shoestring.models.quantized import QuantSpec, is_quantized, model_folder, model_task
 
     art = ctx.inputs.get("model")
     spec = str(art.path) if art is not None else cfg.model
@@ -79,12 +80,10 @@ def _load_float_model(cfg: ExportConfig, ctx: StageContext) -> tuple[Any, Any, s
         task = model_task(art.path)
     else:
         pm = packaged_model(cfg.model)
-        task = normalize_task(pm.task if pm else None)
+        task = normalize_task(pm.task if pm else None, allowed=HF_TASKS, who="export")
     info: dict[str, Any] = {}
     model = load_compressed(spec, task)
     if is_quantized(spec):
-        from shoestring.compress.modelio import model_folder
-
         info["dequantized_from"] = QuantSpec.read(model_folder(spec)).method
         info["dequantized_layers"] = dequantize_model(model)
     if hasattr(model, "merge_and_unload"):

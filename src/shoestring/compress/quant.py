@@ -1,332 +1,21 @@
-"""Quantised linear layers behind one small interface, saved as safetensors + JSON.
+"""Quantise a model's linear layers in place (int8-dynamic, int8-weight, int4-weight), and back.
 
-Three methods, each a drop-in ``nn.Linear`` replacement whose *stored* form is plain
-tensors (so the checkpoint is safetensors, never a pickle) and whose *compute* form is
-built lazily on the first forward from whatever kernel this torch build has:
-
-* ``int8-dynamic`` - int8 weights (symmetric, per output channel) and int8 activations
-  quantised per call (per tensor, dynamic range; rows with outlier ranges are split off
-  and get their own scale, see ``_rows_by_range``). Kernel: fbgemm/onednn
-  ``quantized::linear_dynamic`` when present, else ``torch._int_mm`` with our own
-  per-row activation scales, else dequantise + float matmul. We call the ops, not the
-  ``torch.ao.quantization`` Python API, which is deprecated in favour of torchao.
-* ``int8-weight`` - int8 weights per output channel, float activations
-  (``aten._weight_int8pack_mm`` on bfloat16 activations; fallback: dequantise).
-* ``int4-weight`` - 4-bit asymmetric weights in groups of ``group_size`` input columns,
-  stored two nibbles per byte (portable layout); packed for ``aten._weight_int4pack_mm_for_cpu``
-  on first use (fallback: dequantise).
-
-Whether any of these is *faster* than float32 depends on the CPU and the batch shape; the
-regression report measures it instead of assuming it.
+The layers and their file format live in :mod:`shoestring.models.quantized`; this module
+chooses which layers to replace. Whether any method is *faster* than float32 depends on the
+CPU and the batch shape; the regression report measures it instead of assuming it.
 """
 
 from __future__ import annotations
 
-import json
-import warnings
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 from shoestring.core.errors import ShoestringError
+from shoestring.models.quantized import QUANT_METHODS, QuantSpec, quant_class, quantized_modules, replace_module
 
 if TYPE_CHECKING:
-    import torch
     from torch import nn
 
-__all__ = [
-    "QUANT_FILE",
-    "QUANT_METHODS",
-    "QuantSpec",
-    "dequantize_model",
-    "quantize_model",
-    "quantized_modules",
-]
-
-QuantMethod = Literal["int8-dynamic", "int8-weight", "int4-weight"]
-QUANT_METHODS: tuple[str, ...] = ("int8-dynamic", "int8-weight", "int4-weight")
-QUANT_FILE = "shoestring_quant.json"
-"""Written next to ``config.json``: which modules are quantised, and how."""
-
-
-@dataclass
-class QuantSpec:
-    """What was quantised; enough to rebuild the modules before loading the weights."""
-
-    method: str
-    group_size: int = 32
-    """int4 only: input columns that share one scale and minimum."""
-    modules: list[str] = field(default_factory=list)
-    """Dotted names of the replaced ``nn.Linear`` modules."""
-    format_version: int = 1
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2, sort_keys=True)
-
-    @classmethod
-    def read(cls, folder: Path) -> QuantSpec:
-        raw = json.loads((Path(folder) / QUANT_FILE).read_text())
-        return cls(**raw)
-
-
-def _make_classes() -> dict[str, type]:
-    """Build the module classes on first use so importing this file stays light."""
-    import torch
-    import torch.nn.functional as F
-    from torch import nn
-
-    class _QuantLinear(nn.Module):
-        in_features: int
-        out_features: int
-        bias: Any
-        qweight: torch.Tensor
-
-        def __init__(self, in_features: int, out_features: int, has_bias: bool) -> None:
-            super().__init__()
-            self.in_features, self.out_features = in_features, out_features
-            self.bias = nn.Parameter(torch.zeros(out_features), requires_grad=False) if has_bias else None
-            self._kernel: Any = None  # compute form, rebuilt lazily (never saved)
-            self.backend = "unset"
-
-        def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
-            super()._load_from_state_dict(*args, **kwargs)
-            self._kernel = None  # new weights: drop the packed copy
-
-        def dequantized_weight(self) -> torch.Tensor:  # pragma: no cover - abstract
-            raise NotImplementedError
-
-        def extra_repr(self) -> str:
-            return f"in={self.in_features}, out={self.out_features}, backend={self.backend}"
-
-    class Int8DynamicLinear(_QuantLinear):
-        """int8 weights per output channel; activations quantised at run time."""
-
-        scale: torch.Tensor
-
-        def __init__(self, in_features: int, out_features: int, has_bias: bool) -> None:
-            super().__init__(in_features, out_features, has_bias)
-            self.register_buffer("qweight", torch.zeros(out_features, in_features, dtype=torch.int8))
-            self.register_buffer("scale", torch.ones(out_features))
-
-        @classmethod
-        def from_linear(cls, lin: nn.Linear, group_size: int) -> Int8DynamicLinear:
-            m = cls(lin.in_features, lin.out_features, lin.bias is not None)
-            q, s = _quant_int8_per_channel(lin.weight.detach().float())
-            m.qweight.copy_(q)
-            m.scale.copy_(s)
-            if lin.bias is not None:
-                m.bias.data.copy_(lin.bias.detach().float())  # type: ignore[union-attr]
-            return m
-
-        def dequantized_weight(self) -> torch.Tensor:
-            return self.qweight.float() * self.scale[:, None]
-
-        def _build(self) -> None:
-            try:
-                with warnings.catch_warnings():
-                    # Deprecated tensor type, but the fbgemm kernel needs it to pack.
-                    warnings.simplefilter("ignore")
-                    qw = torch.quantize_per_channel(
-                        self.dequantized_weight(),
-                        self.scale.double(),
-                        torch.zeros(self.out_features, dtype=torch.long),
-                        0,
-                        torch.qint8,
-                    )
-                self._kernel = ("fbgemm", torch.ops.quantized.linear_prepack(qw, self.bias))
-                self.backend = "quantized.linear_dynamic"
-                return
-            except (RuntimeError, AttributeError, NotImplementedError):
-                pass
-            try:
-                torch._int_mm(torch.zeros(17, 8, dtype=torch.int8), torch.zeros(8, 8, dtype=torch.int8))
-                self._kernel = ("int_mm", self.qweight.t().contiguous())
-                self.backend = "_int_mm"
-            except (RuntimeError, AttributeError, NotImplementedError):
-                self._kernel = ("dequant", self.dequantized_weight())
-                self.backend = "dequantize+matmul"
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            if self._kernel is None:
-                self._build()
-            kind, k = self._kernel
-            shape = x.shape
-            x2 = x.reshape(-1, shape[-1]).float()
-            if kind == "fbgemm":
-                y = _rows_by_range(x2, lambda rows: torch.ops.quantized.linear_dynamic(rows, k))
-            elif kind == "int_mm":
-                xs = x2.abs().amax(dim=1, keepdim=True).clamp(min=1e-8) / 127.0  # (M, 1)
-                xq = torch.round(x2 / xs).to(torch.int8)
-                m = xq.shape[0]
-                if m <= 16:  # _int_mm needs M > 16 on some builds
-                    xq = F.pad(xq, (0, 0, 0, 17 - m))
-                y = torch._int_mm(xq, k)[:m].float() * xs * self.scale
-                if self.bias is not None:
-                    y = y + self.bias
-            else:
-                y = F.linear(x2, k, self.bias)
-            return y.reshape(*shape[:-1], self.out_features).to(x.dtype)
-
-    class Int8WeightLinear(Int8DynamicLinear):
-        """int8 weights per output channel; activations stay floating point."""
-
-        def _build(self) -> None:
-            try:
-                probe = torch.zeros(1, self.in_features, dtype=torch.bfloat16)
-                torch.ops.aten._weight_int8pack_mm(probe, self.qweight, self.scale.bfloat16())
-                self._kernel = ("w8", self.scale.bfloat16())
-                self.backend = "_weight_int8pack_mm(bf16)"
-            except (RuntimeError, AttributeError, NotImplementedError):
-                self._kernel = ("dequant", self.dequantized_weight())
-                self.backend = "dequantize+matmul"
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            if self._kernel is None:
-                self._build()
-            kind, k = self._kernel
-            shape = x.shape
-            x2 = x.reshape(-1, shape[-1])
-            if kind == "w8":
-                y = torch.ops.aten._weight_int8pack_mm(x2.bfloat16(), self.qweight, k).float()
-                if self.bias is not None:
-                    y = y + self.bias
-            else:
-                y = F.linear(x2.float(), k, self.bias)
-            return y.reshape(*shape[:-1], self.out_features).to(x.dtype)
-
-    class Int4WeightLinear(_QuantLinear):
-        """4-bit weights, asymmetric per group of ``group_size`` input columns."""
-
-        scales: torch.Tensor
-        mins: torch.Tensor
-
-        def __init__(self, in_features: int, out_features: int, has_bias: bool, group_size: int = 32) -> None:
-            super().__init__(in_features, out_features, has_bias)
-            if in_features % group_size or in_features % 2:
-                raise ShoestringError(
-                    f"int4: in_features {in_features} is not a multiple of group_size {group_size}; pick a divisor"
-                )
-            self.group_size = group_size
-            groups = in_features // group_size
-            self.register_buffer("qweight", torch.zeros(out_features, in_features // 2, dtype=torch.uint8))
-            self.register_buffer("scales", torch.ones(out_features, groups))
-            self.register_buffer("mins", torch.zeros(out_features, groups))
-
-        @classmethod
-        def from_linear(cls, lin: nn.Linear, group_size: int) -> Int4WeightLinear:
-            m = cls(lin.in_features, lin.out_features, lin.bias is not None, group_size)
-            w = lin.weight.detach().float().reshape(lin.out_features, -1, group_size)  # (N, G, gs)
-            lo, hi = w.amin(-1, keepdim=True), w.amax(-1, keepdim=True)
-            sc = ((hi - lo) / 15.0).clamp(min=1e-8)
-            q = torch.clamp(torch.round((w - lo) / sc), 0, 15).to(torch.uint8).reshape(lin.out_features, -1)
-            m.qweight.copy_(q[:, 0::2] | (q[:, 1::2] << 4))  # two nibbles per byte, low = even column
-            m.scales.copy_(sc.squeeze(-1))
-            m.mins.copy_(lo.squeeze(-1))
-            if lin.bias is not None:
-                m.bias.data.copy_(lin.bias.detach().float())  # type: ignore[union-attr]
-            return m
-
-        def _nibbles(self) -> torch.Tensor:
-            q = torch.empty(self.out_features, self.in_features, dtype=torch.uint8)
-            q[:, 0::2] = self.qweight & 0x0F
-            q[:, 1::2] = self.qweight >> 4
-            return q  # (N, K) values 0..15
-
-        def dequantized_weight(self) -> torch.Tensor:
-            q = self._nibbles().float().reshape(self.out_features, -1, self.group_size)
-            return (q * self.scales[..., None] + self.mins[..., None]).reshape(self.out_features, -1)
-
-        def _build(self) -> None:
-            try:
-                packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(self._nibbles().to(torch.int32), 1)
-                # The kernel computes (q - 8) * scale + zero, so zero = min + 8 * scale.
-                sz = torch.stack([self.scales.t(), (self.mins + 8 * self.scales).t()], dim=-1)
-                sz = sz.contiguous().bfloat16()  # (G, N, 2)
-                probe = torch.zeros(1, self.in_features, dtype=torch.bfloat16)
-                torch.ops.aten._weight_int4pack_mm_for_cpu(probe, packed, self.group_size, sz)
-                self._kernel = ("w4", (packed, sz))
-                self.backend = "_weight_int4pack_mm_for_cpu(bf16)"
-            except (RuntimeError, AttributeError, NotImplementedError):
-                self._kernel = ("dequant", self.dequantized_weight())
-                self.backend = "dequantize+matmul"
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            if self._kernel is None:
-                self._build()
-            kind, k = self._kernel
-            shape = x.shape
-            x2 = x.reshape(-1, shape[-1])
-            if kind == "w4":
-                packed, sz = k
-                y = torch.ops.aten._weight_int4pack_mm_for_cpu(x2.bfloat16(), packed, self.group_size, sz).float()
-                if self.bias is not None:
-                    y = y + self.bias
-            else:
-                y = F.linear(x2.float(), k, self.bias)
-            return y.reshape(*shape[:-1], self.out_features).to(x.dtype)
-
-    return {"int8-dynamic": Int8DynamicLinear, "int8-weight": Int8WeightLinear, "int4-weight": Int4WeightLinear}
-
-
-_CLASSES: dict[str, type] = {}
-
-
-def quant_class(method: str) -> Any:
-    """The module class for a method (built once)."""
-    if method not in QUANT_METHODS:
-        raise ShoestringError(f"unknown quantisation method '{method}'; choose one of {', '.join(QUANT_METHODS)}")
-    if not _CLASSES:
-        _CLASSES.update(_make_classes())
-    return _CLASSES[method]
-
-
-_ROW_RANGE = 2.0
-"""Rows whose max |x| exceeds this many times the median row's get their own activation scale."""
-
-
-def _rows_by_range(x: torch.Tensor, fn: Any) -> torch.Tensor:
-    """``fn`` (a per-tensor dynamic-quantised matmul) on row groups of similar range.
-
-    fbgemm quantises the whole (tokens, features) input with one scale. A few tokens with
-    massive activations (SmolLM2's first token reaches ~2000x the median at the MLP
-    down-projection) then leave the other tokens a handful of int8 levels: measured KL
-    0.54 nats/token on the quickstart model. Splitting those rows off (recursively, so each
-    group spans < ``_ROW_RANGE``x) gives every group its own scale; decode steps (one row)
-    and inputs without outliers take the single call as before.
-    """
-
-    if x.shape[0] < 2:
-        return fn(x)
-    amax = x.abs().amax(dim=1)  # (M,)
-    big = amax > _ROW_RANGE * amax.median()
-    if not bool(big.any()):
-        return fn(x)
-    out: torch.Tensor | None = None
-    for rows in (big, ~big):
-        idx = rows.nonzero().flatten()
-        if idx.numel() == 0:
-            continue
-        part = _rows_by_range(x[idx], fn)
-        if out is None:
-            out = part.new_empty((x.shape[0], part.shape[1]))
-        out[idx] = part
-    assert out is not None
-    return out
-
-
-def _quant_int8_per_channel(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Symmetric int8 per output row: ``w ~= q * scale[:, None]``, q in [-127, 127]."""
-    import torch
-
-    scale = (w.abs().amax(dim=1) / 127.0).clamp(min=1e-8)  # (N,)
-    q = torch.clamp(torch.round(w / scale[:, None]), -127, 127).to(torch.int8)
-    return q, scale
-
-
-def _set_module(root: Any, dotted: str, new: Any) -> None:
-    parent_name, _, child = dotted.rpartition(".")
-    parent = root.get_submodule(parent_name) if parent_name else root
-    setattr(parent, child, new)
+__all__ = ["QUANT_METHODS", "QuantSpec", "dequantize_model", "quantize_model"]
 
 
 def _default_targets(model: Any, quantize_head: bool) -> list[str]:
@@ -353,28 +42,11 @@ def quantize_model(model: nn.Module, method: str, *, group_size: int = 32, quant
         lin: Any = model.get_submodule(name)
         if method == "int4-weight" and lin.in_features % group_size:
             continue  # odd shapes stay float rather than failing the whole model
-        _set_module(model, name, cls.from_linear(lin, group_size))
+        replace_module(model, name, cls.from_linear(lin, group_size))
     done = [n for n in names if type(model.get_submodule(n)) is cls]
     if not done:
         raise ShoestringError(f"{method}: the model has no linear layers to quantise")
     return QuantSpec(method=method, group_size=group_size, modules=done)
-
-
-def apply_spec_empty(model: Any, spec: QuantSpec) -> None:
-    """Swap in empty quantised modules named by ``spec`` (before loading saved weights)."""
-    cls = quant_class(spec.method)
-    for name in spec.modules:
-        lin = model.get_submodule(name)
-        args: tuple[Any, ...] = (lin.in_features, lin.out_features, lin.bias is not None)
-        if spec.method == "int4-weight":
-            args = (*args, spec.group_size)
-        _set_module(model, name, cls(*args))
-
-
-def quantized_modules(model: Any) -> dict[str, Any]:
-    """Name -> quantised module, for reports (backend actually used, ...)."""
-    classes = tuple(_CLASSES.values())
-    return {n: m for n, m in model.named_modules() if classes and isinstance(m, classes)}
 
 
 def dequantize_model(model: Any) -> int:
@@ -393,6 +65,6 @@ def dequantize_model(model: Any) -> int:
             lin.weight.copy_(m.dequantized_weight())
             if m.bias is not None:
                 lin.bias.copy_(m.bias)
-        _set_module(model, name, lin)
+        replace_module(model, name, lin)
         count += 1
     return count

@@ -8,12 +8,9 @@ A failed gate stops the recipe with one line naming the metric (unless ``gate_ac
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import TYPE_CHECKING, Any
 
-from pydantic import Field
-
-from shoestring.compress.regression import GateConfig
-from shoestring.core.config import ArtifactInput, StageConfig
+from shoestring.compress.config import CompressConfig
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -27,80 +24,20 @@ KIND = "model"
 SCHEMA_VERSION = 1
 SUMMARY = "Quantise (int8/int4), prune, distil or LoRA-merge a model; gate it on measured quality, KL and speed."
 
-Method = Literal["merge", "int8-dynamic", "int8-weight", "int4-weight", "prune", "distill"]
-
-
-class CompressConfig(StageConfig):
-    """Settings of one compression step. An adapter parent is always merged first."""
-
-    model: Annotated[str, ArtifactInput("model", external_ok=True)]
-    """Parent model: a model artifact (full model/ or LoRA adapter/), a packaged name, a folder, a .gguf file or a hub id."""
-    method: Method = "int8-dynamic"
-    """merge (LoRA into the base), int8-dynamic, int8-weight, int4-weight, prune (structured) or distill (smaller student)."""
-    dataset: Annotated[str | None, ArtifactInput("dataset")] = None
-    """Dataset artifact: test.jsonl is the held-out text, train.jsonl feeds calibration and distillation. Default: Python's reference docs (pydoc_data.topics), every 5th topic held out."""
-    task: Literal["causal-lm", "masked-lm", "classification", "embedding"] | None = None
-    """Model head to load; default: the parent artifact's task, else causal-lm."""
-    group_size: int = Field(32, ge=8)
-    """int4-weight: input columns sharing one scale/minimum."""
-    quantize_head: bool = False
-    """Also quantise the output head (unties it from the embeddings; usually costs quality)."""
-    mlp_keep_ratio: float = Field(1.0, gt=0.0, le=1.0)
-    """prune/distill: fraction of MLP channels kept per block (rounded up to a multiple of 32)."""
-    head_keep_ratio: float = Field(1.0, gt=0.0, le=1.0)
-    """prune/distill: fraction of query heads kept per KV group (Llama-style models)."""
-    drop_layers: int = Field(0, ge=0)
-    """prune: number of transformer blocks removed (those that change the hidden state least)."""
-    student_layers: int | None = Field(None, ge=1)
-    """distill: blocks in the student, evenly spaced copies of the teacher's (default: half)."""
-    distill_steps: int = Field(0, ge=0)
-    """Distillation steps (prune: recovery steps, 0 = none; distill: 0 means 100)."""
-    learning_rate: float = Field(1e-4, gt=0.0)
-    """Peak AdamW learning rate for distillation (cosine decay to 0)."""
-    temperature: float = Field(2.0, gt=0.0)
-    """Softmax temperature of the distillation KL term."""
-    alpha: float = Field(0.5, ge=0.0, le=1.0)
-    """Weight of the distillation KL term; 1 - alpha weights the next-token cross-entropy."""
-    train_batch_size: int = Field(4, ge=1)
-    """Sequences per distillation step."""
-    seq_len: int = Field(128, ge=8)
-    """Tokens per distillation / calibration sequence."""
-    calibration_blocks: int = Field(8, ge=1)
-    """Sequences used to score channels, heads and layers for pruning."""
-    eval_blocks: int = Field(16, ge=1)
-    """Held-out sequences for perplexity and KL."""
-    eval_seq_len: int = Field(256, ge=8)
-    """Tokens per held-out sequence."""
-    latency_tokens: int = Field(128, ge=1)
-    """Tokens in the timed forward pass (batch 1)."""
-    latency_runs: int = Field(10, ge=1)
-    """Timed runs per model (median reported), after 2 warm-up runs."""
-    gen_tokens: int = Field(32, ge=0)
-    """New tokens in the timed greedy generation (causal LMs; 0 = skip)."""
-    threads: int | None = Field(None, ge=1)
-    """CPU threads for torch during measurement (default: torch's default)."""
-    merge_tolerance: float = Field(1e-3, gt=0.0)
-    """merge: largest allowed max |logit difference| between the adapter model and the merged model."""
-    gate: GateConfig = GateConfig()
-    """Pass/fail thresholds (YAML): max_ppl_increase_pct, max_kl, min_speedup, min_tokens_per_s_ratio, min_cosine, max_size_ratio, min_agreement."""
-    gate_action: Literal["fail", "warn"] = "fail"
-    """What a failed gate does: fail (error, exit 2, no artifact) or warn (artifact kept, marked failed)."""
-
-
 CONFIG = CompressConfig
 
 
 def _parent_task(cfg: CompressConfig, ctx: StageContext) -> str:
-    from shoestring.compress.modelio import normalize_task
+    from shoestring.models import HF_TASKS, normalize_task
     from shoestring.models.packaged import packaged_model
 
     if cfg.task:
         return cfg.task
     art = ctx.inputs.get("model")
     if art is not None and art.manifest.get("task"):
-        return normalize_task(str(art.manifest["task"]))
+        return normalize_task(str(art.manifest["task"]), allowed=HF_TASKS, who="compress")
     pm = packaged_model(cfg.model)
-    return normalize_task(pm.task if pm else None)
+    return normalize_task(pm.task if pm else None, allowed=HF_TASKS, who="compress")
 
 
 def _texts(ctx: StageContext, split: str) -> tuple[list[str], str]:
@@ -189,7 +126,7 @@ def build(cfg: CompressConfig, ctx: StageContext) -> dict[str, Any]:
     report.update(extra)
     report["child_file_bytes"] = rg.folder_bytes(model_dir)
     if qspec is not None:
-        from shoestring.compress.quant import quantized_modules
+        from shoestring.models.quantized import quantized_modules
 
         report["backend"] = sorted({m.backend for m in quantized_modules(reloaded).values()})
     failures = rg.check_gate(report, cfg.gate)

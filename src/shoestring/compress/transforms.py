@@ -13,7 +13,7 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
-    from shoestring.compress.stage import CompressConfig
+    from shoestring.compress.config import CompressConfig
 
 __all__ = ["merge_adapter", "shrink_and_distill", "student_layer_indices"]
 

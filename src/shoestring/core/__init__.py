@@ -4,8 +4,8 @@ from shoestring.core.artifact import Artifact, atomic_write_bytes, atomic_write_
 from shoestring.core.config import ArtifactInput, HashedPath, StageConfig, load_yaml, parse_config
 from shoestring.core.errors import NotBuiltError, ShoestringError
 from shoestring.core.recipe import load_recipe, run_recipe
-from shoestring.core.registry import STAGES, Stage, get_stage
-from shoestring.core.workspace import StageContext, StageResult, Workspace
+from shoestring.core.registry import STAGES, get_stage
+from shoestring.core.workspace import Stage, StageContext, StageResult, Workspace
 
 __all__ = [
     "STAGES",

@@ -6,7 +6,9 @@ Each stage module (``shoestring.<package>.stage``) defines, at light import cost
 * ``KIND`` - the kind of artifact it produces (``dataset``, ``plan``, ``model`` ...),
 * ``SCHEMA_VERSION`` - bumped when the payload layout changes (invalidates caches),
 * ``SUMMARY`` - one line for ``--help``,
-* ``build(cfg, ctx) -> dict`` - writes the payload into ``ctx.out_dir``; returns stats.
+* ``build(cfg, ctx) -> dict`` - writes the payload into ``ctx.out_dir``; returns stats;
+* optionally ``stale(artifact) -> str | None`` - why a cached artifact no longer holds although
+  its config and inputs are the same (the plan: this machine was calibrated again); None = reuse it.
 
 Heavy libraries (torch, transformers, ...) are imported inside ``build`` so that
 ``shoestring --help`` stays fast.
@@ -15,18 +17,12 @@ Heavy libraries (torch, transformers, ...) are imported inside ``build`` so that
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
-from dataclasses import dataclass
 from types import ModuleType
-from typing import TYPE_CHECKING, Any
 
 from shoestring.core.errors import NotBuiltError, ShoestringError
+from shoestring.core.workspace import Stage
 
-if TYPE_CHECKING:
-    from shoestring.core.config import StageConfig
-    from shoestring.core.workspace import StageContext
-
-__all__ = ["STAGES", "Stage", "get_stage", "stage_names"]
+__all__ = ["STAGES", "get_stage", "stage_names"]
 
 # verb -> module that implements it. The order is the order of the flow.
 STAGES: dict[str, str] = {
@@ -40,18 +36,6 @@ STAGES: dict[str, str] = {
     "report": "shoestring.report.stage",
     "assess": "shoestring.assess.stage",
 }
-
-
-@dataclass(frozen=True)
-class Stage:
-    """A loaded stage: its name, typed config and build function."""
-
-    name: str
-    kind: str
-    config: type[StageConfig]
-    schema_version: int
-    summary: str
-    build: Callable[[Any, StageContext], dict[str, Any]]
 
 
 def stage_names() -> list[str]:
@@ -80,4 +64,5 @@ def get_stage(name: str) -> Stage:
         schema_version=int(getattr(mod, "SCHEMA_VERSION", 1)),
         summary=str(getattr(mod, "SUMMARY", "")),
         build=mod.build,
+        stale=getattr(mod, "stale", None),
     )

@@ -18,7 +18,7 @@ import os
 import re
 import shutil
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -36,9 +36,9 @@ from shoestring.core.artifact import (
 )
 from shoestring.core.config import ArtifactInput, HashedPath, NotHashed, StageConfig, iter_marked_fields
 from shoestring.core.errors import ShoestringError
-from shoestring.core.registry import Stage
+from shoestring.core.runs import pid_alive
 
-__all__ = ["StageContext", "StageResult", "Workspace", "input_fields", "stage_hash"]
+__all__ = ["Stage", "StageContext", "StageResult", "Workspace", "input_fields", "stage_hash"]
 
 
 def input_fields(cfg_cls: type[StageConfig]) -> dict[str, ArtifactInput]:
@@ -49,6 +49,20 @@ def input_fields(cfg_cls: type[StageConfig]) -> dict[str, ArtifactInput]:
             if isinstance(m, ArtifactInput):
                 out[name] = m
     return out
+
+
+@dataclass(frozen=True)
+class Stage:
+    """A loaded stage (see :mod:`shoestring.core.registry`): its name, typed config and build function."""
+
+    name: str
+    kind: str
+    config: type[StageConfig]
+    schema_version: int
+    summary: str
+    build: Callable[[Any, StageContext], dict[str, Any]]
+    stale: Callable[[Artifact], str | None] | None = None
+    """Why a cached artifact of this stage must be rebuilt (None: reuse it); see :mod:`shoestring.core.registry`."""
 
 
 @dataclass
@@ -198,9 +212,13 @@ class Workspace:
         final = self.artifact_dir(stage.name, digest)
         if not force:
             found = self.find(stage.name, digest)
-            if found is not None:
+            why = stage.stale(found) if found is not None and stage.stale is not None else None
+            if found is not None and why is None:
                 self.console.print(f"[green]✓[/] {name:<10} [cyan]cached[/]  {found.path}")
                 return StageResult(found, cached=True, seconds=0.0)
+            if found is not None:
+                self.console.print(f"[yellow]↻[/] {name:<10} cached artifact no longer holds: {why}")
+                shutil.rmtree(final)
         elif final.exists():
             shutil.rmtree(final)
 
@@ -248,7 +266,7 @@ class Workspace:
     def _clear_stale_tmp(self, key: str) -> None:
         for d in (self.root / "tmp").glob(f"{key}.*"):
             pid = d.suffix.lstrip(".")
-            if pid.isdigit() and int(pid) != os.getpid() and _pid_alive(int(pid)):
+            if pid.isdigit() and int(pid) != os.getpid() and pid_alive(int(pid)):
                 raise ShoestringError(
                     f"another shoestring process (pid {pid}) is writing {key}; wait for it or kill it"
                 )
@@ -265,14 +283,3 @@ def _lineage(inputs: Mapping[str, Artifact]) -> list[str]:
             if h not in seen:
                 seen.append(h)
     return seen
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A zombie or a recycled pid in another container both look alive; good enough.
-    return True

@@ -13,13 +13,14 @@ import numpy as np
 from shoestring.core.artifact import atomic_write_json, atomic_write_text
 from shoestring.core.errors import ShoestringError
 from shoestring.evaluate import lm
+from shoestring.evaluate.config import model_spec
 from shoestring.evaluate.drift import build_reference
 from shoestring.evaluate.report import Report, fmt, fmt_interval, png_img, table
 from shoestring.evaluate.stats import bootstrap_ci, paired_comparison, ratio_metric
 
 if TYPE_CHECKING:
     from shoestring.core.workspace import StageContext
-    from shoestring.evaluate.stage import EvaluateConfig
+    from shoestring.evaluate.config import EvaluateConfig
 
 __all__ = ["evaluate_causal_lm", "score_model"]
 
@@ -111,7 +112,6 @@ def _loss_block(res: dict[str, Any], cfg: EvaluateConfig) -> dict[str, Any]:
 
 
 def evaluate_causal_lm(cfg: EvaluateConfig, ctx: StageContext) -> dict[str, Any]:
-    from shoestring.evaluate.stage import model_spec
 
     spec = model_spec("model", cfg, ctx)
     other = model_spec("compare", cfg, ctx)

@@ -12,14 +12,15 @@ import numpy as np
 
 from shoestring.core.artifact import atomic_write_json, atomic_write_text
 from shoestring.evaluate.classify import classification_metrics, compare_classifiers
+from shoestring.evaluate.config import model_spec
 from shoestring.evaluate.drift import build_reference
 from shoestring.evaluate.fairness import group_fairness, mitigate
 from shoestring.evaluate.report import Report, fmt_interval, png_img, table
 
 if TYPE_CHECKING:
     from shoestring.core.workspace import StageContext
+    from shoestring.evaluate.config import EvaluateConfig
     from shoestring.evaluate.predictors import Predictions
-    from shoestring.evaluate.stage import EvaluateConfig
 
 __all__ = ["COUNTERFACTUAL_PAIRS", "counterfactual_probe", "evaluate_classifier"]
 
@@ -78,7 +79,6 @@ def counterfactual_probe(pred: Predictions) -> dict[str, Any] | None:
 
 def evaluate_classifier(cfg: EvaluateConfig, ctx: StageContext, task: str) -> dict[str, Any]:
     from shoestring.evaluate.predictors import predict_tabular, predict_text_classifier
-    from shoestring.evaluate.stage import model_spec
 
     predict = predict_tabular if task == "tabular" else predict_text_classifier
     spec = model_spec("model", cfg, ctx)

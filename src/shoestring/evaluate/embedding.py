@@ -25,13 +25,14 @@ from shoestring.core.artifact import atomic_write_json, atomic_write_text
 from shoestring.core.errors import ShoestringError
 from shoestring.evaluate import embedding_metrics as em
 from shoestring.evaluate.classify import classification_metrics
+from shoestring.evaluate.config import model_spec
 from shoestring.evaluate.drift import build_reference
 from shoestring.evaluate.report import Report, fmt, fmt_interval, png_img, table
 from shoestring.evaluate.stats import bootstrap_ci, paired_comparison
 
 if TYPE_CHECKING:
     from shoestring.core.workspace import StageContext
-    from shoestring.evaluate.stage import EvaluateConfig
+    from shoestring.evaluate.config import EvaluateConfig
 
 __all__ = ["evaluate_embedding"]
 
@@ -185,7 +186,6 @@ def _reference(main: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
 
 
 def evaluate_embedding(cfg: EvaluateConfig, ctx: StageContext) -> dict[str, Any]:
-    from shoestring.evaluate.stage import model_spec
 
     spec = model_spec("model", cfg, ctx)
     assert spec is not None

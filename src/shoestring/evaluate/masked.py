@@ -10,13 +10,14 @@ import numpy as np
 
 from shoestring.core.artifact import atomic_write_json, atomic_write_text
 from shoestring.core.errors import ShoestringError
+from shoestring.evaluate.config import model_spec
 from shoestring.evaluate.drift import build_reference
 from shoestring.evaluate.report import Report, fmt_interval, table
 from shoestring.evaluate.stats import bootstrap_ci, paired_comparison, ratio_metric
 
 if TYPE_CHECKING:
     from shoestring.core.workspace import StageContext
-    from shoestring.evaluate.stage import EvaluateConfig
+    from shoestring.evaluate.config import EvaluateConfig
 
 __all__ = ["evaluate_masked_lm", "score_masked"]
 
@@ -61,7 +62,6 @@ def score_masked(spec: str, texts: list[str], cfg: EvaluateConfig) -> dict[str, 
 
 def evaluate_masked_lm(cfg: EvaluateConfig, ctx: StageContext) -> dict[str, Any]:
     from shoestring.evaluate.lm import read_records
-    from shoestring.evaluate.stage import model_spec
 
     if "dataset" not in ctx.inputs:
         raise ShoestringError("evaluate: masked-lm needs --dataset with text records")

@@ -18,7 +18,7 @@ from shoestring.core.errors import ShoestringError
 
 if TYPE_CHECKING:
     from shoestring.core.workspace import StageContext
-    from shoestring.evaluate.stage import EvaluateConfig
+    from shoestring.evaluate.config import EvaluateConfig
 
 __all__ = ["Predictions", "predict_text_classifier", "predict_tabular"]
 
@@ -153,9 +153,9 @@ def _tabular_arrays(spec: str, clf: Any, cfg: EvaluateConfig, ctx: StageContext)
     train_cfg = json.loads(manifest_path.read_text()).get("config", {}) if manifest_path.is_file() else {}
     tab = dict(train_cfg.get("tabular") or {})
     if "dataset" not in ctx.inputs and tab.get("source") == "digits":
-        from shoestring.train.tabular import TabularOptions, _load_digits
+        from shoestring.train.tabular import TabularOptions, digits_data
 
-        data = _load_digits(TabularOptions(**tab), int(train_cfg.get("seed", 0)))
+        data = digits_data(TabularOptions(**tab), int(train_cfg.get("seed", 0)))
         split = cfg.split if cfg.split in data.x else "test"
         n = min(cfg.max_records, len(data.y[split]))
         if cfg.sensitive:

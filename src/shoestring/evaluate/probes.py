@@ -30,7 +30,7 @@ from shoestring.evaluate.report import fmt, fmt_interval, table
 from shoestring.evaluate.stats import bootstrap_ci, paired_comparison
 
 if TYPE_CHECKING:
-    from shoestring.evaluate.stage import EvaluateConfig
+    from shoestring.evaluate.config import EvaluateConfig
 
 __all__ = ["DEFAULT_CONTINUATIONS", "DEFAULT_GROUPS", "DEFAULT_LM_TEMPLATES", "DEFAULT_TEMPLATES", "probe_classifier",
            "probe_lm", "render_probes"]

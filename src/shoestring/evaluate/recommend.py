@@ -10,13 +10,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from shoestring.core.artifact import atomic_write_json, atomic_write_text
+from shoestring.evaluate.config import model_spec
 from shoestring.evaluate.drift import build_reference
 from shoestring.evaluate.report import Report, fmt_interval, png_img, table
 from shoestring.evaluate.stats import bootstrap_ci, paired_comparison
 
 if TYPE_CHECKING:
     from shoestring.core.workspace import StageContext
-    from shoestring.evaluate.stage import EvaluateConfig
+    from shoestring.evaluate.config import EvaluateConfig
 
 __all__ = ["age_bucket", "evaluate_recommender", "rank_cases"]
 
@@ -86,7 +87,6 @@ def _score(spec: str, cfg: EvaluateConfig) -> dict[str, Any]:
 
 
 def evaluate_recommender(cfg: EvaluateConfig, ctx: StageContext) -> dict[str, Any]:
-    from shoestring.evaluate.stage import model_spec
 
     spec = model_spec("model", cfg, ctx)
     assert spec is not None

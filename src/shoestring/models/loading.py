@@ -28,6 +28,8 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from shoestring.core.errors import ShoestringError
 from shoestring.models.packaged import PACKAGED_MODELS, packaged_model
+from shoestring.models.quantized import AUTO_CLASSES, QUANT_FILE, load_quantized
+from shoestring.models.tasks import HF_TASKS, Task, normalize_task
 
 if TYPE_CHECKING:
     import torch
@@ -35,7 +37,6 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ModelRef",
-    "Task",
     "cache_dir",
     "count_parameters",
     "hf_folder",
@@ -45,7 +46,6 @@ __all__ = [
     "resolve_model",
 ]
 
-Task = Literal["causal-lm", "masked-lm", "classification", "embedding"]
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?$")
 
 
@@ -212,33 +212,23 @@ def load_tokenizer(spec: str | ModelRef) -> PreTrainedTokenizerBase:
     return _from_pretrained(AutoTokenizer, ref)
 
 
-_AUTO = {
-    "causal-lm": "AutoModelForCausalLM",
-    "masked-lm": "AutoModelForMaskedLM",
-    "classification": "AutoModelForSequenceClassification",
-    "embedding": "AutoModel",
-}
-
-
 def load_model(
     spec: str | ModelRef,
-    task: Task = "causal-lm",
+    task: Task | str = Task.CAUSAL_LM,
     *,
     dtype: torch.dtype | None = None,
     **kwargs: Any,
 ) -> PreTrainedModel:
-    """Load a model for ``task``; adapter artifacts come back as a PEFT model."""
+    """Load a model for ``task`` (any spelling of a Hugging Face task); adapter artifacts come
+    back as a PEFT model, quantised folders rebuilt by :func:`~shoestring.models.quantized.load_quantized`."""
     import transformers
 
     ref = resolve_model(spec) if isinstance(spec, str) else spec
-    if task not in _AUTO:
-        raise ShoestringError(f"unknown task '{task}'; choose one of {', '.join(_AUTO)}")
-    if ref.kind in ("artifact", "folder") and (Path(ref.location) / "shoestring_quant.json").is_file():
-        # int8/int4 weights from `shoestring compress`: rebuilt by its loader, never unpickled.
-        from shoestring.compress import load_compressed
-
-        return load_compressed(ref.location, task)  # type: ignore[return-value]
-    loader = getattr(transformers, _AUTO[task])
+    head = normalize_task(task, allowed=HF_TASKS, who="load_model")
+    if ref.kind in ("artifact", "folder") and (Path(ref.location) / QUANT_FILE).is_file():
+        # int8/int4 weights from `shoestring compress`: rebuilt from safetensors, never unpickled.
+        return load_quantized(ref.location, head)  # type: ignore[return-value]
+    loader = getattr(transformers, AUTO_CLASSES[head])
     if dtype is not None:
         kwargs["dtype"] = dtype
     model = _from_pretrained(loader, ref, **kwargs)
@@ -252,12 +242,12 @@ def load_model(
     return model
 
 
-def count_parameters(config: PretrainedConfig, task: Task = "causal-lm") -> int:
+def count_parameters(config: PretrainedConfig, task: Task | str = Task.CAUSAL_LM) -> int:
     """Parameter count from a config via a meta-device build (no weights allocated)."""
     import torch
     import transformers
 
-    loader = getattr(transformers, _AUTO[task])
+    loader = getattr(transformers, AUTO_CLASSES[normalize_task(task, allowed=HF_TASKS, who="count_parameters")])
     with torch.device("meta"):
         model = loader.from_config(config)
     return sum(p.numel() for p in model.parameters())

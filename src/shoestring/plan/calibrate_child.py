@@ -160,7 +160,7 @@ def _fault_rate() -> float:
 
     churn(2)
     reused = min(churn() for _ in range(3))
-    from shoestring.plan.allocator import bound_cpu_allocator
+    from shoestring.core.allocator import bound_cpu_allocator
 
     bound_cpu_allocator()
     fresh = min(churn() for _ in range(3))

@@ -25,7 +25,7 @@ from typing import Any
 from shoestring.core.artifact import atomic_write_json
 from shoestring.plan.catalogue import DeviceSpec, GiB, get_device
 
-__all__ = ["cpu_device", "hardware_cache_path", "load_hardware", "probe_hardware", "resolve_device", "save_hardware"]
+__all__ = ["calibration_id", "cpu_device", "hardware_cache_path", "load_hardware", "probe_hardware", "resolve_device", "save_hardware"]
 
 CPU_USD_PER_HOUR = 0.10
 """Default price of this CPU machine per hour (a 2-vCPU cloud VM); edit via prices.yaml key ``cpu``."""
@@ -85,6 +85,16 @@ def hardware_cache_path() -> Path:
     from shoestring.models.loading import cache_dir
 
     return cache_dir() / f"hardware-{fingerprint_key()}.json"
+
+
+def calibration_id() -> dict[str, Any]:
+    """Which calibration a CPU plan stands on now: this fingerprint's cache file and when its
+    calibration was measured (None: not calibrated). Reads the cache only, never probes."""
+    try:
+        hw = json.loads(hardware_cache_path().read_text())
+    except (OSError, json.JSONDecodeError):
+        hw = {}
+    return {"fingerprint": fingerprint_key(), "measured_at": (hw.get("calibration") or {}).get("measured_at")}
 
 
 def calibration_state(hw: dict[str, Any] | None = None) -> tuple[str, str]:

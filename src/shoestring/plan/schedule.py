@@ -1,7 +1,7 @@
 """`shoestring plan --jobs jobs.yaml`: place several planned jobs on the available devices.
 
-Each job is planned like a single run (its own model, data size, method ...); the
-scheduler then assigns jobs to devices by memory (a job runs on a device whose usable
+Each job is planned like a single run (its own model, data size, method ...;
+``shoestring.plan.stage.schedule_jobs_file`` reads the file and plans each job); the scheduler then assigns jobs to devices by memory (a job runs on a device whose usable
 memory holds its predicted peak; several small jobs share a device when their peaks fit
 together) in priority order (higher first, then longest first), and simulates the
 timeline: a job starts when a device has room for it, finishes ``total_seconds`` later.
@@ -21,15 +21,12 @@ Every job key is a ``shoestring plan`` key; ``name`` and ``priority`` are the sc
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
-
-from shoestring.core.errors import ShoestringError
 
 if TYPE_CHECKING:
     from rich.console import Console
 
-__all__ = ["Job", "Slot", "print_schedule", "schedule", "schedule_jobs_file"]
+__all__ = ["Job", "Slot", "print_schedule", "schedule"]
 
 
 @dataclass(frozen=True)
@@ -97,45 +94,6 @@ def schedule(jobs: list[Job], slots: list[Slot]) -> dict[str, Any]:
     placed.sort(key=lambda p: (p["start_seconds"], p["device"]))
     return {"jobs": placed, "unschedulable": unschedulable, "makespan_seconds": makespan,
             "devices": [{"name": s.name, "device": s.device, "memory_bytes": s.memory_bytes} for s in slots]}
-
-
-def schedule_jobs_file(path: Path, *, device: str, devices: int) -> dict[str, Any]:
-    """Plan every job of ``path`` and schedule them (the ``--jobs`` entry point)."""
-    from shoestring.core.config import load_yaml, parse_config
-    from shoestring.plan.hardware import resolve_device
-    from shoestring.plan.search import HEADROOM
-    from shoestring.plan.stage import PlanConfig, make_plan
-
-    raw = load_yaml(path)
-    if not isinstance(raw, dict) or not isinstance(raw.get("jobs"), list) or not raw["jobs"]:
-        raise ShoestringError(f"{path}: needs a non-empty 'jobs:' list (see `shoestring plan --help`)")
-    slots: list[Slot] = []
-    for i, d in enumerate(raw.get("devices") or [{"name": f"{device}-{k}", "device": device}
-                                                 for k in range(devices)]):
-        if not isinstance(d, dict) or "device" not in d:
-            raise ShoestringError(f"{path}: devices[{i}] needs a 'device:' (cpu or a catalogue name)")
-        spec = resolve_device(str(d["device"]))
-        usable = int(d["memory_gib"] * 1024**3) if "memory_gib" in d else int(spec.memory_bytes * HEADROOM)
-        slots.append(Slot(str(d.get("name", f"{spec.name}-{i}")), spec.name, usable))
-    jobs: list[Job] = []
-    details = {}
-    for i, body in enumerate(raw["jobs"]):
-        if not isinstance(body, dict):
-            raise ShoestringError(f"{path}: jobs[{i}] must be a mapping of plan keys")
-        body = dict(body)
-        name = str(body.pop("name", f"job{i}"))
-        prio = int(body.pop("priority", 0))
-        body.setdefault("device", slots[0].device)
-        cfg = parse_config(PlanConfig, body, f"{path}: jobs[{i}] ({name})")
-        plan = make_plan(cfg)
-        need = int(plan["predicted"]["required_bytes"])
-        jobs.append(Job(name, need, float(plan["predicted"]["total_seconds"]), prio))
-        details[name] = {"micro_batch_size": plan["micro_batch_size"], "grad_accum": plan["grad_accum"],
-                         "activation_checkpointing": plan["activation_checkpointing"], "fits": plan["fits"]}
-    out = schedule(jobs, slots)
-    for p in out["jobs"]:
-        p["plan"] = details[p["name"]]
-    return out
 
 
 def print_schedule(sched: dict[str, Any], console: Console) -> None:

@@ -97,7 +97,7 @@ def evaluate(config: PretrainedConfig, shape: ModelShape, setup: TrainingSetup, 
     mem = estimate_training_memory(config, shape, setup, framework_overhead=framework_overhead)
     if setup.device_kind == "cpu" and setup.bounded_heap is None:
         # The trainer's auto rule, against the memory this plan may use (HEADROOM of what is free).
-        from shoestring.plan.allocator import needs_bounded_heap
+        from shoestring.core.allocator import needs_bounded_heap
 
         setup = replace(setup, bounded_heap=needs_bounded_heap(mem.peak_bytes, memory_limit / HEADROOM))
     tokens_per_micro = setup.micro_batch_size * min(work.tokens_per_sequence, setup.seq_len)

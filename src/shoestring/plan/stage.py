@@ -16,6 +16,7 @@ from pydantic import Field
 from shoestring.core.config import ArtifactInput, HashedPath, StageConfig
 from shoestring.core.errors import ShoestringError
 from shoestring.plan.federated import FederatedPlanOptions
+from shoestring.plan.schedule import Job, Slot, print_schedule, schedule
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -23,7 +24,7 @@ if TYPE_CHECKING:
     from shoestring.core.artifact import Artifact
     from shoestring.core.workspace import StageContext
 
-__all__ = ["CONFIG", "KIND", "SCHEMA_VERSION", "SUMMARY", "PlanConfig", "build", "summarize"]
+__all__ = ["CONFIG", "KIND", "SCHEMA_VERSION", "SUMMARY", "PlanConfig", "build", "stale", "summarize"]
 
 KIND = "plan"
 SCHEMA_VERSION = 1
@@ -179,8 +180,6 @@ def build(cfg: PlanConfig, ctx: StageContext) -> dict[str, Any]:
     from shoestring.core.artifact import atomic_write_json
 
     if cfg.jobs is not None:
-        from shoestring.plan.schedule import schedule_jobs_file
-
         sched = schedule_jobs_file(cfg.jobs, device=cfg.device, devices=cfg.devices)
         atomic_write_json(ctx.out_dir / "schedule.json", sched)
         return {"jobs": len(sched["jobs"]), "makespan_seconds": sched["makespan_seconds"]}
@@ -198,6 +197,29 @@ def build(cfg: PlanConfig, ctx: StageContext) -> dict[str, Any]:
         "cost_usd": plan["predicted"]["cost_usd"],
         "candidates": len(plan["candidates"]),
     }
+
+
+def stale(artifact: Artifact) -> str | None:
+    """Why a cached CPU plan no longer holds (None: reuse it). A CPU plan stands on this machine's
+    calibration: after ``--calibrate`` (or under another fingerprint: other libraries) the same
+    config and dataset are planned again. What was built on the old plan is kept (it was trained)."""
+    import json
+
+    from shoestring.plan.hardware import calibration_id
+
+    try:
+        plan = json.loads((artifact.path / "plan.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return "its plan.json is unreadable"
+    used = plan.get("calibration") or {}
+    if (plan.get("device") or {}).get("kind") != "cpu" or "measured_at" not in used:
+        return None
+    now = calibration_id()
+    if now["fingerprint"] != used.get("fingerprint"):
+        return "planned under another machine or library fingerprint"
+    if now["measured_at"] != used["measured_at"]:
+        return f"this machine's calibration changed (measured {now['measured_at'] or '-'}, plan used {used['measured_at'] or 'none'})"
+    return None
 
 
 def make_plan(cfg: PlanConfig, ctx: StageContext | None = None) -> dict[str, Any]:
@@ -292,6 +314,10 @@ def make_plan(cfg: PlanConfig, ctx: StageContext | None = None) -> dict[str, Any
                              measure=measure)
     elif device.kind == "cpu":
         local = {"calibration": calibration}
+    if device.kind == "cpu":  # what the cache check (`stale`) compares with this machine's calibration
+        from shoestring.plan.hardware import calibration_id
+
+        local["calibration"] = {**local["calibration"], **calibration_id()}
     headline = dict(local.get("predicted", {}))
     if device.kind == "cuda":
         from shoestring.plan.memory import CUDA_CONTEXT_BYTES, CUDA_RESERVED_FACTOR
@@ -355,11 +381,50 @@ def make_plan(cfg: PlanConfig, ctx: StageContext | None = None) -> dict[str, Any
     }
 
 
+def schedule_jobs_file(path: Path, *, device: str, devices: int) -> dict[str, Any]:
+    """Plan every job of ``path`` and schedule them (the ``--jobs`` entry point; file format in
+    :mod:`shoestring.plan.schedule`)."""
+    from shoestring.core.config import load_yaml, parse_config
+    from shoestring.plan.hardware import resolve_device
+    from shoestring.plan.search import HEADROOM
+
+    raw = load_yaml(path)
+    if not isinstance(raw, dict) or not isinstance(raw.get("jobs"), list) or not raw["jobs"]:
+        raise ShoestringError(f"{path}: needs a non-empty 'jobs:' list (see `shoestring plan --help`)")
+    slots: list[Slot] = []
+    for i, d in enumerate(raw.get("devices") or [{"name": f"{device}-{k}", "device": device}
+                                                 for k in range(devices)]):
+        if not isinstance(d, dict) or "device" not in d:
+            raise ShoestringError(f"{path}: devices[{i}] needs a 'device:' (cpu or a catalogue name)")
+        spec = resolve_device(str(d["device"]))
+        usable = int(d["memory_gib"] * 1024**3) if "memory_gib" in d else int(spec.memory_bytes * HEADROOM)
+        slots.append(Slot(str(d.get("name", f"{spec.name}-{i}")), spec.name, usable))
+    jobs: list[Job] = []
+    details = {}
+    for i, body in enumerate(raw["jobs"]):
+        if not isinstance(body, dict):
+            raise ShoestringError(f"{path}: jobs[{i}] must be a mapping of plan keys")
+        body = dict(body)
+        name = str(body.pop("name", f"job{i}"))
+        prio = int(body.pop("priority", 0))
+        body.setdefault("device", slots[0].device)
+        cfg = parse_config(PlanConfig, body, f"{path}: jobs[{i}] ({name})")
+        plan = make_plan(cfg)
+        need = int(plan["predicted"]["required_bytes"])
+        jobs.append(Job(name, need, float(plan["predicted"]["total_seconds"]), prio))
+        details[name] = {"micro_batch_size": plan["micro_batch_size"], "grad_accum": plan["grad_accum"],
+                         "activation_checkpointing": plan["activation_checkpointing"], "fits": plan["fits"]}
+    out = schedule(jobs, slots)
+    for p in out["jobs"]:
+        p["plan"] = details[p["name"]]
+    return out
+
+
 def _heap(s: Any, peak: int, hw: dict[str, Any]) -> dict[str, Any]:
     """Which glibc heap the trainer will pick (its auto rule) and, for the default heap, the most
     resident memory to expect: the live peak × ``UNBOUNDED_HEAP_FACTOR`` (the retention
     ``--calibrate`` measured on its probes is reported beside it)."""
-    from shoestring.plan.allocator import UNBOUNDED_HEAP_FACTOR
+    from shoestring.core.allocator import UNBOUNDED_HEAP_FACTOR
 
     retention = (hw.get("calibration", {}).get("heap_retention") or {}).get("median")
     out: dict[str, Any] = {"bounded": bool(s.bounded_heap), "retention_probes": retention}
@@ -400,8 +465,6 @@ def summarize(artifact: Artifact, console: Console) -> None:
     from rich.table import Table
 
     if (artifact.path / "schedule.json").is_file():
-        from shoestring.plan.schedule import print_schedule
-
         print_schedule(json.loads((artifact.path / "schedule.json").read_text()), console)
         return
     plan = json.loads(artifact.file("plan.json").read_text())

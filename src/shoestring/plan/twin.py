@@ -106,7 +106,7 @@ def _run_twin(spec: dict[str, Any], depth: int) -> dict[str, Any]:
     packed.
     """
     if spec.get("bounded_heap"):
-        from shoestring.plan.allocator import bound_cpu_allocator
+        from shoestring.core.allocator import bound_cpu_allocator
 
         bound_cpu_allocator()
     import torch

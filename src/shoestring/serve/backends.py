@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from shoestring.core.errors import ShoestringError
+from shoestring.models.tasks import Task, task_of
 from shoestring.serve.generation import NotAccepting, QueueFull
 
 if TYPE_CHECKING:
@@ -23,20 +24,8 @@ if TYPE_CHECKING:
 
 __all__ = ["LoadedModel", "Recommender", "TaskBatcher", "detect_task", "load_for_serving"]
 
-# Task names other packages write into manifests -> the serving task.
-_MANIFEST_TASKS = {
-    "causal-lm": "causal-lm",
-    "sft": "causal-lm",
-    "pretrain": "causal-lm",
-    "chat": "causal-lm",
-    "classification": "classification",
-    "sequence-classification": "classification",
-    "masked-lm": "masked-lm",
-    "fill-mask": "masked-lm",
-    "embedding": "embedding",
-    "sequential-recommendation": "recommendation",
-    "recommendation": "recommendation",
-}
+# Tasks the server has endpoints for (a manifest task outside these falls through to the config).
+_SERVED = (Task.CAUSAL_LM, Task.CLASSIFICATION, Task.MASKED_LM, Task.EMBEDDING, Task.RECOMMENDATION)
 
 
 class Recommender(Protocol):
@@ -73,8 +62,9 @@ def detect_task(spec: str) -> str:
     if (p / "manifest.json").is_file():
         manifest = json.loads((p / "manifest.json").read_text())
         task = str(manifest.get("task") or (manifest.get("stats") or {}).get("task") or "")
-        if task in _MANIFEST_TASKS:
-            return _MANIFEST_TASKS[task]
+        found = task_of(task)
+        if found is not None and found in _SERVED:
+            return found.value
         if (p / "model" / "shoestring_model.json").is_file():
             return "recommendation"
     pm = packaged_model(spec)

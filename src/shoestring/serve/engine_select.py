@@ -48,14 +48,10 @@ def _threads(cfg: Any) -> int:
 def _torch_engine(cfg: Any, context_length: int) -> tuple[Engine, Any]:
     import torch
 
-    from shoestring.models import load_model
     from shoestring.serve.native import NativeUnavailable, native_support
     from shoestring.serve.torch_engine import HFEngine, NativeEngine
 
-    model = load_model(cfg.model, "causal-lm")
-    if hasattr(model, "merge_and_unload"):  # a PEFT adapter: fold it into the weights for speed
-        model = model.merge_and_unload()
-    model.eval()
+    model, quantized = _float_model(cfg.model)
     device = ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
     if device == "cuda" and not torch.cuda.is_available():
         raise ShoestringError("--device cuda was asked for but torch sees no CUDA GPU; use --device cpu")
@@ -63,9 +59,18 @@ def _torch_engine(cfg: Any, context_length: int) -> tuple[Engine, Any]:
     why = native_support(model.config) if device == "cpu" else "the native kernel runs on the CPU only"
     if why is None:
         try:
+            if quantized:
+                # The kernel streams float16/bfloat16 weights: a compressed model's int8/int4 grid
+                # values go in dequantised, as `shoestring export` writes them to an f16 GGUF.
+                from shoestring.compress import dequantize_model
+
+                dequantize_model(model)
             dtype = _native_dtype(cfg.dtype, model)
-            return NativeEngine(model, max_seqs=max_seqs, context_length=context_length, dtype=dtype,
-                                threads=_threads(cfg), prefill_chunk=cfg.prefill_chunk), model  # fmt: skip
+            engine = NativeEngine(model, max_seqs=max_seqs, context_length=context_length, dtype=dtype,
+                                  threads=_threads(cfg), prefill_chunk=cfg.prefill_chunk)  # fmt: skip
+            if quantized:
+                engine.info.details["dequantized_from"] = quantized
+            return engine, model
         except NativeUnavailable as err:
             why = str(err)
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}.get(
@@ -73,6 +78,22 @@ def _torch_engine(cfg: Any, context_length: int) -> tuple[Engine, Any]:
     )
     model = model.to(device=device, dtype=dtype)
     return HFEngine(model, max_seqs=max_seqs, context_length=context_length, why=why), model
+
+
+def _float_model(spec: str) -> tuple[Any, str | None]:
+    """The model in eval mode with any LoRA adapter merged, and its quantisation method (or None)."""
+    from shoestring.compress.modelio import is_quantized, model_folder
+    from shoestring.compress.quant import QuantSpec
+    from shoestring.models import load_model, resolve_model
+
+    model = load_model(spec, "causal-lm")
+    if hasattr(model, "merge_and_unload"):  # a PEFT adapter: fold it into the weights for speed
+        model = model.merge_and_unload()
+    ref = resolve_model(spec)
+    method = None
+    if ref.kind in ("artifact", "folder") and is_quantized(ref.location):
+        method = QuantSpec.read(model_folder(ref.location)).method
+    return model.eval(), method
 
 
 def _native_dtype(asked: str, model: Any) -> str:
@@ -100,16 +121,19 @@ def gguf_for(spec: str) -> Path:
         if files:
             return files[0]
     source = Path(ref.adapter or ref.location)
-    stamp = "".join(f"{p.name}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in sorted(source.glob("*")) if p.is_file())
+    stamp = "".join(
+        f"{p.name}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in sorted(source.glob("*")) if p.is_file()
+    )
     key = hashlib.sha256(f"{source.resolve()}|{ref.base}|{stamp}".encode()).hexdigest()[:12]
     out = cache_dir() / "gguf" / f"{source.name}-{key}-f16.gguf"
     if not out.is_file():
+        from shoestring.compress import dequantize_model
         from shoestring.compress.gguf_export import write_gguf
-        from shoestring.models import load_model, load_tokenizer
+        from shoestring.models import load_tokenizer
 
-        model = load_model(spec, "causal-lm")
-        if hasattr(model, "merge_and_unload"):
-            model = model.merge_and_unload()
+        model, quantized = _float_model(spec)
+        if quantized:
+            dequantize_model(model)
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
         write_gguf(model, load_tokenizer(spec), tmp, "f16", name=spec)
@@ -208,9 +232,15 @@ def _auto(cfg: Any, context_length: int) -> EngineChoice:
     for name, other in built.items():
         if name != best:
             _close(other.engine)
-    figures = "; ".join(f"{n} {r[1]:.0f} tok/s at {cfg.max_batch_size} sequences ({r[0]:.0f} at 1)" for n, r in rates.items())
+    figures = "; ".join(
+        f"{n} {r[1]:.0f} tok/s at {cfg.max_batch_size} sequences ({r[0]:.0f} at 1)" for n, r in rates.items()
+    )
     chosen = built.get(best) or _build(best, cfg, context_length)
-    cached = "" if built else " (measured earlier on this machine; delete ~/.cache/shoestring/engine-choice.json to re-measure)"
+    cached = (
+        ""
+        if built
+        else " (measured earlier on this machine; delete ~/.cache/shoestring/engine-choice.json to re-measure)"
+    )
     chosen.reason = f"auto: {figures}: {best} is fastest{cached}"
     return chosen
 

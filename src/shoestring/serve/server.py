@@ -28,6 +28,10 @@ def serve(cfg: ServeConfig) -> None:
         )
     sock = _bind(cfg.host, cfg.port)  # fail fast, before the slow model load
     loaded = load_for_serving(cfg)
+    if loaded.engine is not None:
+        info = loaded.engine.info
+        mode = f"batches up to {info.max_seqs} sequences" if info.batched else "serves one request at a time"
+        print(f"engine {info.name} ({mode}); {loaded.engine_reason}", file=sys.stderr, flush=True)
     app = create_app(cfg, loaded)
     state = app.state.shoestring
 

@@ -10,10 +10,11 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 from shoestring.core.errors import ShoestringError
-from shoestring.train.config import TrainConfig
+from shoestring.models.tasks import training_task
+from shoestring.train.config import Task, TrainConfig
 
 __all__ = ["Settings", "read_plan", "resolve_settings"]
 
@@ -35,7 +36,6 @@ _PLANNED = (
     "precision",
     "activation_checkpointing",
 )
-_TASK_ALIASES = {"causal": "causal-lm", "clm": "causal-lm", "pretrain": "causal-lm", "mlm": "masked-lm", "chat": "sft"}
 _METHOD_ALIASES = {"freeze": "frozen", "freeze-layers": "frozen"}
 _PRECISION_ALIASES = {
     "float32": "fp32",
@@ -86,7 +86,7 @@ def read_plan(path: Path | None) -> dict[str, Any] | None:
 def _plan_value(plan: dict[str, Any], key: str) -> Any:
     val = plan.get(key)
     if key == "task" and isinstance(val, str):
-        val = _TASK_ALIASES.get(val, val)
+        val = training_task(val)
     if key == "method" and isinstance(val, str):
         val = _METHOD_ALIASES.get(val, val)
     if key == "precision" and isinstance(val, str):
@@ -118,14 +118,7 @@ def resolve_settings(cfg: TrainConfig, plan: dict[str, Any] | None, cuda_availab
         raise ShoestringError(
             "train: no model; set `model:` (e.g. smollm2-135m-instruct) or pass a plan that names one"
         )
-    if chosen["task"] not in (
-        "sft",
-        "causal-lm",
-        "masked-lm",
-        "classification",
-        "sequential-recommendation",
-        "tabular-classification",
-    ):
+    if chosen["task"] not in get_args(Task):
         raise ShoestringError(f"train: unknown task '{chosen['task']}' (from the plan); set `task:` explicitly")
     device = cfg.device
     if device == "auto":

@@ -159,7 +159,7 @@ def _bound_allocator(cfg: TrainConfig, plan: dict[str, Any] | None) -> tuple[boo
     """
     import torch
 
-    from shoestring.plan.allocator import UNBOUNDED_HEAP_FACTOR, bound_cpu_allocator, needs_bounded_heap
+    from shoestring.core.allocator import UNBOUNDED_HEAP_FACTOR, bound_cpu_allocator, needs_bounded_heap
 
     if cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available()):
         return False, "GPU run"

@@ -21,6 +21,7 @@ from pydantic import Field
 from shoestring.core.artifact import atomic_write_json
 from shoestring.core.config import StageConfig
 from shoestring.core.errors import ShoestringError
+from shoestring.core.jsonl import read_jsonl
 
 if TYPE_CHECKING:
     import numpy as np
@@ -28,7 +29,7 @@ if TYPE_CHECKING:
 
     from shoestring.core.workspace import StageContext
 
-__all__ = ["TabularClassifier", "TabularOptions", "build_mlp", "load_tabular", "train_tabular"]
+__all__ = ["TabularClassifier", "TabularOptions", "build_mlp", "digits_data", "load_tabular", "train_tabular"]
 
 MODEL_FORMAT = "shoestring.tabular"
 _RESERVED = {"id", "text", "messages"}
@@ -93,7 +94,9 @@ def _split_indices(labels: np.ndarray, fractions: tuple[float, float], seed: int
     return train, val, test
 
 
-def _load_digits(opts: TabularOptions, seed: int) -> TabularData:
+def digits_data(opts: TabularOptions, seed: int) -> TabularData:
+    """scikit-learn's 8x8 digits with the train/validation/test split ``seed`` gives (the
+    built-in data of the tabular task when no dataset is passed)."""
     import numpy as np
     from sklearn.datasets import load_digits
 
@@ -121,7 +124,7 @@ def _load_dataset(folder: Path, opts: TabularOptions, label: str, limit: int | N
     for split in ("train", "validation", "test"):
         path = folder / f"{split}.jsonl"
         if path.is_file():
-            rows[split] = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+            rows[split] = read_jsonl(path, strict=True, fix="re-run the curate stage")
     if not rows.get("train"):
         raise ShoestringError(
             f"{folder}: no train.jsonl rows; pass a curated tabular dataset or tabular.source: digits"
@@ -213,7 +216,7 @@ def _train_tabular(cfg: Any, ctx: StageContext) -> dict[str, Any]:
 
     opts: TabularOptions = cfg.tabular
     if opts.source == "digits":
-        data = _load_digits(opts, cfg.seed)
+        data = digits_data(opts, cfg.seed)
     else:
         art = ctx.inputs.get("dataset")
         if art is None:

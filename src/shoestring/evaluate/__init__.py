@@ -1,0 +1,1 @@
+"""Evaluation: task metrics with confidence intervals, paired comparison, fairness, explanations, reports."""

@@ -1,0 +1,72 @@
+"""`--engine auto` on a compressed (int8) model: it measures every CPU engine, says what it chose and why,
+caches the measurement, and the chosen engine generates what the dequantised model generates."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(scope="module")
+def int8_folder(tiny_llama: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny Llama as `shoestring compress --method int8-weight` writes it."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from shoestring.compress import quantize_model
+    from shoestring.compress.modelio import save_model_folder
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama).eval()
+    spec = quantize_model(model, "int8-weight")
+    out = tmp_path_factory.mktemp("tiny-int8")
+    save_model_folder(model, AutoTokenizer.from_pretrained(tiny_llama), out, "causal-lm", spec)
+    return out
+
+
+def test_auto_measures_both_engines_logs_its_choice_and_caches_it(
+    int8_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from shoestring.serve.config import ServeConfig
+    from shoestring.serve.engine_select import build_engine
+
+    monkeypatch.setenv("SHOESTRING_CACHE", str(tmp_path))
+    cfg = ServeConfig(model=str(int8_folder), engine="auto", threads=1, max_batch_size=2)
+    first = build_engine(cfg, 256)
+    try:
+        assert first.reason.startswith("auto: ") and "fastest" in first.reason
+        assert "torch" in first.reason and "llama.cpp" in first.reason  # both were measured
+        assert first.engine.info.name in first.reason.split(": ")[-1]
+    finally:
+        getattr(first.engine, "close", lambda: None)()
+    assert (tmp_path / "engine-choice.json").is_file()
+    again = build_engine(cfg, 256)
+    try:
+        assert "measured earlier" in again.reason and again.engine.info.name == first.engine.info.name
+    finally:
+        getattr(again.engine, "close", lambda: None)()
+
+
+def test_torch_engine_serves_the_int8_model_natively_with_its_grid_values(int8_folder: Path) -> None:
+    import torch
+
+    from shoestring.compress import dequantize_model
+    from shoestring.models import load_model
+    from shoestring.serve.config import ServeConfig
+    from shoestring.serve.engine import Sampling, Work
+    from shoestring.serve.engine_select import build_engine
+
+    choice = build_engine(ServeConfig(model=str(int8_folder), engine="torch", dtype="float32", threads=1), 256)
+    details = choice.engine.info.details
+    assert details["kernel"].startswith("native") and details["dequantized_from"] == "int8-weight"
+    reference = copy.deepcopy(load_model(str(int8_folder)))
+    assert dequantize_model(reference) > 0
+    prompt = [1, 42, 7, 300, 12, 99]
+    with torch.no_grad():
+        expected = reference.generate(torch.tensor([prompt]), max_new_tokens=8, min_new_tokens=8, do_sample=False)
+    engine = choice.engine
+    slot, _ = engine.admit(prompt, Sampling())
+    got = [engine.step([Work(slot, prompt, 0, True)])[slot]]
+    for k in range(7):
+        got.append(engine.step([Work(slot, [got[-1]], len(prompt) + k, True)])[slot])
+    assert got == expected[0, len(prompt) :].tolist()
