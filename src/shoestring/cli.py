@@ -53,11 +53,17 @@ def run(
     set_: list[str] = typer.Option(
         [], "--set", help="Override a recipe key: STAGE_ID.KEY=VALUE (YAML value; repeatable), e.g. train.max_steps=5."
     ),
+    cluster: str | None = typer.Option(
+        None, "--cluster", help="Run the heavy stages on a Ray cluster: auto, host:port or ray://host:port "
+        "(local = this machine); overrides the recipe's `cluster.address`."
+    ),
 ) -> None:
     """Run a recipe: every stage in order, reusing cached artifacts, resuming after a kill."""
     from shoestring.core.recipe import run_recipe
 
-    results = run_recipe(recipe, workspace=workspace, force=set(force), only=set(only) or None, overrides=set_)
+    results = run_recipe(
+        recipe, workspace=workspace, force=set(force), only=set(only) or None, overrides=set_, cluster=cluster
+    )
     cached = sum(r.cached for r in results.values())
     total = sum(r.seconds for r in results.values())
     err_console.print(f"[bold]{len(results)} stages[/] ({cached} cached) in {total:.1f}s")

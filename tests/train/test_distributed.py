@@ -1,8 +1,7 @@
-"""The same training config runs as 2 processes (gloo on CPU): torchrun DDP/FSDP and Ray Train."""
+"""The same training config runs as 2 processes (gloo on CPU) under torchrun (Ray Train: tests/cluster)."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -43,17 +42,3 @@ def test_fsdp_on_cpu_is_a_clear_error(tmp_path: Path, tiny_llama: Path, chat_dat
 
     with pytest.raises(ShoestringError, match="strategy: ddp"):
         _train(tmp_path / "ws", chat_dataset, tiny_llama, executor="torchrun", strategy="fsdp", device="cpu")
-
-
-@pytest.mark.slow
-@pytest.mark.skipif(
-    os.environ.get("SHOESTRING_RAY_TESTS") != "1",
-    reason="starting a local Ray cluster takes 1-5 min on 2 cores (over this package's test budget); "
-    "set SHOESTRING_RAY_TESTS=1 to run",
-)
-def test_ray_train_executor(tmp_path: Path, tiny_llama: Path, chat_dataset: Path) -> None:
-    pytest.importorskip("ray.train")
-    art = _train(tmp_path / "ws", chat_dataset, tiny_llama, executor="ray", max_steps=2)
-    st = art.stats
-    assert st["world_size"] == 2 and st["executor"] == "ray"
-    assert len(st["rank_weight_digests"]) == 2 and len(set(st["rank_weight_digests"])) == 1

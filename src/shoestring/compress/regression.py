@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel, ConfigDict
 
 from shoestring.core.errors import ShoestringError
+from shoestring.core.jsonl import iter_jsonl
 
 if TYPE_CHECKING:
     import torch
@@ -79,22 +80,13 @@ def builtin_texts(split: Literal["heldout", "train"]) -> list[str]:
 
 def dataset_texts(path: Path, limit: int = 2000) -> list[str]:
     """``text`` fields of a dataset JSONL split (the dataset artifact contract)."""
-    import json
-
     out: list[str] = []
-    with open(path, encoding="utf-8") as fh:
-        for line in fh:
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            text = rec.get("text") if isinstance(rec, dict) else None
-            if isinstance(text, str) and text.strip():
-                out.append(text)
-            if len(out) >= limit:
-                break
+    for rec in iter_jsonl(path):
+        text = rec.get("text")
+        if isinstance(text, str) and text.strip():
+            out.append(text)
+        if len(out) >= limit:
+            break
     if not out:
         raise ShoestringError(f"{path} has no records with a non-empty 'text' field; pass another dataset")
     return out

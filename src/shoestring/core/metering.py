@@ -29,6 +29,8 @@ from typing import Any
 
 import psutil
 
+from shoestring.core.jsonl import read_jsonl
+
 __all__ = ["RUN_LOG_KEEP", "PeakMemoryMeter", "append_run_record", "cpu_bf16_native", "current_rss_bytes",
            "heap_stats", "read_run_records"]
 
@@ -96,19 +98,7 @@ def append_run_record(path: Path, record: dict[str, Any], keep: int = RUN_LOG_KE
 
 def read_run_records(path: Path) -> list[dict[str, Any]]:
     """The records of a run log, oldest first (unreadable lines skipped)."""
-    out: list[dict[str, Any]] = []
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError:
-        return out
-    for line in text.splitlines():
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(rec, dict):
-            out.append(rec)
-    return out
+    return read_jsonl(path, missing_ok=True)
 
 
 class PeakMemoryMeter:

@@ -24,9 +24,10 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from shoestring.core.artifact import Artifact
+from shoestring.core.cluster import ClusterConfig, place_on_cluster, using_cluster
 from shoestring.core.config import StageConfig, load_yaml, parse_config
 from shoestring.core.errors import ShoestringError
 from shoestring.core.registry import get_stage
@@ -47,6 +48,9 @@ class Recipe(BaseModel):
     """One line shown by `shoestring recipes list`."""
     workspace: str = ".shoestring"
     """Folder for artifacts, relative to the current directory."""
+    cluster: ClusterConfig = Field(default_factory=ClusterConfig)
+    """Where the heavy stages run: `{address: local}` (this machine), `auto`, `host:port` or `ray://host:port`
+    (a Ray cluster: curation on Ray Data, training on Ray Train); `--cluster` overrides it."""
     stages: dict[str, dict[str, Any]] = Field(min_length=1)
     """Stage id -> stage config (`stage:` names the stage type; defaults to the id)."""
 
@@ -129,21 +133,36 @@ def run_recipe(
     force: set[str] | None = None,
     only: set[str] | None = None,
     overrides: list[str] | None = None,
+    cluster: str | None = None,
 ) -> dict[str, StageResult]:
     """Run every stage of a recipe in order, reusing cached artifacts.
 
     ``force``: stage ids to re-run even when cached. ``only``: run up to and including
     these ids (earlier stages they need are still resolved from cache or run).
-    ``overrides``: ``STAGE_ID.KEY=VALUE`` strings applied before validation.
+    ``overrides``: ``STAGE_ID.KEY=VALUE`` strings applied before validation. ``cluster``: an address
+    that replaces the recipe's ``cluster.address``; on a cluster, stages that can run on Ray do.
     Progress (stage started / finished / failed with its one-line error) is written to
     ``<workspace>/runs/<run_id>.json`` and ``run.json`` as it happens (:mod:`shoestring.core.runs`).
     """
     recipe, planned = load_recipe(path, overrides)
+    if cluster is not None:
+        try:
+            recipe.cluster = ClusterConfig(address=cluster)
+        except ValidationError as err:
+            raise ShoestringError(f"--cluster: {err.errors()[0]['msg'].removeprefix('Value error, ')}") from None
+    if recipe.cluster.enabled:
+        planned = [PlannedStage(ps.id, ps.stage, place_on_cluster(ps.config)) for ps in planned]
     ws = Workspace(workspace or recipe.workspace)
     force = force or set()
     unknown = (force | (only or set())) - {ps.id for ps in planned}
     if unknown:
         raise ShoestringError(f"no stage id {sorted(unknown)} in {path}; ids: {', '.join(ps.id for ps in planned)}")
+    with using_cluster(recipe.cluster, ws.console):
+        return _run_planned(path, recipe, planned, ws, force, only, overrides)
+
+
+def _run_planned(path: str | Path, recipe: Recipe, planned: list[PlannedStage], ws: Workspace, force: set[str],
+                 only: set[str] | None, overrides: list[str] | None) -> dict[str, StageResult]:  # fmt: skip
     results: dict[str, StageResult] = {}
     arts: dict[str, Artifact] = {}
     last_needed = max((i for i, ps in enumerate(planned) if only is None or ps.id in only), default=-1)

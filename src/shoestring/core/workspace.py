@@ -36,6 +36,7 @@ from shoestring.core.artifact import (
 )
 from shoestring.core.config import ArtifactInput, HashedPath, NotHashed, StageConfig, iter_marked_fields
 from shoestring.core.errors import ShoestringError
+from shoestring.core.runs import pid_alive
 
 __all__ = ["Stage", "StageContext", "StageResult", "Workspace", "input_fields", "stage_hash"]
 
@@ -265,7 +266,7 @@ class Workspace:
     def _clear_stale_tmp(self, key: str) -> None:
         for d in (self.root / "tmp").glob(f"{key}.*"):
             pid = d.suffix.lstrip(".")
-            if pid.isdigit() and int(pid) != os.getpid() and _pid_alive(int(pid)):
+            if pid.isdigit() and int(pid) != os.getpid() and pid_alive(int(pid)):
                 raise ShoestringError(
                     f"another shoestring process (pid {pid}) is writing {key}; wait for it or kill it"
                 )
@@ -282,14 +283,3 @@ def _lineage(inputs: Mapping[str, Artifact]) -> list[str]:
             if h not in seen:
                 seen.append(h)
     return seen
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A zombie or a recycled pid in another container both look alive; good enough.
-    return True

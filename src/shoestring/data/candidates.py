@@ -123,6 +123,8 @@ def _components(work_dir: Path, chunk_start: np.ndarray, indexed: np.ndarray, ba
 
 def _first_occurrence(keys: np.ndarray) -> np.ndarray:
     """(N,) int32: position of the first document with the same key (by one stable argsort)."""
+    if keys.size == 0:  # every record was quarantined or dropped
+        return np.empty(0, dtype=np.int32)
     order = np.argsort(keys, kind="stable")
     ks = keys[order]
     new_run = np.concatenate(([True], ks[1:] != ks[:-1]))

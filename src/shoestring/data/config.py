@@ -6,10 +6,11 @@ Jaccard 0.8 over word 5-grams); every field says its unit.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from shoestring.core.config import HashedPath, NotHashed, StageConfig
 from shoestring.data.share import ShareConfig
@@ -227,6 +228,16 @@ class LabelFunction(_Section):
     """Match against this record field instead of `text`."""
     equals: str | None = None
     """Fires when `field` equals this value."""
+
+    @field_validator("regex")
+    @classmethod
+    def _compiles(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                re.compile(value)
+            except re.error as err:
+                raise ValueError(f"regex {value!r} does not compile ({err}); fix the pattern") from None
+        return value
 
 
 class LabelConfig(_Section):

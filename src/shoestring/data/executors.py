@@ -11,13 +11,18 @@ from __future__ import annotations
 import multiprocessing as mp
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
+from shoestring.core.cluster import NodeWatch, cluster_nodes, ensure_ray, on_cluster
 from shoestring.core.errors import ShoestringError
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 __all__ = ["Executor", "LocalExecutor", "RayExecutor", "SerialExecutor", "make_executor"]
 
 Task = tuple[Any, ...]
+RAY_TASK_RETRIES = 3  # re-runs of a chunk whose worker or node died (the chunk is pure, so a re-run is safe)
 
 
 class Executor(Protocol):
@@ -60,35 +65,42 @@ class LocalExecutor:
 
 
 def _run_pickled(row: dict[str, Any]) -> dict[str, Any]:
-    """Ray Data row function: unpickle (fn, args), run, return the result as JSON text."""
+    """Ray Data row function: unpickle (fn, args), run, return the result as JSON text and the node it ran on."""
     import json
     import pickle
 
+    import ray
+
     fn, args = pickle.loads(row["task"])
-    return {"index": row["index"], "result": json.dumps(fn(*args))}
+    return {"index": row["index"], "result": json.dumps(fn(*args)), "node": ray.get_runtime_context().get_node_id()}
 
 
 class RayExecutor:
-    """Ray Data over windows of chunks (a local Ray instance unless one is already running).
+    """Ray Data over windows of chunks: on the recipe's cluster, else on a private local Ray.
 
     Each window of ``4 x workers`` chunks becomes a small dataset of pickled tasks that
     ``Dataset.map`` runs with ``concurrency=workers``; windows keep memory bounded because
     the reader is a single stream in the driver. Tasks travel pickled because records are
-    free-form dicts that Arrow cannot always type.
+    free-form dicts that Arrow cannot always type. On a cluster, ``workers`` is at least the
+    cluster's CPU count. A task whose node dies is re-run by Ray on another node (the chunk
+    function is pure and commits its shard atomically, so a re-run writes the same bytes and
+    nothing is counted twice); the dead node is named on the console once.
     """
 
-    def __init__(self, workers: int) -> None:
+    def __init__(self, workers: int, console: Console | None = None) -> None:
         try:
             import ray
             import ray.data
         except ImportError:
             raise ShoestringError("executor 'ray' needs Ray Data: pip install 'shoestring[ray]'") from None
         self.ray = ray
+        self.started = ensure_ray(workers)
         self.workers = workers
-        self.started = False
-        if not ray.is_initialized():
-            ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False, configure_logging=False)
-            self.started = True
+        if on_cluster():
+            self.workers = max(workers, int(sum(n.cpus for n in cluster_nodes())))
+        self.watch = NodeWatch(console, "curate")
+        self.tasks_by_node: dict[str, int] = {}
+        """Node id -> tasks that ran there (chunks, then dedup batches)."""
         import logging
 
         logging.getLogger("ray.data").setLevel(logging.WARNING)  # per-window plans are noise to users
@@ -103,10 +115,19 @@ class RayExecutor:
 
         rows = [{"index": i, "task": cloudpickle.dumps((fn, t))} for i, t in tasks]
         ds = self.ray.data.from_items(rows, override_num_blocks=len(rows)).map(
-            _run_pickled, concurrency=min(self.workers, len(rows)), num_cpus=1
+            _run_pickled, concurrency=min(self.workers, len(rows)), num_cpus=1, max_retries=RAY_TASK_RETRIES
         )
-        out = sorted(ds.take_all(), key=lambda r: r["index"])
-        return [json.loads(r["result"]) for r in out]
+        out = {}
+        for r in ds.take_all():  # one result per chunk, even if a task re-ran
+            if r["index"] not in out:
+                self.tasks_by_node[r["node"]] = self.tasks_by_node.get(r["node"], 0) + 1
+            out[r["index"]] = r["result"]
+        self.watch.check()
+        missing = [i for i, _ in tasks if i not in out]
+        if missing:
+            raise ShoestringError(f"Ray returned no result for {len(missing)} chunks (first: {missing[0]}); "
+                                  "re-run to resume from the finished chunks")  # fmt: skip
+        return [json.loads(out[i]) for i, _ in tasks]
 
     def map(self, fn: Callable[..., dict[str, Any]], tasks: Iterable[Task]) -> Iterator[dict[str, Any]]:
         window: list[tuple[int, Task]] = []
@@ -123,9 +144,9 @@ class RayExecutor:
             self.ray.shutdown()
 
 
-def make_executor(kind: str, workers: int) -> Executor:
+def make_executor(kind: str, workers: int, console: Console | None = None) -> Executor:
     if kind == "ray":
-        return RayExecutor(max(1, workers))
+        return RayExecutor(max(1, workers), console)
     if workers <= 1:
         return SerialExecutor()
     return LocalExecutor(workers)

@@ -31,7 +31,7 @@ LOG_SUFFIXES = (".log",)
 # Common Log Format, optionally followed by the Combined fields (referrer, user agent).
 _LOG_RE = re.compile(
     r'^(?P<ip>\S+) (?P<ident>\S+) (?P<user>\S+) \[(?P<time>[^\]]+)\] "(?P<request>[^"]*)" '
-    r"(?P<status>\d{3}) (?P<size>\d+|-)"
+    r"(?P<status>\d{3}) (?P<size>\d{1,20}|-)"
     r'(?: "(?P<referrer>[^"]*)" "(?P<user_agent>[^"]*)")?\s*$'
 )
 
@@ -142,6 +142,12 @@ def _map_record(
     return rec
 
 
+def _first_line(err: BaseException) -> str:
+    """An exception as one short line (library messages often carry a second 'background' line)."""
+    lines = str(err).strip().splitlines()
+    return lines[0][:200] if lines else type(err).__name__
+
+
 def _excerpt(obj: Any) -> str:
     if isinstance(obj, bytes):
         return obj[:500].decode("utf-8", errors="replace")
@@ -178,15 +184,43 @@ def _decode(data: bytes, src: SourceConfig) -> str | None:
         return None
 
 
+class _BrokenStream(Exception):
+    """The file's bytes stop making sense at ``line`` (a truncated or corrupt .gz/.zst)."""
+
+    def __init__(self, line: int, why: str) -> None:
+        self.line, self.why = line, why
+
+
 def _iter_lines(src: SourceConfig) -> Iterator[tuple[int, bytes]]:
+    """Numbered raw lines; a leading UTF-8 byte-order mark is encoding, not content, and is dropped."""
     assert src.path is not None
-    with _open_binary(src.path) as fh:
-        yield from enumerate(fh, 1)
+    try:
+        fh = _open_binary(src.path)
+    except OSError as err:
+        raise ShoestringError(f"cannot open {src.path} ({err.strerror}); check the path and its permissions") from None
+    i = 0
+    with fh:
+        try:
+            for i, line in enumerate(fh, 1):
+                yield i, line.removeprefix(b"\xef\xbb\xbf") if i == 1 else line
+        except Exception as err:  # gzip (OSError, EOFError) and zstd (ZstdError) for cut or damaged streams
+            raise _BrokenStream(i + 1, _first_line(err)) from None
+
+
+def _lines_or_quarantine(src: SourceConfig, name: str) -> Iterator[tuple[int, bytes | Quarantined]]:
+    """:func:`_iter_lines`, ending with one ``corrupt_stream`` quarantine entry where the bytes break."""
+    try:
+        yield from _iter_lines(src)
+    except _BrokenStream as err:
+        yield err.line, Quarantined(name, f"line {err.line}", "corrupt_stream", err.why)
 
 
 def _read_jsonl(src: SourceConfig, name: str) -> Iterator[tuple[str, dict[str, Any] | Quarantined]]:
-    for i, line in _iter_lines(src):
+    for i, line in _lines_or_quarantine(src, name):
         loc = f"line {i}"
+        if isinstance(line, Quarantined):
+            yield loc, line
+            continue
         if not line.strip():
             continue  # blank lines are layout, not records
         if len(line) > src.max_record_bytes:
@@ -198,28 +232,50 @@ def _read_jsonl(src: SourceConfig, name: str) -> Iterator[tuple[str, dict[str, A
             continue
         try:
             obj = json.loads(text)
-        except json.JSONDecodeError:
+        except (ValueError, RecursionError):  # bad JSON, a >4300-digit integer, nesting too deep
             yield loc, Quarantined(name, loc, "bad_json", text[:500])
             continue
         if not isinstance(obj, dict):
             yield loc, Quarantined(name, loc, "not_an_object", text[:500])
             continue
+        if "\\u" in text and _LONE_SURROGATE.search(text) and not _encodable(obj):
+            # A \ud800 escape with no partner decodes to a string no UTF-8 file can hold.
+            yield loc, Quarantined(name, loc, "invalid_unicode", text[:500])
+            continue
         yield loc, obj
+
+
+_LONE_SURROGATE = re.compile(r"\\u[dD][89abcdefABCDEF]")
+
+
+def _encodable(obj: Any) -> bool:
+    try:
+        json.dumps(obj, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _read_csv(src: SourceConfig, name: str, delimiter: str = ",") -> Iterator[tuple[str, dict[str, Any] | Quarantined]]:
     assert src.path is not None
     raw = _open_binary(src.path)
     # surrogateescape keeps undecodable bytes so that each bad row (not the file) is quarantined.
-    with io.TextIOWrapper(raw, encoding="utf-8", errors="surrogateescape", newline="") as fh:
+    # utf-8-sig: a byte-order mark (Excel writes one) is not part of the first column's name.
+    with io.TextIOWrapper(raw, encoding="utf-8-sig", errors="surrogateescape", newline="") as fh:
         csv.field_size_limit(max(src.max_record_bytes, 1024))
         reader = csv.reader(fh, delimiter=delimiter)
         try:
             header = next(reader)
         except StopIteration:
             return
-        except csv.Error as err:
-            raise ShoestringError(f"{src.path}: unreadable CSV header ({err}); check the file") from None
+        except Exception as err:  # csv.Error, or a cut or damaged .gz/.zst
+            raise ShoestringError(f"{src.path}: unreadable CSV header ({_first_line(err)}); check the file") from None
+        decoded = [_redecode(c, src) for c in header]
+        if any(c is None for c in decoded):
+            raise ShoestringError(
+                f"{src.path}: the CSV header is not UTF-8; set `fallback_encoding:` on this source (e.g. cp1252)"
+            )
+        header = [c for c in decoded if c is not None]
         rows = iter(reader)
         n = 1
         while True:
@@ -232,6 +288,11 @@ def _read_csv(src: SourceConfig, name: str, delimiter: str = ",") -> Iterator[tu
                 loc = f"row {n}"
                 yield loc, Quarantined(name, loc, "bad_csv", str(err)[:500])
                 continue
+            except Exception as err:  # a cut or damaged .gz/.zst (OSError, EOFError, ZstdError)
+                n += 1
+                loc = f"row {n}"
+                yield loc, Quarantined(name, loc, "corrupt_stream", _first_line(err))
+                return
             n += 1
             loc = f"row {n}"
             if not cells:
@@ -277,10 +338,20 @@ def _read_parquet(src: SourceConfig, name: str) -> Iterator[tuple[str, dict[str,
     try:
         pf = pq.ParquetFile(src.path)
     except Exception as err:  # pyarrow raises several types for corrupt files
-        raise ShoestringError(f"{src.path}: not a readable Parquet file ({err}); check the file") from None
+        raise ShoestringError(f"{src.path}: not a readable Parquet file ({_first_line(err)}); check the file") from None
     n = 0
-    for batch in pf.iter_batches(batch_size=1024):
-        for row in batch.to_pylist():
+    batches = pf.iter_batches(batch_size=1024)
+    while True:
+        try:
+            batch = next(batches)
+            rows = batch.to_pylist()
+        except StopIteration:
+            return
+        except Exception as err:  # a damaged row group: pyarrow raises OSError, ArrowInvalid, ...
+            raise ShoestringError(
+                f"{src.path}: Parquet data is damaged after row {n} ({_first_line(err)}); re-export the file"
+            ) from None
+        for row in rows:
             n += 1
             yield f"row {n}", row
 
@@ -315,14 +386,14 @@ def _read_sql(src: SourceConfig, name: str) -> Iterator[tuple[str, dict[str, Any
     try:
         engine = sa.create_engine(url)
     except Exception as err:
-        raise ShoestringError(f"SQL source {name}: bad URL {url!r} ({err}); use a SQLAlchemy URL") from None
+        raise ShoestringError(f"SQL source {name}: bad URL {url!r} ({_first_line(err)}); use a SQLAlchemy URL") from None
     if src.query:
         stmt: Any = sa.text(src.query)
     else:
         try:
             table = sa.Table(str(src.table), sa.MetaData(), autoload_with=engine)
         except Exception as err:
-            raise ShoestringError(f"SQL source {name}: cannot read table {src.table!r} ({err})") from None
+            raise ShoestringError(f"SQL source {name}: cannot read table {src.table!r} ({_first_line(err)})") from None
         pk = list(table.primary_key.columns)
         stmt = sa.select(table).order_by(*pk) if pk else sa.select(table)
     try:
@@ -331,14 +402,17 @@ def _read_sql(src: SourceConfig, name: str) -> Iterator[tuple[str, dict[str, Any
             for n, row in enumerate(result.mappings(), 1):
                 yield f"row {n}", dict(row)
     except sa.exc.SQLAlchemyError as err:
-        raise ShoestringError(f"SQL source {name}: query failed ({str(err).splitlines()[0]})") from None
+        raise ShoestringError(f"SQL source {name}: query failed ({_first_line(err)})") from None
     finally:
         engine.dispose()
 
 
 def _read_log(src: SourceConfig, name: str) -> Iterator[tuple[str, dict[str, Any] | Quarantined]]:
-    for i, line in _iter_lines(src):
+    for i, line in _lines_or_quarantine(src, name):
         loc = f"line {i}"
+        if isinstance(line, Quarantined):
+            yield loc, line
+            continue
         if not line.strip():
             continue
         text = _decode(line, src)

@@ -120,7 +120,7 @@ def build(cfg: CurateConfig, ctx: StageContext) -> dict[str, Any]:
     sources = _sources(cfg)
     wall = {"start": time.perf_counter()}
     # One executor for both parallel parts (the map phase, then the dedup batches): workers start once.
-    executor = make_executor(cfg.executor, cfg.workers)
+    executor = make_executor(cfg.executor, cfg.workers, ctx.console)
     try:
         cpu = time.process_time()
         chunks = run_map_phase(cfg, sources, ctx.work_dir, ctx.console, executor)
@@ -131,6 +131,13 @@ def build(cfg: CurateConfig, ctx: StageContext) -> dict[str, Any]:
         wall["dedup"] = time.perf_counter()
     finally:
         executor.close()
+    watch = getattr(executor, "watch", None)
+    if watch is not None:  # Ray: where the tasks ran, and which nodes died meanwhile (their tasks re-ran)
+        names = {n.node_id: n.name for n in [*watch.alive.values(), *watch.dead]}
+        ctx.extra_manifest["ray"] = {
+            "tasks_by_node": {names.get(k, k[:12]): v for k, v in sorted(getattr(executor, "tasks_by_node", {}).items())},
+            "dead_nodes": [n.name for n in watch.dead],
+        }
     cpu = time.process_time()
     out = write_dataset(cfg, ctx.work_dir, ctx.out_dir, len(chunks), d)
     wall["write"] = time.perf_counter()

@@ -118,6 +118,25 @@ def _make_classes() -> dict[str, type]:
         def dequantized_weight(self) -> torch.Tensor:  # pragma: no cover - abstract
             raise NotImplementedError
 
+        def _build(self) -> None:  # pragma: no cover - abstract
+            raise NotImplementedError
+
+        def _matmul(self, x2: torch.Tensor, kind: str, k: Any) -> torch.Tensor:  # pragma: no cover - abstract
+            """(M, in) -> (M, out) float32 through the packed kernel ``kind`` (bias included)."""
+            raise NotImplementedError
+
+        def _plus_bias(self, y: torch.Tensor) -> torch.Tensor:
+            return y if self.bias is None else y + self.bias
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            if self._kernel is None:
+                self._build()
+            kind, k = self._kernel
+            shape = x.shape
+            x2 = x.reshape(-1, shape[-1])  # (M, in)
+            y = F.linear(x2.float(), k, self.bias) if kind == "dequant" else self._matmul(x2, kind, k)
+            return y.reshape(*shape[:-1], self.out_features).to(x.dtype)
+
         def extra_repr(self) -> str:
             return f"in={self.in_features}, out={self.out_features}, backend={self.backend}"
 
@@ -169,26 +188,16 @@ def _make_classes() -> dict[str, type]:
                 self._kernel = ("dequant", self.dequantized_weight())
                 self.backend = "dequantize+matmul"
 
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            if self._kernel is None:
-                self._build()
-            kind, k = self._kernel
-            shape = x.shape
-            x2 = x.reshape(-1, shape[-1]).float()
-            if kind == "fbgemm":
-                y = _rows_by_range(x2, lambda rows: torch.ops.quantized.linear_dynamic(rows, k))
-            elif kind == "int_mm":
-                xs = x2.abs().amax(dim=1, keepdim=True).clamp(min=1e-8) / 127.0  # (M, 1)
-                xq = torch.round(x2 / xs).to(torch.int8)
-                m = xq.shape[0]
-                if m <= 16:  # _int_mm needs M > 16 on some builds
-                    xq = F.pad(xq, (0, 0, 0, 17 - m))
-                y = torch._int_mm(xq, k)[:m].float() * xs * self.scale
-                if self.bias is not None:
-                    y = y + self.bias
-            else:
-                y = F.linear(x2, k, self.bias)
-            return y.reshape(*shape[:-1], self.out_features).to(x.dtype)
+        def _matmul(self, x2: torch.Tensor, kind: str, k: Any) -> torch.Tensor:
+            x2 = x2.float()
+            if kind == "fbgemm":  # bias packed with the weights
+                return _rows_by_range(x2, lambda rows: torch.ops.quantized.linear_dynamic(rows, k))
+            xs = x2.abs().amax(dim=1, keepdim=True).clamp(min=1e-8) / 127.0  # (M, 1)
+            xq = torch.round(x2 / xs).to(torch.int8)
+            m = xq.shape[0]
+            if m <= 16:  # _int_mm needs M > 16 on some builds
+                xq = F.pad(xq, (0, 0, 0, 17 - m))
+            return self._plus_bias(torch._int_mm(xq, k)[:m].float() * xs * self.scale)
 
     class Int8WeightLinear(Int8DynamicLinear):
         """int8 weights per output channel; activations stay floating point."""
@@ -203,19 +212,8 @@ def _make_classes() -> dict[str, type]:
                 self._kernel = ("dequant", self.dequantized_weight())
                 self.backend = "dequantize+matmul"
 
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            if self._kernel is None:
-                self._build()
-            kind, k = self._kernel
-            shape = x.shape
-            x2 = x.reshape(-1, shape[-1])
-            if kind == "w8":
-                y = torch.ops.aten._weight_int8pack_mm(x2.bfloat16(), self.qweight, k).float()
-                if self.bias is not None:
-                    y = y + self.bias
-            else:
-                y = F.linear(x2.float(), k, self.bias)
-            return y.reshape(*shape[:-1], self.out_features).to(x.dtype)
+        def _matmul(self, x2: torch.Tensor, kind: str, k: Any) -> torch.Tensor:
+            return self._plus_bias(torch.ops.aten._weight_int8pack_mm(x2.bfloat16(), self.qweight, k).float())
 
     class Int4WeightLinear(_QuantLinear):
         """4-bit weights, asymmetric per group of ``group_size`` input columns."""
@@ -273,20 +271,11 @@ def _make_classes() -> dict[str, type]:
                 self._kernel = ("dequant", self.dequantized_weight())
                 self.backend = "dequantize+matmul"
 
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            if self._kernel is None:
-                self._build()
-            kind, k = self._kernel
-            shape = x.shape
-            x2 = x.reshape(-1, shape[-1])
-            if kind == "w4":
-                packed, sz = k
-                y = torch.ops.aten._weight_int4pack_mm_for_cpu(x2.bfloat16(), packed, self.group_size, sz).float()
-                if self.bias is not None:
-                    y = y + self.bias
-            else:
-                y = F.linear(x2.float(), k, self.bias)
-            return y.reshape(*shape[:-1], self.out_features).to(x.dtype)
+        def _matmul(self, x2: torch.Tensor, kind: str, k: Any) -> torch.Tensor:
+            packed, sz = k
+            return self._plus_bias(
+                torch.ops.aten._weight_int4pack_mm_for_cpu(x2.bfloat16(), packed, self.group_size, sz).float()
+            )
 
     return {"int8-dynamic": Int8DynamicLinear, "int8-weight": Int8WeightLinear, "int4-weight": Int4WeightLinear}
 

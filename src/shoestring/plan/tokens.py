@@ -7,10 +7,12 @@ are not JSON objects or have neither field are counted as skipped, never silentl
 
 from __future__ import annotations
 
-import json
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from shoestring.core.jsonl import iter_jsonl
 
 __all__ = ["TokenCount", "count_dataset_tokens"]
 
@@ -50,23 +52,17 @@ def count_dataset_tokens(train_jsonl: Path, tokenizer: Any, *, batch: int = 256)
             lengths.extend(len(x) for x in enc)
             pending.clear()
 
-    with open(train_jsonl, encoding="utf-8") as fh:
-        for line in fh:
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
-                skipped += 1
-                continue
-            text = _render(tokenizer, rec) if isinstance(rec, dict) else None
-            if text is None:
-                skipped += 1
-                continue
-            pending.append(text)
-            if len(pending) >= batch:
-                flush()
+    bad: Counter[str] = Counter()
+    for rec in iter_jsonl(train_jsonl, skipped=bad):
+        text = _render(tokenizer, rec)
+        if text is None:
+            skipped += 1
+            continue
+        pending.append(text)
+        if len(pending) >= batch:
+            flush()
     flush()
+    skipped += sum(bad.values())
     srt = sorted(lengths)
     return TokenCount(
         records=len(lengths),

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from shoestring.core.artifact import Artifact
+from shoestring.core.jsonl import read_jsonl
 
 __all__ = ["collect_summary", "flatten", "plan_vs_measured", "render_html"]
 
@@ -33,17 +34,6 @@ def _read_json(path: Path) -> Any:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError):
         return None
-
-
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    rows = []
-    if path.is_file():
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue
-    return rows
 
 
 def _first(d: Mapping[str, Any], *keys: str) -> Any:
@@ -90,7 +80,7 @@ def collect_summary(title: str, inputs: Mapping[str, Artifact]) -> dict[str, Any
             headline["planned training time (s)"] = round(pred["total_seconds"], 1)
     if "model" in inputs:
         s = inputs["model"].stats
-        sections["model"]["metrics"] = _read_jsonl(inputs["model"].path / "metrics.jsonl")[-2000:]
+        sections["model"]["metrics"] = read_jsonl(inputs["model"].path / "metrics.jsonl", missing_ok=True)[-2000:]
         for label, key in (
             ("train loss first", "train_loss_first"),
             ("train loss last", "train_loss_last"),

@@ -10,13 +10,13 @@ position resets when no 2-D attention mask is passed).
 from __future__ import annotations
 
 import bisect
-import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from shoestring.core.errors import ShoestringError
+from shoestring.core.jsonl import read_jsonl
 
 if TYPE_CHECKING:
     import torch
@@ -55,23 +55,9 @@ class Row:
 
 def read_records(path: Path, limit: int | None = None) -> list[dict[str, Any]]:
     """Read a JSONL file; malformed lines are a one-line error naming the line."""
-    out: list[dict[str, Any]] = []
     if not path.is_file():
-        return out
-    with open(path, encoding="utf-8") as fh:
-        for n, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
-                raise ShoestringError(f"{path}:{n}: not valid JSON; re-run the curate stage") from None
-            if not isinstance(rec, dict):
-                raise ShoestringError(f"{path}:{n}: a record must be a JSON object; re-run the curate stage")
-            out.append(rec)
-            if limit is not None and len(out) >= limit:
-                break
-    return out
+        return []
+    return read_jsonl(path, limit=limit, strict=True, fix="re-run the curate stage")
 
 
 def python_docs_records() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:

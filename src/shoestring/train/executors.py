@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from shoestring.core.artifact import atomic_write_json
+from shoestring.core.cluster import NodeWatch, ensure_ray, on_cluster
 from shoestring.core.errors import ShoestringError
 from shoestring.train.config import TrainConfig
 from shoestring.train.loop import Paths, train_language_model
@@ -26,7 +27,9 @@ from shoestring.train.settings import Settings
 if TYPE_CHECKING:
     from shoestring.core.workspace import StageContext
 
-__all__ = ["run_training", "worker_main"]
+__all__ = ["RAY_TRAIN_RESTARTS", "run_training", "worker_main"]
+
+RAY_TRAIN_RESTARTS = 2  # worker-group restarts after a worker or node dies; each resumes from the last checkpoint
 
 
 def _paths(ctx: StageContext) -> Paths:
@@ -60,7 +63,7 @@ def run_training(cfg: TrainConfig, s: Settings, ctx: StageContext, meter: Any) -
     if cfg.executor == "torchrun":
         _launch_torchrun(job, cfg.devices, ctx)
     else:
-        _launch_ray(job, cfg.devices, s.device == "cuda")
+        _launch_ray(job, cfg.devices, s.device == "cuda", ctx)
     if not result.is_file():
         raise ShoestringError(f"the {cfg.executor} workers exited without results; see the log above")
     stats = json.loads(result.read_text())
@@ -86,22 +89,40 @@ def _launch_torchrun(job: Path, n: int, ctx: StageContext) -> None:
         raise ShoestringError(f"torchrun workers failed (exit {proc.returncode}); see their output above")
 
 
-def _launch_ray(job: Path, n: int, use_gpu: bool) -> None:
+def _launch_ray(job: Path, n: int, use_gpu: bool, ctx: StageContext) -> None:
+    """Ray Train workers on the recipe's cluster (else a private local Ray), one CPU (or GPU) each.
+
+    A worker whose node dies fails the attempt; Ray Train restarts the worker group (up to
+    ``RAY_TRAIN_RESTARTS`` times) on the nodes left, and each restarted rank resumes from the
+    newest checkpoint in the durable work folder. The dead node is named on the console.
+    """
     try:
         import ray
-        from ray.train import RunConfig, ScalingConfig
+        from ray.train import FailureConfig, RunConfig, ScalingConfig
         from ray.train.torch import TorchTrainer
     except ImportError:
         raise ShoestringError("executor ray needs Ray Train; run `pip install 'shoestring[ray]'`") from None
-    if not ray.is_initialized():
-        ray.init(num_cpus=max(n, os.cpu_count() or 1), include_dashboard=False, log_to_driver=True)
+    started = ensure_ray(n)
+    watch = NodeWatch(ctx.console, "train")
     trainer = TorchTrainer(
         _ray_worker,
         train_loop_config={"job": str(job)},
-        scaling_config=ScalingConfig(num_workers=n, use_gpu=use_gpu),
-        run_config=RunConfig(storage_path=str(job.parent / "ray"), name="train"),
-    )
-    trainer.fit()
+        scaling_config=ScalingConfig(num_workers=n, use_gpu=use_gpu, resources_per_worker=None if use_gpu else {"CPU": 1}),
+        run_config=RunConfig(storage_path=str(job.parent / "ray"), name="train",
+                             failure_config=FailureConfig(max_failures=RAY_TRAIN_RESTARTS)),
+    )  # fmt: skip
+    ctx.console.print(f"launching {n} Ray Train workers" + (" on the cluster" if on_cluster() else ""))
+    try:
+        trainer.fit()
+    except Exception as err:  # Ray Train wraps worker errors in its own types, which vary by version
+        watch.check()
+        raise ShoestringError(f"Ray Train failed after {RAY_TRAIN_RESTARTS} restarts: "
+                              f"{(str(err).strip().splitlines() or [type(err).__name__])[-1][:300]}") from None  # fmt: skip
+    finally:
+        watch.check()
+        if started:
+            ray.shutdown()
+    ctx.extra_manifest["ray_train"] = {"workers": n, "dead_nodes": [x.name for x in watch.dead]}
 
 
 def _ray_worker(config: dict[str, Any]) -> None:

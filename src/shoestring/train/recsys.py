@@ -24,6 +24,7 @@ from pydantic import Field
 from shoestring.core.artifact import atomic_write_json, atomic_write_text
 from shoestring.core.config import StageConfig
 from shoestring.core.errors import ShoestringError
+from shoestring.core.jsonl import read_jsonl
 
 if TYPE_CHECKING:
     import torch
@@ -365,10 +366,10 @@ def save_recommender(
 # -------------------------------------------------------------------------------- loading
 
 
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+def _model_rows(path: Path) -> list[dict[str, Any]]:
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return read_jsonl(path, strict=True, fix="re-run training")
 
 
 class Recommender:
@@ -397,14 +398,14 @@ class Recommender:
             self.model = build_recommender_model(self.architecture, len(self.item_ids), self.hparams)
             self.model.load_state_dict(state)
             self.model.eval()
-        self.sequences = {r["user_id"]: r["items"] for r in _read_jsonl(folder / "sequences.jsonl")}
+        self.sequences = {r["user_id"]: r["items"] for r in _model_rows(folder / "sequences.jsonl")}
         """user id -> whole chronological item history seen at training time."""
         self.users = {
-            r["user_id"]: {k: v for k, v in r.items() if k != "user_id"} for r in _read_jsonl(folder / "users.jsonl")
+            r["user_id"]: {k: v for k, v in r.items() if k != "user_id"} for r in _model_rows(folder / "users.jsonl")
         }
         """user id -> attributes (MovieLens: age, gender, occupation, zip_code)."""
         self.items = {
-            r["item_id"]: {k: v for k, v in r.items() if k != "item_id"} for r in _read_jsonl(folder / "items.jsonl")
+            r["item_id"]: {k: v for k, v in r.items() if k != "item_id"} for r in _model_rows(folder / "items.jsonl")
         }
         """item id -> metadata (MovieLens: movie_title, release_year, class)."""
 

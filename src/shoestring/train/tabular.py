@@ -21,6 +21,7 @@ from pydantic import Field
 from shoestring.core.artifact import atomic_write_json
 from shoestring.core.config import StageConfig
 from shoestring.core.errors import ShoestringError
+from shoestring.core.jsonl import read_jsonl
 
 if TYPE_CHECKING:
     import numpy as np
@@ -123,7 +124,7 @@ def _load_dataset(folder: Path, opts: TabularOptions, label: str, limit: int | N
     for split in ("train", "validation", "test"):
         path = folder / f"{split}.jsonl"
         if path.is_file():
-            rows[split] = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+            rows[split] = read_jsonl(path, strict=True, fix="re-run the curate stage")
     if not rows.get("train"):
         raise ShoestringError(
             f"{folder}: no train.jsonl rows; pass a curated tabular dataset or tabular.source: digits"

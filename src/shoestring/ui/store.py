@@ -16,6 +16,7 @@ from typing import Any
 
 from shoestring.core.artifact import MANIFEST
 from shoestring.core.errors import ShoestringError
+from shoestring.core.jsonl import read_jsonl as core_read_jsonl
 from shoestring.core.runs import list_runs
 
 __all__ = ["ArtifactView", "Store", "WorkspaceView", "lineage_graph"]
@@ -78,21 +79,7 @@ class ArtifactView:
 
 def read_jsonl(path: Path, limit: int | None = None) -> list[dict[str, Any]]:
     """Rows of a JSON-lines file; a torn last line (being written) is skipped."""
-    out: list[dict[str, Any]] = []
-    try:
-        with open(path, encoding="utf-8") as fh:
-            for line in fh:
-                if limit is not None and len(out) >= limit:
-                    break
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError:
-                    continue
-                if isinstance(row, dict):
-                    out.append(row)
-    except OSError:
-        return []
-    return out
+    return core_read_jsonl(path, limit=limit, missing_ok=True)
 
 
 @dataclass(frozen=True)
