@@ -7,7 +7,7 @@ English descriptions with real near-duplicates (library/-dev/-doc families, vers
 packages). Nothing is downloaded. ``--docs N`` builds a larger or smaller corpus by sampling
 those documents with replacement and perturbing each copy (see :func:`perturb`).
 
-Subcommands (each prints markdown tables; each fits in one ``/work/bin/timed`` slot):
+Subcommands (each prints markdown tables; each fits in one ``benchmarks/timed.sh`` slot):
 
 * ``compare``: near-dup only and the full op chain, then datatrove's documented 4-stage
   MinHash pipeline (default ``MinhashConfig``), same worker count. datatrove reads the corpus

@@ -14,7 +14,7 @@ Quality runs (no time published)::
 
 Simulation wall time and memory (through the bench lock)::
 
-    /work/bin/timed .venv/bin/python benchmarks/federated_movielens.py --clients 50 --rounds 10 --label sim
+    benchmarks/timed.sh .venv/bin/python benchmarks/federated_movielens.py --clients 50 --rounds 10 --label sim
 """
 
 from __future__ import annotations

