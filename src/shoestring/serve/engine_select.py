@@ -82,8 +82,8 @@ def _torch_engine(cfg: Any, context_length: int) -> tuple[Engine, Any]:
 
 def _float_model(spec: str) -> tuple[Any, str | None]:
     """The model in eval mode with any LoRA adapter merged, and its quantisation method (or None)."""
-    from shoestring.models.quantized import QuantSpec, is_quantized, model_folder
     from shoestring.models import load_model, resolve_model
+    from shoestring.models.quantized import QuantSpec, is_quantized, model_folder
 
     model = load_model(spec, "causal-lm")
     if hasattr(model, "merge_and_unload"):  # a PEFT adapter: fold it into the weights for speed
