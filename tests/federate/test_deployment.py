@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -14,23 +13,14 @@ from pathlib import Path
 import psutil
 import pytest
 
+from shoestring.core.local_cluster import port_free
+
 pytestmark = pytest.mark.slow
-
-
-def _listening(port: int) -> bool:
-    """True if something listens on 127.0.0.1:port (TIME_WAIT leftovers do not count)."""
-    with socket.socket() as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return True
-    return False
 
 
 def _free_base() -> int:
     for base in range(18340, 18396, 4):
-        if not any(_listening(p) for p in range(base, base + 3)):
+        if all(port_free(p) for p in range(base, base + 3)):
             return base
     raise RuntimeError("no free ports in 18340-18399")
 
@@ -58,5 +48,5 @@ def test_deployment_engine_runs_superlink_and_two_supernodes(tmp_path: Path, rep
     # Every process the stage started is gone, and nothing listens on its ports any more.
     for pid in [procs["superlink"], *procs["supernodes"]]:
         assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    assert not any(_listening(p) for p in range(port, port + 3))
+    assert all(port_free(p) for p in range(port, port + 3))
     assert json.loads((art / "manifest.json").read_text())["kind"] == "model"

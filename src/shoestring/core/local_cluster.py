@@ -88,7 +88,7 @@ class LocalCluster:
     def start(self) -> None:
         if len(self.worker_cpus) + 1 > BLOCK // _PER_NODE:
             raise ShoestringError(f"a local cluster holds at most {BLOCK // _PER_NODE} nodes")
-        busy = [p for p in range(self.port_base, self.port_base + BLOCK) if not _port_free(p)]
+        busy = [p for p in range(self.port_base, self.port_base + BLOCK) if not port_free(p)]
         if busy:
             raise ShoestringError(f"ports {busy[:3]}... in {self.port_base}-{self.port_base + BLOCK - 1} are taken; "
                                   "stop the other cluster or pick another port base")  # fmt: skip
@@ -202,7 +202,8 @@ class LocalCluster:
         return out
 
 
-def _port_free(port: int) -> bool:
+def port_free(port: int) -> bool:
+    """True if nothing holds 127.0.0.1:port (TIME_WAIT leftovers do not count)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 import psutil
 
 from shoestring.core.errors import ShoestringError
+from shoestring.core.local_cluster import port_free
 
 if TYPE_CHECKING:
     from shoestring.federate.tasks import Job
@@ -38,19 +39,9 @@ RAY_PORT_BLOCKS = range(21000, 22000, 100)
 RAY_TEMP_ROOT = Path("/tmp/federate-ray")
 
 
-def _port_free(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
 def _free_block() -> int:
     for base in RAY_PORT_BLOCKS:
-        if all(_port_free(base + i) for i in range(10)):
+        if all(port_free(base + i) for i in range(10)):
             return base
     raise ShoestringError("federate: no free block of ports in 21000-21999 for Ray; stop other federate runs")
 
