@@ -15,12 +15,9 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -28,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 import psutil
 
 from shoestring.core.errors import ShoestringError
-from shoestring.core.local_cluster import port_free
+from shoestring.core.processes import port_free, stop_group, stop_recorded, wait_listening
 
 if TYPE_CHECKING:
     from shoestring.federate.tasks import Job
@@ -46,30 +43,6 @@ def _free_block() -> int:
     raise ShoestringError("federate: no free block of ports in 21000-21999 for Ray; stop other federate runs")
 
 
-def _wait_for_port(port: int, proc: subprocess.Popen[bytes], timeout: float, log: Path) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            tail = log.read_text(errors="replace")[-400:] if log.is_file() else ""
-            raise ShoestringError(f"federate: Ray did not start (exit {proc.returncode}): {tail.strip()}")
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
-            return
-        time.sleep(0.5)
-    raise ShoestringError(f"federate: Ray did not open port {port} within {timeout:.0f} s; the machine may be overloaded")
-
-
-def _stop_stale_head(pidfile: Path) -> None:
-    """A run killed with -9 leaves its Ray head behind; stop that one (by the pid it recorded)."""
-    if not pidfile.is_file():
-        return
-    with contextlib.suppress(ValueError, psutil.Error, ProcessLookupError, PermissionError):
-        pid = int(pidfile.read_text().strip())
-        cmd = " ".join(psutil.Process(pid).cmdline())
-        if "start" in cmd and "--head" in cmd and str(RAY_TEMP_ROOT) in cmd:
-            os.killpg(pid, signal.SIGKILL)
-    pidfile.unlink(missing_ok=True)
-
-
 @contextlib.contextmanager
 def private_ray(num_cpus: int, log: Path) -> Iterator[tuple[str, int]]:
     """Start a Ray head on fixed loopback ports; yields (address, pid of the head's process group).
@@ -78,7 +51,8 @@ def private_ray(num_cpus: int, log: Path) -> Iterator[tuple[str, int]]:
     work folder can stop a head that a killed run left behind.
     """
     pidfile = log.parent / "ray-head.pid"
-    _stop_stale_head(pidfile)
+    # A run killed with -9 leaves its Ray head behind: stop that one (ours: a head under our temp root).
+    stop_recorded(pidfile, lambda cmd: "start" in cmd and "--head" in cmd and str(RAY_TEMP_ROOT) in cmd)
     ray_bin = Path(sys.executable).with_name("ray")
     exe = str(ray_bin) if ray_bin.is_file() else shutil.which("ray")
     if exe is None:
@@ -100,27 +74,12 @@ def private_ray(num_cpus: int, log: Path) -> Iterator[tuple[str, int]]:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     pidfile.write_text(str(proc.pid))
     try:
-        _wait_for_port(base, proc, 180.0, log)
+        wait_listening(base, [proc], 180.0, what="federate: the Ray head", log=log)
         yield f"127.0.0.1:{base}", proc.pid
     finally:
-        _stop_group(proc)
+        stop_group(proc)  # the head and every worker it started share its process group
         pidfile.unlink(missing_ok=True)
         shutil.rmtree(temp, ignore_errors=True)
-
-
-def _stop_group(proc: subprocess.Popen[bytes]) -> None:
-    """Stop the head and everything it started: its own process group (we created it)."""
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=10)
-    # Workers that outlive the head share its process group; sweep it once more.
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGKILL)
 
 
 class PeakTreeMemory:
