@@ -88,9 +88,10 @@ class PlanConfig(StageConfig):
     rank_by: Literal["time", "cost"] = "time"
     """Order feasible plans by total time or by cost."""
     calibrate: bool | None = None
-    """CPU: unset = calibrate on first use (this machine's probe steps, about a minute, cached under its
-    hardware + library fingerprint; the model's own shapes and a 1- and 2-block trial run the first time it
-    is planned); true = refresh all of it now; false = plan from uncalibrated defaults (live tensors only)."""
+    """CPU: unset = calibrate on first use (this machine's probe steps, under a minute, cached under its
+    hardware + library fingerprint; the model's own shapes and its 2- and 4-block twins, b+2 and b+4 for a
+    frozen run, the first time it is planned); true = refresh all of it now; false = plan from uncalibrated
+    defaults (live tensors only)."""
     explain: bool = False
     """Print every term of the predicted memory and time and how it was obtained."""
     jobs: Annotated[Path | None, HashedPath()] = None
