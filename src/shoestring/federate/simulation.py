@@ -1,11 +1,11 @@
-"""Flower's simulation engine on a private Ray instance of our own.
+"""Flower's simulation engine on a private Ray head of our own (:class:`~shoestring.core.local_cluster.LocalCluster`).
 
 Flower's Ray backend calls ``ray.init`` with no address, which attaches to the newest Ray
 cluster on the machine if there is one - someone else's. So the stage starts its own head
-(``ray start --head --block``) with every port fixed inside one block of 100 in 21000-21999
-(the block's first ten for Ray's services, the rest for its workers), its own temp folder
-under ``/tmp/federate-ray``, and ``workers`` CPUs (one client at a time per CPU); Flower
-connects to that address. The head is stopped (its process group, by pid) when the run ends.
+through the project's one way to start a local Ray, ``core.local_cluster.LocalCluster``: a
+head-only cluster with ``workers`` CPUs (one client at a time per CPU), every port fixed inside
+one free block of 200 in 21000-21999 and its own temp folder; Flower connects to that address.
+The head is stopped (its process group) when the run ends, and its log is kept as ``ray.log``.
 
 Peak memory of the whole run (this process + every Ray process) is sampled while it runs.
 """
@@ -15,8 +15,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import subprocess
-import sys
+import signal
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,61 +24,68 @@ from typing import TYPE_CHECKING, Any
 import psutil
 
 from shoestring.core.errors import ShoestringError
-from shoestring.core.processes import port_free, stop_group, stop_recorded, wait_listening
+from shoestring.core.local_cluster import BLOCK, LocalCluster
+from shoestring.core.processes import port_free
 
 if TYPE_CHECKING:
     from shoestring.federate.tasks import Job
 
 __all__ = ["PeakTreeMemory", "private_ray", "run_simulation_engine"]
 
-RAY_PORT_BLOCKS = range(21000, 22000, 100)
-RAY_TEMP_ROOT = Path("/tmp/federate-ray")
+RAY_PORT_BLOCKS = range(21000, 22000, BLOCK)
+OBJECT_STORE_BYTES = 256 * 2**20
 
 
 def _free_block() -> int:
     for base in RAY_PORT_BLOCKS:
-        if all(port_free(base + i) for i in range(10)):
+        if all(port_free(p) for p in range(base, base + BLOCK)):
             return base
     raise ShoestringError("federate: no free block of ports in 21000-21999 for Ray; stop other federate runs")
 
 
+def _stop_stale_head(pidfile: Path) -> None:
+    """A run killed with -9 leaves its Ray head behind; stop that one (by the pid and temp folder it recorded)."""
+    if not pidfile.is_file():
+        return
+    with contextlib.suppress(ValueError, OSError, psutil.Error):
+        pid_text, _, temp = pidfile.read_text().strip().partition(" ")
+        pid = int(pid_text)
+        if temp and temp in " ".join(psutil.Process(pid).cmdline()):
+            os.killpg(pid, signal.SIGKILL)
+        if temp:
+            for p in psutil.process_iter(["pid", "cmdline"]):  # workers that left the head's group
+                with contextlib.suppress(psutil.Error):
+                    if temp in " ".join(p.info["cmdline"] or []):
+                        p.kill()
+            shutil.rmtree(temp, ignore_errors=True)
+    pidfile.unlink(missing_ok=True)
+
+
 @contextlib.contextmanager
 def private_ray(num_cpus: int, log: Path) -> Iterator[tuple[str, int]]:
-    """Start a Ray head on fixed loopback ports; yields (address, pid of the head's process group).
+    """Start a head-only local Ray cluster; yields (address, pid of the head's process group).
 
-    The head's pid is kept in ``<log folder>/ray-head.pid`` so that the next run in the same
-    work folder can stop a head that a killed run left behind.
+    The head's pid and temp folder are kept in ``<log folder>/ray-head.pid`` so that the next
+    run in the same work folder can stop a head that a killed run left behind.
     """
     pidfile = log.parent / "ray-head.pid"
-    # A run killed with -9 leaves its Ray head behind: stop that one (ours: a head under our temp root).
-    stop_recorded(pidfile, lambda cmd: "start" in cmd and "--head" in cmd and str(RAY_TEMP_ROOT) in cmd)
-    ray_bin = Path(sys.executable).with_name("ray")
-    exe = str(ray_bin) if ray_bin.is_file() else shutil.which("ray")
-    if exe is None:
-        raise ShoestringError("federate: the `ray` command is missing; install shoestring[federate]")
-    base = _free_block()
-    temp = RAY_TEMP_ROOT / f"{os.getpid()}-{base}"
-    temp.mkdir(parents=True, exist_ok=True)
-    ports = {"--port": 0, "--node-manager-port": 1, "--object-manager-port": 2, "--runtime-env-agent-port": 3,
-             "--dashboard-agent-grpc-port": 4, "--dashboard-agent-listen-port": 5, "--metrics-export-port": 6,
-             "--ray-client-server-port": 7}  # fmt: skip
-    cmd = [exe, "start", "--head", "--block", "--node-ip-address", "127.0.0.1", "--num-cpus", str(num_cpus),
-           "--include-dashboard", "false", "--disable-usage-stats", "--temp-dir", str(temp),
-           "--min-worker-port", str(base + 10), "--max-worker-port", str(base + 99),
-           "--object-store-memory", str(256 * 2**20)]  # fmt: skip
-    for flag, off in ports.items():
-        cmd += [flag, str(base + off)]
+    _stop_stale_head(pidfile)
     log.parent.mkdir(parents=True, exist_ok=True)
-    with open(log, "ab") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    pidfile.write_text(str(proc.pid))
+    cluster = LocalCluster(port_base=_free_block(), head_cpus=num_cpus, worker_cpus=[],
+                           object_store_bytes=OBJECT_STORE_BYTES, start_timeout=180.0)  # fmt: skip
     try:
-        wait_listening(base, [proc], 180.0, what="federate: the Ray head", log=log)
-        yield f"127.0.0.1:{base}", proc.pid
+        cluster.start()
+    except ShoestringError as e:
+        raise ShoestringError(f"federate: Ray did not start ({e})") from None
+    head = cluster.nodes[0]
+    pidfile.write_text(f"{head.proc.pid} {cluster.temp_dir}")
+    try:
+        yield cluster.address, head.proc.pid
     finally:
-        stop_group(proc)  # the head and every worker it started share its process group
+        with contextlib.suppress(OSError):
+            log.write_bytes(head.log.read_bytes())
+        cluster.stop()
         pidfile.unlink(missing_ok=True)
-        shutil.rmtree(temp, ignore_errors=True)
 
 
 class PeakTreeMemory:
@@ -138,8 +144,8 @@ def run_simulation_engine(job: Job, n_clients: int, workers: int, log: Path, met
     client = make_client_app(lambda _ctx: job, cfg.secure_aggregation, extra_client_mods)
     with private_ray(max(1, workers), log) as (address, group):
         meter.groups.append(group)
-        backend = {"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
-                   "init_args": {"address": address, "logging_level": logging.ERROR, "log_to_driver": False}}  # fmt: skip
+        backend: dict[str, Any] = {"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
+                                   "init_args": {"address": address, "logging_level": logging.ERROR, "log_to_driver": False}}  # fmt: skip
         try:
             run_simulation(server_app=server, client_app=client, num_supernodes=n_clients, backend_config=backend)
         finally:
