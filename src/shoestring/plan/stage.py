@@ -89,8 +89,9 @@ class PlanConfig(StageConfig):
     """Order feasible plans by total time or by cost."""
     calibrate: bool | None = None
     """CPU: unset = calibrate on first use (this machine's probe steps, under a minute, cached under its
-    hardware + library fingerprint; the model's own shapes and its 2- and 4-block twins, b+2 and b+4 for a
-    frozen run, the first time it is planned); true = refresh all of it now; false = plan from uncalibrated
+    hardware + library fingerprint; the model's own shapes and its two shallow twins, b+2 blocks and up to
+    40% of the model (b = a frozen run's trainable top blocks), the first time it is planned); true =
+    refresh all of it now; false = plan from uncalibrated
     defaults (live tensors only)."""
     explain: bool = False
     """Print every term of the predicted memory and time and how it was obtained."""
@@ -141,8 +142,8 @@ def _workload(cfg: PlanConfig, ctx: StageContext | None, model_spec: str) -> tup
         from shoestring.plan.tokens import count_dataset_tokens
 
         art = ctx.inputs["dataset"]
+        tok = load_tokenizer(model_spec)  # a first use converts the packaged model once: not the trainer's setup
         t0 = time.perf_counter()
-        tok = load_tokenizer(model_spec)
         counted, lengths = count_dataset_tokens(art.file("train.jsonl"), tok)
         tokenize_seconds = time.perf_counter() - t0
         if counted.records == 0:
