@@ -6,6 +6,10 @@ through the project's one way to start a local Ray, ``core.local_cluster.LocalCl
 head-only cluster with ``workers`` CPUs (one client at a time per CPU), every port fixed inside
 one free block of 200 in 21000-21999 and its own temp folder; Flower connects to that address.
 The head is stopped (its process group) when the run ends, and its log is kept as ``ray.log``.
+The head runs in its own session, so a run that is killed (``kill -9``, a test's timeout) would
+leave it behind: a small watchdog process stops it (and removes its temp folder) within a second
+or two of the run's death, and the next run in the same work folder also stops a head recorded
+in ``ray-head.pid`` if both were killed.
 
 Peak memory of the whole run (this process + every Ray process) is sampled while it runs.
 """
@@ -16,6 +20,8 @@ import contextlib
 import os
 import shutil
 import signal
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,7 +30,8 @@ from typing import TYPE_CHECKING, Any
 import psutil
 
 from shoestring.core.errors import ShoestringError
-from shoestring.core.local_cluster import BLOCK, LocalCluster, port_free
+from shoestring.core.local_cluster import BLOCK, LocalCluster
+from shoestring.core.processes import port_free
 
 if TYPE_CHECKING:
     from shoestring.federate.tasks import Job
@@ -60,12 +67,49 @@ def _stop_stale_head(pidfile: Path) -> None:
     pidfile.unlink(missing_ok=True)
 
 
+# Run by a separate interpreter (psutil only): waits for the run (pid + start time) or its head to
+# end; if the run died first, SIGKILLs the head's process group and anything using its temp folder.
+_WATCHDOG = """
+import os, shutil, signal, sys, time
+import psutil
+run, run_born, head, temp = int(sys.argv[1]), float(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+def alive(pid, born=None):
+    try:
+        p = psutil.Process(pid)
+        return p.status() != psutil.STATUS_ZOMBIE and (born is None or abs(p.create_time() - born) < 1.0)
+    except psutil.Error:
+        return False
+while alive(run, run_born) and alive(head):
+    time.sleep(0.5)
+if alive(head) and temp in " ".join(psutil.Process(head).cmdline()):
+    try:
+        os.killpg(head, signal.SIGKILL)
+    except OSError:
+        pass
+    for p in psutil.process_iter(["cmdline"]):
+        try:
+            if p.pid != os.getpid() and temp in " ".join(p.info["cmdline"] or []):
+                p.kill()
+        except psutil.Error:
+            pass
+    shutil.rmtree(temp, ignore_errors=True)
+"""
+
+
+def _start_watchdog(head_pid: int, temp: Path) -> subprocess.Popen[bytes]:
+    me = psutil.Process()
+    args = [sys.executable, "-c", _WATCHDOG, str(me.pid), repr(me.create_time()), str(head_pid), str(temp)]
+    return subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)  # fmt: skip
+
+
 @contextlib.contextmanager
 def private_ray(num_cpus: int, log: Path) -> Iterator[tuple[str, int]]:
     """Start a head-only local Ray cluster; yields (address, pid of the head's process group).
 
-    The head's pid and temp folder are kept in ``<log folder>/ray-head.pid`` so that the next
-    run in the same work folder can stop a head that a killed run left behind.
+    A watchdog process stops the head if this process dies without stopping it; the head's pid
+    and temp folder are also kept in ``<log folder>/ray-head.pid`` so that the next run in the
+    same work folder can stop a head that a killed run (and its watchdog) left behind.
     """
     pidfile = log.parent / "ray-head.pid"
     _stop_stale_head(pidfile)
@@ -77,7 +121,9 @@ def private_ray(num_cpus: int, log: Path) -> Iterator[tuple[str, int]]:
     except ShoestringError as e:
         raise ShoestringError(f"federate: Ray did not start ({e})") from None
     head = cluster.nodes[0]
+    assert cluster.temp_dir is not None
     pidfile.write_text(f"{head.proc.pid} {cluster.temp_dir}")
+    watchdog = _start_watchdog(head.proc.pid, cluster.temp_dir)
     try:
         yield cluster.address, head.proc.pid
     finally:
@@ -85,6 +131,8 @@ def private_ray(num_cpus: int, log: Path) -> Iterator[tuple[str, int]]:
             log.write_bytes(head.log.read_bytes())
         cluster.stop()
         pidfile.unlink(missing_ok=True)
+        watchdog.kill()
+        watchdog.wait(timeout=10)
 
 
 class PeakTreeMemory:
