@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -26,26 +27,17 @@ if TYPE_CHECKING:
 __all__ = ["DistillSettings", "distill"]
 
 
+@dataclass(frozen=True)
 class DistillSettings:
     """Hyper-parameters of one distillation run (plain values, units in the names)."""
 
-    def __init__(
-        self,
-        steps: int,
-        learning_rate: float = 1e-4,
-        temperature: float = 2.0,
-        alpha: float = 0.5,
-        batch_size: int = 4,
-        ckpt_every: int = 25,
-        seed: int = 0,
-    ) -> None:
-        self.steps = steps
-        self.learning_rate = learning_rate
-        self.temperature = temperature
-        self.alpha = alpha
-        self.batch_size = batch_size
-        self.ckpt_every = ckpt_every
-        self.seed = seed
+    steps: int
+    learning_rate: float = 1e-4
+    temperature: float = 2.0
+    alpha: float = 0.5
+    batch_size: int = 4
+    ckpt_every: int = 25
+    seed: int = 0
 
 
 def _save_ckpt(work: Path, student: nn.Module, opt: torch.optim.Optimizer, step: int, losses: list[float]) -> None:

@@ -53,38 +53,29 @@ def write_onnx(
     mask = torch.ones_like(ids)
     out_name = "last_hidden_state" if task == "embedding" else "logits"
     used = exporter
+    # Both exporters trace the same call; they differ in how the batch and sequence axes are
+    # declared dynamic (names per axis for TorchScript, torch.export Dims for dynamo).
+    common: dict[str, Any] = {"input_names": ["input_ids", "attention_mask"], "output_names": [out_name]}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer warnings about Python control flow are expected
         try:
             if exporter == "torchscript":
-                torch.onnx.export(
-                    wrapped,
-                    (ids, mask),
-                    str(path),
-                    input_names=["input_ids", "attention_mask"],
-                    output_names=[out_name],
-                    dynamic_axes={
-                        "input_ids": {0: "batch", 1: "seq"},
-                        "attention_mask": {0: "batch", 1: "seq"},
-                        out_name: {0: "batch", 1: "seq"},
-                    },
-                    opset_version=opset,
-                    dynamo=False,
-                )
+                axes = {0: "batch", 1: "seq"}
+                dynamic: dict[str, Any] = {
+                    "dynamic_axes": {"input_ids": axes, "attention_mask": axes, out_name: axes},
+                    "opset_version": opset,
+                    "dynamo": False,
+                }
             else:
                 from torch.export import Dim
 
-                batch, seq = Dim("batch"), Dim("seq", min=2)
-                torch.onnx.export(
-                    wrapped,
-                    (ids, mask),
-                    str(path),
-                    input_names=["input_ids", "attention_mask"],
-                    output_names=[out_name],
-                    dynamic_shapes={"input_ids": {0: batch, 1: seq}, "attention_mask": {0: batch, 1: seq}},
-                    dynamo=True,
-                    external_data=False,
-                )
+                dims = {0: Dim("batch"), 1: Dim("seq", min=2)}
+                dynamic = {
+                    "dynamic_shapes": {"input_ids": dims, "attention_mask": dims},
+                    "dynamo": True,
+                    "external_data": False,
+                }
+            torch.onnx.export(wrapped, (ids, mask), str(path), **common, **dynamic)
         except Exception as err:  # exporters raise many types; the user needs one line
             raise ShoestringError(
                 f"ONNX export ({exporter}) failed: {str(err).splitlines()[0][:200]}; try onnx_exporter: "

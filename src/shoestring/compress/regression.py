@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from torch import nn
 
 __all__ = [
+    "COMPARISON_KEYS",
     "GateConfig",
     "builtin_texts",
     "check_gate",
@@ -312,6 +313,19 @@ def check_gate(report: dict[str, Any], gate: GateConfig) -> list[str]:
     return fails
 
 
+COMPARISON_KEYS = (
+    "kl_mean",
+    "ppl_increase_pct",
+    "cosine_to_parent",
+    "agreement",
+    "speedup",
+    "tokens_per_s_ratio",
+    "size_ratio",
+    "child_file_bytes",
+)
+"""The report's figures of the compressed model against its parent (the stage's stats and the
+page's details both list them)."""
+
 _ROWS = [
     ("weights in memory (MB)", "parent_weight_bytes", "child_weight_bytes", 1e-6),
     ("forward latency (ms)", "parent_latency_s", "child_latency_s", 1e3),
@@ -330,14 +344,7 @@ def render_html(report: dict[str, Any], title: str) -> str:
         rows.append(f"<tr><td>{esc(label)}</td><td>{report[pk] * mult:.4g}</td><td>{report[ck] * mult:.4g}</td></tr>")
     extra = []
     for key in (
-        "kl_mean",
-        "ppl_increase_pct",
-        "cosine_to_parent",
-        "agreement",
-        "speedup",
-        "tokens_per_s_ratio",
-        "size_ratio",
-        "child_file_bytes",
+        *COMPARISON_KEYS,
         "greedy_tokens_identical",
         "threads",
         "backend",

@@ -146,18 +146,7 @@ def build(cfg: CompressConfig, ctx: StageContext) -> dict[str, Any]:
     atomic_write_text(ctx.out_dir / "compression_report.html", page)
     ctx.extra_manifest["task"] = task
     ctx.extra_manifest["compression"] = {"method": cfg.method, "parent": cfg.model, "gate_passed": not failures}
-    keys = (
-        "kl_mean",
-        "ppl_increase_pct",
-        "cosine_to_parent",
-        "agreement",
-        "speedup",
-        "tokens_per_s_ratio",
-        "size_ratio",
-        "child_file_bytes",
-        "parent_tokens_per_s",
-        "child_tokens_per_s",
-    )
+    keys = (*rg.COMPARISON_KEYS, "parent_tokens_per_s", "child_tokens_per_s")
     return {k: report[k] for k in keys if k in report} | {"gate_passed": not failures, "method": cfg.method}
 
 
