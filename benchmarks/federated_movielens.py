@@ -9,8 +9,10 @@ the stage API (the code `shoestring federate` runs), its figures appended as a J
 Quality runs (no time published)::
 
     nice -n 19 .venv/bin/python benchmarks/federated_movielens.py --clients 10 --strategy fedavg --baselines all
-    nice -n 19 .venv/bin/python benchmarks/federated_movielens.py --clients 10 --strategy fedprox
+    nice -n 19 .venv/bin/python benchmarks/federated_movielens.py --clients 10 --strategy fedprox --rounds 20 --local-epochs 5
     nice -n 19 .venv/bin/python benchmarks/federated_movielens.py --clients 10 --strategy fedavg --dropout 0.3
+    nice -n 19 .venv/bin/python benchmarks/federated_movielens.py --clients 50 --strategy fedavg --baselines all --rounds 20 --local-epochs 5
+    nice -n 19 .venv/bin/python benchmarks/federated_movielens.py --clients 50 --strategy fedprox --rounds 20 --local-epochs 5
 
 Simulation wall time and memory (through the bench lock)::
 

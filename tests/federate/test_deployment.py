@@ -13,7 +13,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from shoestring.core.local_cluster import port_free
+from shoestring.core.processes import port_free
 
 pytestmark = pytest.mark.slow
 

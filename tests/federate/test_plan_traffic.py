@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 
 from shoestring.federate.config import FederateConfig
+from shoestring.federate.loader import load_task
 from shoestring.federate.metering import message_bytes
-from shoestring.federate.tasks import Job, load_task
+from shoestring.federate.tasks import Job
 from shoestring.plan.federated import (
     TENSOR_OVERHEAD,
     FederatedPlanOptions,

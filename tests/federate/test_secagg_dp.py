@@ -21,10 +21,11 @@ import pytest
 from rich.console import Console
 
 from shoestring.federate.config import FederateConfig
+from shoestring.federate.loader import load_task
 from shoestring.federate.simulation import PeakTreeMemory, run_simulation_engine
 from shoestring.federate.stage import fix_client_noise
 from shoestring.federate.summary import privacy_summary
-from shoestring.federate.tasks import Job, load_task
+from shoestring.federate.tasks import Job
 from tiny_models import save_tiny_bert
 
 pytestmark = pytest.mark.slow

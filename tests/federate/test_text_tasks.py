@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 
 from shoestring.federate.config import FederateConfig
-from shoestring.federate.tasks import Job, load_task
+from shoestring.federate.loader import load_task
+from shoestring.federate.tasks import Job
 from tiny_models import save_tiny_llama
 
 

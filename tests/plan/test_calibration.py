@@ -112,7 +112,7 @@ def test_train_files_a_run_only_when_it_followed_a_cpu_plan(tmp_path: Path, monk
 
 
 def test_twins_extrapolate_the_resident_growth_per_block() -> None:
-    from shoestring.plan.resident import estimate_resident, step_residual
+    from shoestring.plan.resident import estimate_resident, step_from_twins
     from shoestring.plan.twin import twin_depths
 
     mib = 2**20
@@ -121,9 +121,18 @@ def test_twins_extrapolate_the_resident_growth_per_block() -> None:
     est = estimate_resident(twins, 30, 450 * mib, 1200 * mib)
     assert est.per_block_bytes == 50 * mib and est.run_bytes == (500 + 29 * 50) * mib
     assert est.resident_peak_bytes == 450 * mib + est.run_bytes
-    assert step_residual(twins, [0.8, 1.1], 10.0) == pytest.approx(0.2)
-    assert step_residual(twins, [0.1, 0.1], 1.0) == pytest.approx(0.5)  # bounded to half the full step
-    assert twin_depths("lora", 2, 30) == (2, 4)
+    # the model predicts 0.8 and 1.4 s (0.6 s per block), the twins measure 1.0 and 1.3 (0.3 s): the
+    # full step is the 1-block twin's 1.0 s + the model's other 29 blocks (10.0 - 0.8) at half cost
+    step, scale = step_from_twins(twins, [0.8, 1.4], 10.0)
+    assert scale == pytest.approx(0.5) and step == pytest.approx(1.0 + 0.5 * 9.2)
+    assert step_from_twins(twins, [0.8, 0.81], 10.0)[1] == 2.0  # bounded: at most 2x either way
+    assert step_from_twins(twins, [0.8, None], 10.0) == (10.0, 1.0)  # one modelled twin: the model alone
+    assert twin_depths("lora", 2, 30) == (2, 4)  # no planned step: the cheapest pair
+    # the quickstart's 18.6 s step: a 12-block twin's 5 steps cost ~37 s, inside the 60 s allowance
+    assert twin_depths("lora", 2, 30, 18.6) == (2, 12)
+    assert twin_depths("lora", 2, 30, 40.0) == (2, 9)  # slower: as deep as 60 s of steps allows
+    assert twin_depths("lora", 2, 30, 600.0) == (2, 4)  # never shallower than b + 4
+    assert twin_depths("full", 2, 8, 1.0) == (2, 4)  # 40% of 8 blocks
     assert twin_depths("frozen", 2, 8) == (4, 6)  # keep the trainable top blocks, add frozen ones
     assert twin_depths("full", 2, 4) == (2, 4) and twin_depths("full", 2, 3) == (1, 3)
     assert twin_depths("full", 2, 2) == (1, 2)

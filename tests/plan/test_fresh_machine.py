@@ -87,7 +87,7 @@ def test_first_plan_on_a_fresh_machine_holds_for_a_real_run(tmp_path: Path) -> N
     assert plan["calibration"]["state"] == "fresh" and plan["calibration"]["seconds_now"] < 120
     assert plan["twins"]["measured_now"] and plan["twins"]["depths"] == [2, 4]
     terms = {row["term"] for row in plan["explain"]}
-    assert {"library residency", "timed calls", "outside the blocks (twins)"} <= terms
+    assert {"library residency", "timed calls", "the twins' measured blocks"} <= terms
 
     _run(["train", "--dataset", str(data), "--plan", str(plan_dir), "--model", str(model), "--from-scratch",
           "--max-steps", "8", "--val-max-examples", "0", "--no-progress", "-w", str(ws)], env)

@@ -34,7 +34,7 @@ def test_jobs_share_a_device_when_memory_allows_and_queue_otherwise() -> None:
 
 
 def test_jobs_file_plans_each_job_then_schedules(tmp_path: Path, tiny_llama: Path) -> None:
-    from shoestring.plan.stage import schedule_jobs_file
+    from shoestring.plan.jobs import schedule_jobs_file
 
     f = tmp_path / "jobs.yaml"
     f.write_text(yaml.safe_dump({

@@ -16,7 +16,7 @@ import ctypes
 import ctypes.util
 import sys
 
-__all__ = ["DEFAULT_MMAP_THRESHOLD", "UNBOUNDED_HEAP_FACTOR", "bound_cpu_allocator", "needs_bounded_heap"]
+__all__ = ["DEFAULT_MMAP_THRESHOLD", "UNBOUNDED_HEAP_FACTOR", "bound_cpu_allocator", "needs_bounded_heap", "trim_heap"]
 
 DEFAULT_MMAP_THRESHOLD = 64 * 1024
 """Bytes: allocations at least this large bypass the heap arenas (glibc's initial default is 128 KiB)."""
@@ -59,3 +59,22 @@ def bound_cpu_allocator(threshold: int = DEFAULT_MMAP_THRESHOLD) -> bool:
     if ok:
         _applied.append(threshold)
     return ok
+
+
+def trim_heap() -> bool:
+    """Give the kernel back what glibc's arenas hold free (``malloc_trim(0)`` after a garbage
+    collection); True when it ran. A stage that follows others in one process (``shoestring run``:
+    curate, the plan's model conversion) then starts near a fresh process's resident set, which is
+    what the plan's library residency measured. A no-op (False) off Linux/glibc."""
+    import gc
+
+    gc.collect()
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        trim = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return False
+    trim.argtypes = [ctypes.c_size_t]
+    trim(0)
+    return True

@@ -66,27 +66,27 @@ def _field_help(field: FieldInfo, suffix: str) -> str:
     return (text + suffix).strip()
 
 
-def options_signature(cfg_cls: type[StageConfig], leading: tuple[inspect.Parameter, ...] = ()) -> inspect.Signature:
-    """``--config FILE`` plus one option per scalar field of a long-running verb's config (serve, ui).
+def _config_param(what: str) -> inspect.Parameter:
+    return inspect.Parameter(
+        "config",
+        inspect.Parameter.KEYWORD_ONLY,
+        default=typer.Option(None, "--config", "-c", help=f"YAML file with {what}; flags override it."),
+        annotation=typing.Optional[Path],  # noqa: UP045 - Typer needs a runtime type
+    )
 
-    ``leading`` parameters (e.g. a positional argument) come first; their fields get no option.
-    """
-    params = [
-        *leading,
-        inspect.Parameter(
-            "config",
-            inspect.Parameter.KEYWORD_ONLY,
-            default=typer.Option(None, "--config", "-c", help="YAML file with these keys; flags override it."),
-            annotation=typing.Optional[Path],  # noqa: UP045 - Typer needs a runtime type
-        ),
-    ]
-    taken = {p.name for p in leading}
+
+def _field_params(cfg_cls: type[StageConfig], skip: set[str]) -> tuple[list[inspect.Parameter], dict[str, str]]:
+    """One keyword-only ``--kebab-case`` option per scalar field not in ``skip`` (bools get a
+    ``--no-`` form), and each field's flag."""
+    params: list[inspect.Parameter] = []
+    flag_names: dict[str, str] = {}
     for name, field in cfg_cls.model_fields.items():
         mapped = flag_type(field.annotation)
-        if name in taken or mapped is None:
+        if name in skip or mapped is None:
             continue
         ftype, suffix = mapped
         flag = "--" + name.replace("_", "-")
+        flag_names[name] = flag
         decls = [f"{flag}/--no-{name.replace('_', '-')}"] if ftype is bool else [flag]
         params.append(
             inspect.Parameter(
@@ -96,7 +96,39 @@ def options_signature(cfg_cls: type[StageConfig], leading: tuple[inspect.Paramet
                 annotation=typing.Optional[ftype],  # noqa: UP045
             )
         )
-    return inspect.Signature(params)
+    return params, flag_names
+
+
+def _plain(value: Any) -> Any:
+    return value.value if isinstance(value, enum.Enum) else value
+
+
+def _file_and_flags(
+    cfg_file: Path | None, flags: dict[str, Any], verb: str, drop: tuple[str, ...] = ()
+) -> dict[str, Any]:
+    """The keys of the ``--config`` file (less ``drop``) with the flags that were given on top."""
+    data: dict[str, Any] = {}
+    if cfg_file is not None:
+        loaded = load_yaml(cfg_file)
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ShoestringError(f"{cfg_file} must be a mapping of {verb} keys")
+        data.update(loaded or {})
+        for key in drop:
+            data.pop(key, None)
+    for key, value in flags.items():
+        if value is None or (isinstance(value, list) and not value):
+            continue
+        data[key] = [_plain(v) for v in value] if isinstance(value, list) else _plain(value)
+    return data
+
+
+def options_signature(cfg_cls: type[StageConfig], leading: tuple[inspect.Parameter, ...] = ()) -> inspect.Signature:
+    """``--config FILE`` plus one option per scalar field of a long-running verb's config (serve, ui).
+
+    ``leading`` parameters (e.g. a positional argument) come first; their fields get no option.
+    """
+    fields, _ = _field_params(cfg_cls, skip={p.name for p in leading})
+    return inspect.Signature([*leading, _config_param("these keys"), *fields])
 
 
 def config_from_flags(cfg_cls: type[C], verb: str, kwargs: dict[str, Any], required: dict[str, str] | None = None) -> C:
@@ -105,16 +137,7 @@ def config_from_flags(cfg_cls: type[C], verb: str, kwargs: dict[str, Any], requi
     ``required``: key -> the one-line error when neither the file nor a flag sets it.
     """
     cfg_file = kwargs.pop("config", None)
-    data: dict[str, Any] = {}
-    if cfg_file is not None:
-        loaded = load_yaml(cfg_file)
-        if loaded is not None and not isinstance(loaded, dict):
-            raise ShoestringError(f"{cfg_file} must be a mapping of {verb} keys")
-        data.update(loaded or {})
-    for key, value in kwargs.items():
-        if value is None or (isinstance(value, list) and not value):
-            continue
-        data[key] = value.value if isinstance(value, enum.Enum) else value
+    data = _file_and_flags(cfg_file, kwargs, verb)
     for key, message in (required or {}).items():
         if not data.get(key):
             raise ShoestringError(message)
@@ -122,13 +145,12 @@ def config_from_flags(cfg_cls: type[C], verb: str, kwargs: dict[str, Any], requi
 
 
 def _signature_for(cfg_cls: type[StageConfig]) -> tuple[inspect.Signature, dict[str, str]]:
+    taken = RESERVED & set(cfg_cls.model_fields)
+    if taken:
+        raise TypeError(f"{cfg_cls.__name__}.{min(taken)}: '{min(taken)}' is reserved for the CLI")
+    fields, flag_names = _field_params(cfg_cls, skip=set())
     params = [
-        inspect.Parameter(
-            "config",
-            inspect.Parameter.KEYWORD_ONLY,
-            default=typer.Option(None, "--config", "-c", help="YAML file with this stage's keys; flags override it."),
-            annotation=typing.Optional[Path],  # noqa: UP045 - Typer needs a runtime type
-        ),
+        _config_param("this stage's keys"),
         inspect.Parameter(
             "workspace",
             inspect.Parameter.KEYWORD_ONLY,
@@ -141,29 +163,8 @@ def _signature_for(cfg_cls: type[StageConfig]) -> tuple[inspect.Signature, dict[
             default=typer.Option(False, "--force", help="Re-run even if a cached artifact exists."),
             annotation=bool,
         ),
+        *fields,
     ]
-    flag_names: dict[str, str] = {}
-    for name, field in cfg_cls.model_fields.items():
-        if name in RESERVED:
-            raise TypeError(f"{cfg_cls.__name__}.{name}: '{name}' is reserved for the CLI")
-        mapped = flag_type(field.annotation)
-        if mapped is None:
-            continue
-        ftype, suffix = mapped
-        flag = "--" + name.replace("_", "-")
-        flag_names[name] = flag
-        if ftype is bool:
-            opt = typer.Option(None, f"{flag}/--no-{name.replace('_', '-')}", help=_field_help(field, suffix))
-        else:
-            opt = typer.Option(None, flag, help=_field_help(field, suffix))
-        params.append(
-            inspect.Parameter(
-                name,
-                inspect.Parameter.KEYWORD_ONLY,
-                default=opt,
-                annotation=typing.Optional[ftype],  # noqa: UP045
-            )
-        )
     return inspect.Signature(params), flag_names
 
 
@@ -181,21 +182,7 @@ def add_stage_command(app: typer.Typer, name: str, console: Console | None = Non
         cfg_file = kwargs.pop("config")
         ws_root = kwargs.pop("workspace")
         force = kwargs.pop("force")
-        data: dict[str, Any] = {}
-        if cfg_file is not None:
-            loaded = load_yaml(cfg_file)
-            if loaded is not None and not isinstance(loaded, dict):
-                raise ShoestringError(f"{cfg_file} must be a mapping of {name} keys")
-            data.update(loaded or {})
-            data.pop("stage", None)
-        for key, value in kwargs.items():
-            if value is None or (isinstance(value, list) and not value):
-                continue
-            data[key] = (
-                [v.value if isinstance(v, enum.Enum) else v for v in value]
-                if isinstance(value, list)
-                else (value.value if isinstance(value, enum.Enum) else value)
-            )
+        data = _file_and_flags(cfg_file, kwargs, name, drop=("stage",))
         cfg = parse_config(stage.config, data, f"shoestring {name}", as_flags=cfg_file is None)
         ws = Workspace(ws_root, console=console)
         inputs = {}

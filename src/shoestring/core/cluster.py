@@ -194,10 +194,13 @@ class Node:
     memory_bytes: int
     object_store_bytes: int
     is_head: bool
+    accelerator: str = ""
+    """Ray's ``accelerator_type:`` resource of the node's GPUs (e.g. ``A100``, ``H100``); empty on CPU nodes."""
 
     @property
     def label(self) -> str:
-        return f"{self.name}: {self.cpus:g} CPU" + (f", {self.gpus:g} GPU" if self.gpus else "")
+        gpus = f", {self.gpus:g} GPU" + (f" {self.accelerator}" if self.accelerator else "") if self.gpus else ""
+        return f"{self.name}: {self.cpus:g} CPU{gpus}"
 
 
 def cluster_nodes(alive_only: bool = True) -> list[Node]:
@@ -211,9 +214,10 @@ def cluster_nodes(alive_only: bool = True) -> list[Node]:
         nid = str(n.get("NodeID", ""))
         name = str(n.get("NodeName") or n.get("NodeManagerAddress") or nid[:8])
         is_head = any(k.startswith("node:__internal_head__") for k in res)
+        accel = next((k.partition(":")[2] for k in res if k.startswith("accelerator_type:")), "")
         out.append(Node(nid, name, str(n.get("NodeManagerAddress", "")), float(res.get("CPU", 0)),
                         float(res.get("GPU", 0)), int(res.get("memory", 0)), int(res.get("object_store_memory", 0)),
-                        is_head))  # fmt: skip
+                        is_head, accel))  # fmt: skip
     return sorted(out, key=lambda n: (not n.is_head, n.name, n.node_id))
 
 

@@ -14,8 +14,6 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -26,6 +24,7 @@ from pathlib import Path
 import psutil
 
 from shoestring.core.errors import ShoestringError
+from shoestring.core.processes import port_free, stop_group, wait_listening
 
 __all__ = ["BLOCK", "LocalCluster", "NodeProcess"]
 
@@ -97,7 +96,7 @@ class LocalCluster:
         t0 = time.perf_counter()
         try:
             self._start_node(0, "head", self.head_cpus)
-            _wait_port(self.port_base + _HEAD_ONLY["--port"], self.nodes[0], self.start_timeout)
+            _wait_node(self.port_base + _HEAD_ONLY["--port"], self.nodes[0], self.start_timeout)
             for i, cpus in enumerate(self.worker_cpus, start=1):
                 self.add_node(cpus, index=i)
             self.wait_for_nodes(len(self.nodes), self.start_timeout)
@@ -112,7 +111,7 @@ class LocalCluster:
         if i >= BLOCK // _PER_NODE:
             raise ShoestringError(f"a local cluster has port room for {BLOCK // _PER_NODE} nodes in all")
         node = self._start_node(i, f"worker-{i}", num_cpus)
-        _wait_port(self.port_base + _PER_NODE * i + _SERVICES["--node-manager-port"], node, self.start_timeout)
+        _wait_node(self.port_base + _PER_NODE * i + _SERVICES["--node-manager-port"], node, self.start_timeout)
         return node
 
     def _start_node(self, i: int, name: str, num_cpus: int) -> NodeProcess:
@@ -166,12 +165,12 @@ class LocalCluster:
 
     def kill_node(self, name: str) -> None:
         """SIGKILL a node's whole process group (its raylet, object store and workers)."""
-        _kill_group(self.node(name).proc, graceful=False)
+        stop_group(self.node(name).proc, grace_s=0)
 
     def replace_node(self, name: str) -> NodeProcess:
         """Kill ``name`` if it still runs and start a fresh worker node (new name, new ports) with its CPUs."""
         old = self.node(name)
-        _kill_group(old.proc, graceful=False)
+        stop_group(old.proc, grace_s=0)
         self.nodes.remove(old)
         new = self.add_node(old.num_cpus, index=max([old.index, *(n.index for n in self.nodes)]) + 1)
         self.wait_for_nodes(len(self.nodes), self.start_timeout)
@@ -180,7 +179,7 @@ class LocalCluster:
     def stop(self) -> None:
         """Stop workers first, then the head; sweep any process still using the cluster's temp folder."""
         for node in sorted(self.nodes, key=lambda n: -n.index):
-            _kill_group(node.proc, graceful=True)
+            stop_group(node.proc, grace_s=15)
         if self.temp_dir is not None:
             for p in self.leftover_processes():
                 with contextlib.suppress(psutil.Error):
@@ -202,36 +201,5 @@ class LocalCluster:
         return out
 
 
-def port_free(port: int) -> bool:
-    """True if nothing holds 127.0.0.1:port (TIME_WAIT leftovers do not count)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
-def _wait_port(port: int, node: NodeProcess, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not node.alive:
-            tail = node.log.read_text(errors="replace")[-400:] if node.log.is_file() else ""
-            raise ShoestringError(f"Ray node {node.name} exited ({node.proc.returncode}): {tail.strip()}")
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
-            return
-        time.sleep(0.2)
-    raise ShoestringError(f"Ray node {node.name} did not open port {port} within {timeout:.0f} s")
-
-
-def _kill_group(proc: subprocess.Popen[bytes], graceful: bool) -> None:
-    if proc.poll() is None and graceful:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(timeout=15)
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, signal.SIGKILL)  # also reaps workers that outlived their raylet
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        proc.wait(timeout=10)
+def _wait_node(port: int, node: NodeProcess, timeout: float) -> None:
+    wait_listening(port, [node.proc], timeout, what=f"Ray node {node.name}", log=node.log, poll_s=0.2)

@@ -24,7 +24,8 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from shoestring.federate.tasks import Job, State, load_task
+from shoestring.federate.loader import load_task
+from shoestring.federate.tasks import Job, State
 
 __all__ = ["ClientFailure", "draw_fault", "make_client_app"]
 

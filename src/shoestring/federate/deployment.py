@@ -17,11 +17,11 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 from shoestring.core.errors import ShoestringError
+from shoestring.core.processes import stop_group, stop_recorded, wait_listening
 
 __all__ = ["run_deployment_engine"]
 
@@ -91,41 +91,12 @@ def _write_connection(home: Path, address: str) -> None:
     )
 
 
-def _wait_listening(port: int, procs: list[subprocess.Popen[bytes]], timeout: float) -> None:
-    import socket
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if any(p.poll() is not None for p in procs):
-            raise ShoestringError(f"federate: a Flower process exited while starting; see {procs[0].args}")
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
-            return
-        time.sleep(0.5)
-    raise ShoestringError(f"federate: nothing listened on 127.0.0.1:{port} within {timeout:.0f} s")
-
-
-def _stop_stale(pidfile: Path) -> None:
-    """Stop the Flower processes a killed run left behind (by the pids it recorded)."""
-    import signal
-
-    import psutil
-
-    if not pidfile.is_file():
-        return
-    for line in pidfile.read_text().split():
-        with contextlib.suppress(ValueError, psutil.Error, ProcessLookupError, PermissionError):
-            pid = int(line)
-            if "flower-super" in " ".join(psutil.Process(pid).cmdline()):
-                os.killpg(pid, signal.SIGKILL)
-    pidfile.unlink(missing_ok=True)
-
-
 @contextlib.contextmanager
 def _loopback_federation(port: int, n_clients: int, env: dict[str, str], logs: Path) -> Iterator[list[int]]:
     """SuperLink + ``n_clients`` SuperNodes on 127.0.0.1; yields their pids; stops them after."""
     logs.mkdir(parents=True, exist_ok=True)
     pidfile = logs / "flower.pids"
-    _stop_stale(pidfile)
+    stop_recorded(pidfile, lambda cmd: "flower-super" in cmd)  # what a killed run left behind
     procs: list[subprocess.Popen[bytes]] = []
 
     def start(cmd: list[str], name: str) -> subprocess.Popen[bytes]:
@@ -138,7 +109,7 @@ def _loopback_federation(port: int, n_clients: int, env: dict[str, str], logs: P
     try:
         start([_bin("flower-superlink"), "--insecure", "--disable-runtime-dependency-installation",
                "--host", "127.0.0.1", "--port", str(port)], "superlink")  # fmt: skip
-        _wait_listening(port, procs, 120.0)
+        wait_listening(port, procs, 120.0, what="federate: the Flower SuperLink", log=logs / "superlink.log")
         for i in range(n_clients):
             start([_bin("flower-supernode"), "--insecure", "--superlink", f"127.0.0.1:{port}", "--host", "127.0.0.1",
                    "--port", str(port + 1 + i), "--node-config", f"partition-id={i} num-partitions={n_clients}"],
@@ -146,24 +117,8 @@ def _loopback_federation(port: int, n_clients: int, env: dict[str, str], logs: P
         yield [p.pid for p in procs]
     finally:
         for p in reversed(procs):
-            _stop(p)
+            stop_group(p)  # the group holds the SuperNode's SuperExec and app processes
         pidfile.unlink(missing_ok=True)
-
-
-def _stop(p: subprocess.Popen[bytes]) -> None:
-    """SIGTERM the process group we created for ``p`` (it holds its SuperExec and app processes)."""
-    import signal
-
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(p.pid, signal.SIGTERM)
-    try:
-        p.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(p.pid, signal.SIGKILL)
-        p.wait(timeout=10)
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(p.pid, signal.SIGKILL)
 
 
 def run_deployment_engine(job_path: Path, n_clients: int, port: int, superlink: str | None, work: Path,

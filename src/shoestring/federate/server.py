@@ -21,10 +21,11 @@ from flwr.serverapp import Grid, ServerApp
 
 from shoestring.core.artifact import atomic_write_json
 from shoestring.federate.config import FederateConfig
+from shoestring.federate.loader import load_task
 from shoestring.federate.metering import MeteredGrid
 from shoestring.federate.rounds import RoundLog
 from shoestring.federate.screening import ScreenedStrategy
-from shoestring.federate.tasks import FederatedTask, Job, State, load_task
+from shoestring.federate.tasks import FederatedTask, Job, State
 
 __all__ = ["DONE_MARKER", "make_server_app", "make_strategy", "run_server"]
 

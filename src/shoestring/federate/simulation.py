@@ -1,11 +1,15 @@
-"""Flower's simulation engine on a private Ray instance of our own.
+"""Flower's simulation engine on a private Ray head of our own (:class:`~shoestring.core.local_cluster.LocalCluster`).
 
 Flower's Ray backend calls ``ray.init`` with no address, which attaches to the newest Ray
 cluster on the machine if there is one - someone else's. So the stage starts its own head
-(``ray start --head --block``) with every port fixed inside one block of 100 in 21000-21999
-(the block's first ten for Ray's services, the rest for its workers), its own temp folder
-under ``/tmp/federate-ray``, and ``workers`` CPUs (one client at a time per CPU); Flower
-connects to that address. The head is stopped (its process group, by pid) when the run ends.
+through the project's one way to start a local Ray, ``core.local_cluster.LocalCluster``: a
+head-only cluster with ``workers`` CPUs (one client at a time per CPU), every port fixed inside
+one free block of 200 in 21000-21999 and its own temp folder; Flower connects to that address.
+The head is stopped (its process group) when the run ends, and its log is kept as ``ray.log``.
+The head runs in its own session, so a run that is killed (``kill -9``, a test's timeout) would
+leave it behind: a small watchdog process stops it (and removes its temp folder) within a second
+or two of the run's death, and the next run in the same work folder also stops a head recorded
+in ``ray-head.pid`` if both were killed.
 
 Peak memory of the whole run (this process + every Ray process) is sampled while it runs.
 """
@@ -16,11 +20,9 @@ import contextlib
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -28,99 +30,109 @@ from typing import TYPE_CHECKING, Any
 import psutil
 
 from shoestring.core.errors import ShoestringError
-from shoestring.core.local_cluster import port_free
+from shoestring.core.local_cluster import BLOCK, LocalCluster
+from shoestring.core.processes import port_free
 
 if TYPE_CHECKING:
     from shoestring.federate.tasks import Job
 
 __all__ = ["PeakTreeMemory", "private_ray", "run_simulation_engine"]
 
-RAY_PORT_BLOCKS = range(21000, 22000, 100)
-RAY_TEMP_ROOT = Path("/tmp/federate-ray")
+RAY_PORT_BLOCKS = range(21000, 22000, BLOCK)
+OBJECT_STORE_BYTES = 256 * 2**20
 
 
 def _free_block() -> int:
     for base in RAY_PORT_BLOCKS:
-        if all(port_free(base + i) for i in range(10)):
+        if all(port_free(p) for p in range(base, base + BLOCK)):
             return base
     raise ShoestringError("federate: no free block of ports in 21000-21999 for Ray; stop other federate runs")
 
 
-def _wait_for_port(port: int, proc: subprocess.Popen[bytes], timeout: float, log: Path) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            tail = log.read_text(errors="replace")[-400:] if log.is_file() else ""
-            raise ShoestringError(f"federate: Ray did not start (exit {proc.returncode}): {tail.strip()}")
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
-            return
-        time.sleep(0.5)
-    raise ShoestringError(f"federate: Ray did not open port {port} within {timeout:.0f} s; the machine may be overloaded")
-
-
 def _stop_stale_head(pidfile: Path) -> None:
-    """A run killed with -9 leaves its Ray head behind; stop that one (by the pid it recorded)."""
+    """A run killed with -9 leaves its Ray head behind; stop that one (by the pid and temp folder it recorded)."""
     if not pidfile.is_file():
         return
-    with contextlib.suppress(ValueError, psutil.Error, ProcessLookupError, PermissionError):
-        pid = int(pidfile.read_text().strip())
-        cmd = " ".join(psutil.Process(pid).cmdline())
-        if "start" in cmd and "--head" in cmd and str(RAY_TEMP_ROOT) in cmd:
+    with contextlib.suppress(ValueError, OSError, psutil.Error):
+        pid_text, _, temp = pidfile.read_text().strip().partition(" ")
+        pid = int(pid_text)
+        if temp and temp in " ".join(psutil.Process(pid).cmdline()):
             os.killpg(pid, signal.SIGKILL)
+        if temp:
+            for p in psutil.process_iter(["pid", "cmdline"]):  # workers that left the head's group
+                with contextlib.suppress(psutil.Error):
+                    if temp in " ".join(p.info["cmdline"] or []):
+                        p.kill()
+            shutil.rmtree(temp, ignore_errors=True)
     pidfile.unlink(missing_ok=True)
+
+
+# Run by a separate interpreter (psutil only): waits for the run (pid + start time) or its head to
+# end; if the run died first, SIGKILLs the head's process group and anything using its temp folder.
+_WATCHDOG = """
+import os, shutil, signal, sys, time
+import psutil
+run, run_born, head, temp = int(sys.argv[1]), float(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+def alive(pid, born=None):
+    try:
+        p = psutil.Process(pid)
+        return p.status() != psutil.STATUS_ZOMBIE and (born is None or abs(p.create_time() - born) < 1.0)
+    except psutil.Error:
+        return False
+while alive(run, run_born) and alive(head):
+    time.sleep(0.5)
+if alive(head) and temp in " ".join(psutil.Process(head).cmdline()):
+    try:
+        os.killpg(head, signal.SIGKILL)
+    except OSError:
+        pass
+    for p in psutil.process_iter(["cmdline"]):
+        try:
+            if p.pid != os.getpid() and temp in " ".join(p.info["cmdline"] or []):
+                p.kill()
+        except psutil.Error:
+            pass
+    shutil.rmtree(temp, ignore_errors=True)
+"""
+
+
+def _start_watchdog(head_pid: int, temp: Path) -> subprocess.Popen[bytes]:
+    me = psutil.Process()
+    args = [sys.executable, "-c", _WATCHDOG, str(me.pid), repr(me.create_time()), str(head_pid), str(temp)]
+    return subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)  # fmt: skip
 
 
 @contextlib.contextmanager
 def private_ray(num_cpus: int, log: Path) -> Iterator[tuple[str, int]]:
-    """Start a Ray head on fixed loopback ports; yields (address, pid of the head's process group).
+    """Start a head-only local Ray cluster; yields (address, pid of the head's process group).
 
-    The head's pid is kept in ``<log folder>/ray-head.pid`` so that the next run in the same
-    work folder can stop a head that a killed run left behind.
+    A watchdog process stops the head if this process dies without stopping it; the head's pid
+    and temp folder are also kept in ``<log folder>/ray-head.pid`` so that the next run in the
+    same work folder can stop a head that a killed run (and its watchdog) left behind.
     """
     pidfile = log.parent / "ray-head.pid"
     _stop_stale_head(pidfile)
-    ray_bin = Path(sys.executable).with_name("ray")
-    exe = str(ray_bin) if ray_bin.is_file() else shutil.which("ray")
-    if exe is None:
-        raise ShoestringError("federate: the `ray` command is missing; install shoestring[federate]")
-    base = _free_block()
-    temp = RAY_TEMP_ROOT / f"{os.getpid()}-{base}"
-    temp.mkdir(parents=True, exist_ok=True)
-    ports = {"--port": 0, "--node-manager-port": 1, "--object-manager-port": 2, "--runtime-env-agent-port": 3,
-             "--dashboard-agent-grpc-port": 4, "--dashboard-agent-listen-port": 5, "--metrics-export-port": 6,
-             "--ray-client-server-port": 7}  # fmt: skip
-    cmd = [exe, "start", "--head", "--block", "--node-ip-address", "127.0.0.1", "--num-cpus", str(num_cpus),
-           "--include-dashboard", "false", "--disable-usage-stats", "--temp-dir", str(temp),
-           "--min-worker-port", str(base + 10), "--max-worker-port", str(base + 99),
-           "--object-store-memory", str(256 * 2**20)]  # fmt: skip
-    for flag, off in ports.items():
-        cmd += [flag, str(base + off)]
     log.parent.mkdir(parents=True, exist_ok=True)
-    with open(log, "ab") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    pidfile.write_text(str(proc.pid))
+    cluster = LocalCluster(port_base=_free_block(), head_cpus=num_cpus, worker_cpus=[],
+                           object_store_bytes=OBJECT_STORE_BYTES, start_timeout=180.0)  # fmt: skip
     try:
-        _wait_for_port(base, proc, 180.0, log)
-        yield f"127.0.0.1:{base}", proc.pid
+        cluster.start()
+    except ShoestringError as e:
+        raise ShoestringError(f"federate: Ray did not start ({e})") from None
+    head = cluster.nodes[0]
+    assert cluster.temp_dir is not None
+    pidfile.write_text(f"{head.proc.pid} {cluster.temp_dir}")
+    watchdog = _start_watchdog(head.proc.pid, cluster.temp_dir)
+    try:
+        yield cluster.address, head.proc.pid
     finally:
-        _stop_group(proc)
+        with contextlib.suppress(OSError):
+            log.write_bytes(head.log.read_bytes())
+        cluster.stop()
         pidfile.unlink(missing_ok=True)
-        shutil.rmtree(temp, ignore_errors=True)
-
-
-def _stop_group(proc: subprocess.Popen[bytes]) -> None:
-    """Stop the head and everything it started: its own process group (we created it)."""
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=10)
-    # Workers that outlive the head share its process group; sweep it once more.
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGKILL)
+        watchdog.kill()
+        watchdog.wait(timeout=10)
 
 
 class PeakTreeMemory:
@@ -179,8 +191,8 @@ def run_simulation_engine(job: Job, n_clients: int, workers: int, log: Path, met
     client = make_client_app(lambda _ctx: job, cfg.secure_aggregation, extra_client_mods)
     with private_ray(max(1, workers), log) as (address, group):
         meter.groups.append(group)
-        backend = {"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
-                   "init_args": {"address": address, "logging_level": logging.ERROR, "log_to_driver": False}}  # fmt: skip
+        backend: dict[str, Any] = {"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
+                                   "init_args": {"address": address, "logging_level": logging.ERROR, "log_to_driver": False}}  # fmt: skip
         try:
             run_simulation(server_app=server, client_app=client, num_supernodes=n_clients, backend_config=backend)
         finally:

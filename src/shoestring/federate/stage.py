@@ -124,8 +124,8 @@ def _read_server(work: Path) -> tuple[dict[str, Any], Any]:
 
 def build(cfg: FederateConfig, ctx: StageContext) -> dict[str, Any]:
     from shoestring.federate.evaluation import compare_systems, train_baselines
+    from shoestring.federate.loader import load_task
     from shoestring.federate.summary import federation_summary, write_outputs
-    from shoestring.federate.tasks import load_task
 
     _check(cfg)
     job = _job(cfg, ctx)

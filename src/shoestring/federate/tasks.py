@@ -1,4 +1,4 @@
-"""What a federated task is, and how a process (server, Ray actor, SuperNode's ClientApp) gets one.
+"""What a federated task is: the contract and the values that cross it.
 
 A task owns its data and model and knows how to
 
@@ -10,7 +10,9 @@ A task owns its data and model and knows how to
 * save them as an ordinary model artifact.
 
 Every process builds the same task from the same :class:`Job` (a JSON file in the stage's work
-folder), so partitions and initial weights agree everywhere.
+folder), so partitions and initial weights agree everywhere; :func:`shoestring.federate.loader.load_task`
+builds it. The task kinds (``recsys_task``, ``text_tasks``) import these names; nothing here imports
+them, so the arrows point one way.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from shoestring.core.artifact import atomic_write_json, canonical_json
 if TYPE_CHECKING:
     from shoestring.federate.config import FederateConfig
 
-__all__ = ["ClientUpdate", "FederatedTask", "Job", "Scores", "load_task"]
+__all__ = ["ClientUpdate", "FederatedTask", "Job", "Scores", "State"]
 
 State = dict[str, np.ndarray]
 """Named tensors that travel between server and clients, in a fixed (sorted-name) order."""
@@ -135,26 +137,3 @@ class FederatedTask(Protocol):
     def tensor_numels(self) -> list[int]:
         """Element count of every travelling tensor (for the traffic prediction)."""
         ...
-
-
-_CACHE: dict[str, FederatedTask] = {}
-
-
-def load_task(job: Job) -> FederatedTask:
-    """The task of ``job``, built once per process (Ray actors and the server reuse it across rounds)."""
-    key = job.digest
-    if key not in _CACHE:
-        task = job.config["task"]
-        if task == "sequential-recommendation":
-            from shoestring.federate.recsys_task import RecsysTask
-
-            _CACHE[key] = RecsysTask(job)
-        elif task == "classification":
-            from shoestring.federate.text_tasks import ClassificationTask
-
-            _CACHE[key] = ClassificationTask(job)
-        else:
-            from shoestring.federate.text_tasks import SFTTask
-
-            _CACHE[key] = SFTTask(job)
-    return _CACHE[key]

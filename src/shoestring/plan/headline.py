@@ -65,7 +65,7 @@ def cpu_headline(*, cfg: Any, config: Any, shape: Any, best: Candidate, device: 
     """Resident peak, step and run time of the chosen candidate on this CPU, with the terms
     (``measure=False``: twins only from the cache, none run)."""
     from shoestring.plan.hardware import fingerprint_key, load_hardware
-    from shoestring.plan.resident import estimate_resident, layers_key, step_residual, twin_predicted_steps
+    from shoestring.plan.resident import estimate_resident, layers_key, step_from_twins, twin_predicted_steps
     from shoestring.plan.search import step_terms
 
     hw = load_hardware()
@@ -98,7 +98,8 @@ def cpu_headline(*, cfg: Any, config: Any, shape: Any, best: Candidate, device: 
     data_bytes = int(float(cal.get("bytes_per_token", 0.0)) * int(data_info.get("tokens_after_truncation")
                                                                   or data_info.get("tokens") or 0))
     if cfg.calibrate is not False and key is not None and shape.n_layers >= 2 and library:
-        twins, measured_now, seconds = _twins(cfg, config, s, spec, dataset, key, shape.n_layers, console, measure)
+        twins, measured_now, seconds = _twins(cfg, config, s, spec, dataset, key, shape.n_layers, console, measure,
+                                              model_step)
     if twins:
         resident = estimate_resident(twins, shape.n_layers, library + data_bytes, live)
         out["twins"] = {"measured_now": measured_now, "seconds": seconds,
@@ -108,12 +109,13 @@ def cpu_headline(*, cfg: Any, config: Any, shape: Any, best: Candidate, device: 
                         "step_seconds": [t["step_seconds"] for t in twins]}
         predicted = twin_predicted_steps(config, s, device, tuple(t["depth"] for t in twins))
         if terms is not None and all(p is not None for p in predicted):
-            residual = step_residual(twins, predicted, model_step)
-            explain.append(_row("step", "outside the blocks (twins)", residual, "s",
-                                "mean of the twins' measured - modelled step ("
+            twin_step, scale = step_from_twins(twins, predicted, model_step)
+            explain.append(_row("step", "the twins' measured blocks", twin_step - model_step, "s",
+                                "the shallower twin's step + the other blocks x "
+                                f"{scale:.2f} (the twins' measured / modelled cost per block; "
                                 + ", ".join(f"{t['depth']} block{'s' if t['depth'] > 1 else ''}: {t['step_seconds']:.3f}"
                                             f" vs {p:.3f} s" for t, p in zip(twins, predicted, strict=False)) + ")"))
-            model_step += residual
+            model_step = twin_step
     from shoestring.plan.feedback import correction, signatures
 
     keys = signatures(spec, cfg.task, s.method, s.precision, s.seq_len, s.micro_batch_size, best.grad_accum,
@@ -159,14 +161,14 @@ def cpu_headline(*, cfg: Any, config: Any, shape: Any, best: Candidate, device: 
 
 
 def _twins(cfg: Any, config: Any, s: Any, spec: str, dataset: Path | None, key: str, n_layers: int,
-           console: Console | None, measure: bool) -> tuple[list[dict[str, Any]], bool, float]:
+           console: Console | None, measure: bool, full_step: float) -> tuple[list[dict[str, Any]], bool, float]:
     from shoestring.models.loading import load_tokenizer
     from shoestring.plan.calibrate import calibrate_shapes
     from shoestring.plan.resident import cached_twins, twin_spec, with_depth
     from shoestring.plan.tokens import training_rows
-    from shoestring.plan.twin import STEPS, twin_depths
+    from shoestring.plan.twin import STEPS, WARMUP, twin_depths
 
-    depths = twin_depths(s.method, s.trainable_layers, n_layers)
+    depths = twin_depths(s.method, s.trainable_layers, n_layers, full_step)
     tok = load_tokenizer(spec)
     rows, packed = training_rows(dataset, tok, cfg.task, s.seq_len, packing=cfg.packing,
                                  n=(STEPS + 1) * s.micro_batch_size * s.grad_accum)
@@ -180,7 +182,7 @@ def _twins(cfg: Any, config: Any, s: Any, spec: str, dataset: Path | None, key: 
         calibrate_shapes(with_depth(config, d), replace(s, grad_accum=1))
     if console is not None:
         console.print(f"trial run of the planned model {depths[0]} and {depths[1]} blocks deep "
-                      f"(micro-batch {s.micro_batch_size}, {STEPS} steps each; cached)")
+                      f"(micro-batch {s.micro_batch_size}, {WARMUP + STEPS - 1} steps each; cached)")
     twins, now = cached_twins(tspec, refresh=cfg.calibrate is True)
     return twins, now, round(time.perf_counter() - t0, 1)
 

@@ -10,9 +10,10 @@ predicts the live tensors; the rest is measured on this machine:
 * **everything the run adds** (live tensors + allocator + framework + mapped weights): the
   planned model's shallow twins (:mod:`shoestring.plan.twin`), extrapolated block by block.
 
-The step time is the shape-timed model's (:mod:`shoestring.plan.shapes`) plus the twins'
-mean residual against the same model: what it misses outside the blocks (the head on the
-rows that carry labels, the loss, the optimizer, collate and per-step overhead).
+The step time is the shallower twin's measured step (the head on the rows that carry labels,
+the loss, the optimizer, collate and per-step overhead all inside it) plus the shape-timed
+model's (:mod:`shoestring.plan.shapes`) remaining blocks, scaled by what the twins measured
+per block against what the model predicted for them.
 """
 
 from __future__ import annotations
@@ -32,8 +33,8 @@ __all__ = ["LAYER_KEYS", "ResidentEstimate", "estimate_resident", "layers_key", 
 
 LAYER_KEYS = ("num_hidden_layers", "n_layer", "n_layers", "num_layers")
 """Config attributes that hold a transformer's depth (Llama/BERT, GPT-2, others)."""
-RESIDUAL_BOUND = 0.5
-"""The twins' step residual is added within ±this fraction of the model's full-depth step."""
+SCALE_BOUND = 2.0
+"""The twins may rescale the model's cost per block by at most this factor either way."""
 
 
 def layers_key(config: PretrainedConfig) -> str | None:
@@ -107,13 +108,18 @@ def twin_predicted_steps(config: PretrainedConfig, setup: TrainingSetup, device:
     return out
 
 
-def step_residual(twins: list[dict[str, Any]], predicted: list[float | None], full: float) -> float:
-    """Mean (measured - predicted) twin step, bounded to ±:data:`RESIDUAL_BOUND` × ``full``."""
-    diffs = [t["step_seconds"] - p for t, p in zip(twins, predicted, strict=False) if p is not None]
-    if not diffs:
-        return 0.0
-    r = sum(diffs) / len(diffs)
-    return max(-RESIDUAL_BOUND * full, min(RESIDUAL_BOUND * full, r))
+def step_from_twins(twins: list[dict[str, Any]], predicted: list[float | None], full: float) -> tuple[float, float]:
+    """The full model's step from the twins: the shallower twin's measured step plus the model's
+    remaining blocks (``full`` - its prediction of that twin) scaled by the twins' measured /
+    modelled difference per block (the scale bounded to [1/:data:`SCALE_BOUND`, :data:`SCALE_BOUND`]).
+    Returns the step and the scale; the model unchanged (scale 1) when the twins cannot say."""
+    pairs = sorted(((t["depth"], t["step_seconds"], p) for t, p in zip(twins, predicted, strict=False)
+                    if p is not None), key=lambda x: x[0])
+    if len(pairs) < 2 or pairs[-1][2] <= pairs[0][2]:
+        return full, 1.0
+    (_, m_a, p_a), (_, m_b, p_b) = pairs[0], pairs[-1]
+    scale = max(1 / SCALE_BOUND, min(SCALE_BOUND, (m_b - m_a) / (p_b - p_a)))
+    return m_a + scale * max(0.0, full - p_a), scale
 
 
 def twin_key(spec: dict[str, Any]) -> str:

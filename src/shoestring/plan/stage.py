@@ -16,7 +16,7 @@ from pydantic import Field
 from shoestring.core.config import ArtifactInput, HashedPath, StageConfig
 from shoestring.core.errors import ShoestringError
 from shoestring.plan.federated import FederatedPlanOptions
-from shoestring.plan.schedule import Job, Slot, print_schedule, schedule
+from shoestring.plan.schedule import print_schedule
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -88,13 +88,22 @@ class PlanConfig(StageConfig):
     rank_by: Literal["time", "cost"] = "time"
     """Order feasible plans by total time or by cost."""
     calibrate: bool | None = None
-    """CPU: unset = calibrate on first use (this machine's probe steps, about a minute, cached under its
-    hardware + library fingerprint; the model's own shapes and a 1- and 2-block trial run the first time it
-    is planned); true = refresh all of it now; false = plan from uncalibrated defaults (live tensors only)."""
+    """CPU: unset = calibrate on first use (this machine's probe steps, under a minute, cached under its
+    hardware + library fingerprint; the model's own shapes and its two shallow twins, b+2 blocks and up to
+    40% of the model (b = a frozen run's trainable top blocks), the first time it is planned); true =
+    refresh all of it now; false = plan from uncalibrated
+    defaults (live tensors only)."""
     explain: bool = False
     """Print every term of the predicted memory and time and how it was obtained."""
     jobs: Annotated[Path | None, HashedPath()] = None
-    """YAML file of several jobs to schedule on the available devices (see docs); replaces the single-job plan."""
+    """YAML file of several jobs to schedule on the available devices (see docs); replaces the single-job plan.
+    With --cluster the devices are the cluster's nodes and each job's `train:` config runs there as a Ray task."""
+    cluster: str | None = None
+    """Plan for a Ray cluster's nodes: auto, host:port or ray://host:port; says whether the job needs more
+    than one node and the data/tensor/ZeRO layout it would use (devices and memory come from the cluster)."""
+    interconnect_gbps: float | None = Field(default=None, gt=0)
+    """Bandwidth between devices in Gbit/s per device (default: the catalogue's NVLink/PCIe figure; across
+    cluster nodes 25, Ethernet)."""
     inference_batch: int = Field(default=1, ge=1)
     """For the inference estimate in plan.json: concurrent sequences (KV cache at seq_len tokens each)."""
     attn_implementation: Literal["sdpa", "eager"] = "sdpa"
@@ -133,8 +142,8 @@ def _workload(cfg: PlanConfig, ctx: StageContext | None, model_spec: str) -> tup
         from shoestring.plan.tokens import count_dataset_tokens
 
         art = ctx.inputs["dataset"]
+        tok = load_tokenizer(model_spec)  # a first use converts the packaged model once: not the trainer's setup
         t0 = time.perf_counter()
-        tok = load_tokenizer(model_spec)
         counted, lengths = count_dataset_tokens(art.file("train.jsonl"), tok)
         tokenize_seconds = time.perf_counter() - t0
         if counted.records == 0:
@@ -179,11 +188,26 @@ def _model_spec(cfg: PlanConfig, ctx: StageContext | None) -> str:
 def build(cfg: PlanConfig, ctx: StageContext) -> dict[str, Any]:
     from shoestring.core.artifact import atomic_write_json
 
+    if cfg.jobs is not None and cfg.cluster is not None:
+        from shoestring.plan.jobs import run_jobs_on_cluster
+
+        sched = run_jobs_on_cluster(cfg.jobs, cfg.cluster, ctx)
+        atomic_write_json(ctx.out_dir / "schedule.json", sched)
+        return {"jobs": len(sched["jobs"]), "refused": len(sched["unschedulable"]),
+                "makespan_seconds": sched["makespan_seconds"], "wall_seconds": sched["wall_seconds"]}
     if cfg.jobs is not None:
+        from shoestring.plan.jobs import schedule_jobs_file
+
         sched = schedule_jobs_file(cfg.jobs, device=cfg.device, devices=cfg.devices)
         atomic_write_json(ctx.out_dir / "schedule.json", sched)
         return {"jobs": len(sched["jobs"]), "makespan_seconds": sched["makespan_seconds"]}
-    plan = make_plan(cfg, ctx)
+    if cfg.cluster is not None:
+        from shoestring.plan.cluster_plan import plan_for_cluster
+
+        plan = plan_for_cluster(cfg, ctx)
+        ctx.extra_manifest["cluster"] = {k: plan["cluster"][k] for k in ("address", "nodes_needed", "layout")}
+    else:
+        plan = make_plan(cfg, ctx)
     atomic_write_json(ctx.out_dir / "plan.json", plan)
     ctx.extra_manifest["predicted"] = plan["predicted"]
     return {
@@ -207,10 +231,21 @@ def stale(artifact: Artifact) -> str | None:
 
     from shoestring.plan.hardware import calibration_id
 
+    if (artifact.path / "schedule.json").is_file() and not (artifact.path / "plan.json").is_file():
+        return None
     try:
         plan = json.loads((artifact.path / "plan.json").read_text())
     except (OSError, json.JSONDecodeError):
         return "its plan.json is unreadable"
+    if plan.get("cluster"):
+        from shoestring.plan.cluster_plan import cluster_signature, read_cluster
+
+        try:
+            now_nodes = cluster_signature(read_cluster(plan["cluster"]["address"]))
+        except ShoestringError as err:
+            return f"its cluster cannot be read ({err})"
+        if now_nodes != plan["cluster"]["signature"]:
+            return "the cluster's nodes changed since it was planned"
     used = plan.get("calibration") or {}
     if (plan.get("device") or {}).get("kind") != "cpu" or "measured_at" not in used:
         return None
@@ -251,6 +286,8 @@ def make_plan(cfg: PlanConfig, ctx: StageContext | None = None) -> dict[str, Any
         device = resolve_device(cfg.device)
     if cfg.price_per_hour is not None:
         device = replace(device, usd_per_hour=cfg.price_per_hour)
+    if cfg.interconnect_gbps is not None:
+        device = replace(device, interconnect_bytes_s=cfg.interconnect_gbps * 1e9 / 8)
     if cfg.memory_limit_gib is not None:
         limit = int(cfg.memory_limit_gib * 1024**3)
     elif device.kind == "cpu":
@@ -259,8 +296,9 @@ def make_plan(cfg: PlanConfig, ctx: StageContext | None = None) -> dict[str, Any
         from shoestring.plan.search import HEADROOM
 
         limit = int(device.memory_bytes * HEADROOM)
-    if device.kind == "cpu" and cfg.devices > 1:
-        raise ShoestringError("--devices > 1 needs GPUs; plan for a catalogue GPU with --device (e.g. a100-80gb)")
+    if device.kind == "cpu" and cfg.devices > 1 and cfg.cluster is None:
+        raise ShoestringError("--devices > 1 needs GPUs or --cluster (CPU nodes); plan for a catalogue GPU with "
+                              "--device (e.g. a100-80gb)")
     hw = load_hardware() if device.kind == "cpu" else {}
     overhead = hw.get("calibration", {}).get("framework_overhead_bytes") if device.kind == "cpu" else None
     precision = _precision(cfg, device.kind, device.bf16)
@@ -289,8 +327,8 @@ def make_plan(cfg: PlanConfig, ctx: StageContext | None = None) -> dict[str, Any
             device = replace(resolve_device(cfg.device), usd_per_hour=device.usd_per_hour)
     if cfg.parallelism != "auto":
         pars: tuple[str, ...] = (cfg.parallelism,)
-    elif cfg.devices > 1:
-        pars = ("ddp", "zero1", "zero2", "zero3", "zero3-offload")
+    elif cfg.devices > 1:  # offloading to the CPU frees nothing when the device is the CPU (cluster CPU nodes)
+        pars = ("ddp", "zero1", "zero2", "zero3") + (("zero3-offload",) if device.kind == "cuda" else ())
     else:
         pars = ("single",)
     mbs = (cfg.micro_batch_size,) if cfg.micro_batch_size else tuple(
@@ -381,45 +419,6 @@ def make_plan(cfg: PlanConfig, ctx: StageContext | None = None) -> dict[str, Any
     }
 
 
-def schedule_jobs_file(path: Path, *, device: str, devices: int) -> dict[str, Any]:
-    """Plan every job of ``path`` and schedule them (the ``--jobs`` entry point; file format in
-    :mod:`shoestring.plan.schedule`)."""
-    from shoestring.core.config import load_yaml, parse_config
-    from shoestring.plan.hardware import resolve_device
-    from shoestring.plan.search import HEADROOM
-
-    raw = load_yaml(path)
-    if not isinstance(raw, dict) or not isinstance(raw.get("jobs"), list) or not raw["jobs"]:
-        raise ShoestringError(f"{path}: needs a non-empty 'jobs:' list (see `shoestring plan --help`)")
-    slots: list[Slot] = []
-    for i, d in enumerate(raw.get("devices") or [{"name": f"{device}-{k}", "device": device}
-                                                 for k in range(devices)]):
-        if not isinstance(d, dict) or "device" not in d:
-            raise ShoestringError(f"{path}: devices[{i}] needs a 'device:' (cpu or a catalogue name)")
-        spec = resolve_device(str(d["device"]))
-        usable = int(d["memory_gib"] * 1024**3) if "memory_gib" in d else int(spec.memory_bytes * HEADROOM)
-        slots.append(Slot(str(d.get("name", f"{spec.name}-{i}")), spec.name, usable))
-    jobs: list[Job] = []
-    details = {}
-    for i, body in enumerate(raw["jobs"]):
-        if not isinstance(body, dict):
-            raise ShoestringError(f"{path}: jobs[{i}] must be a mapping of plan keys")
-        body = dict(body)
-        name = str(body.pop("name", f"job{i}"))
-        prio = int(body.pop("priority", 0))
-        body.setdefault("device", slots[0].device)
-        cfg = parse_config(PlanConfig, body, f"{path}: jobs[{i}] ({name})")
-        plan = make_plan(cfg)
-        need = int(plan["predicted"]["required_bytes"])
-        jobs.append(Job(name, need, float(plan["predicted"]["total_seconds"]), prio))
-        details[name] = {"micro_batch_size": plan["micro_batch_size"], "grad_accum": plan["grad_accum"],
-                         "activation_checkpointing": plan["activation_checkpointing"], "fits": plan["fits"]}
-    out = schedule(jobs, slots)
-    for p in out["jobs"]:
-        p["plan"] = details[p["name"]]
-    return out
-
-
 def _heap(s: Any, peak: int, hw: dict[str, Any]) -> dict[str, Any]:
     """Which glibc heap the trainer will pick (its auto rule) and, for the default heap, the most
     resident memory to expect: the live peak × ``UNBOUNDED_HEAP_FACTOR`` (the retention
@@ -464,6 +463,8 @@ def summarize(artifact: Artifact, console: Console) -> None:
 
     from rich.table import Table
 
+    from shoestring.plan.cluster_plan import describe
+
     if (artifact.path / "schedule.json").is_file():
         print_schedule(json.loads((artifact.path / "schedule.json").read_text()), console)
         return
@@ -488,6 +489,8 @@ def summarize(artifact: Artifact, console: Console) -> None:
     console.print(cands)
     p = plan["parameters"]
     head = "[green]plan[/]" if plan["fits"] else "[red]nothing fits[/]"
+    for line in describe(plan["cluster"]) if plan.get("cluster") else ():
+        console.print(line)
     console.print(
         f"{head}: micro-batch {plan['micro_batch_size']} × accum {plan['grad_accum']} on {plan['devices']}× "
         f"{plan['device']['name']} ({plan['parallelism']}), checkpointing "

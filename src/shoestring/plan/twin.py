@@ -1,4 +1,4 @@
-"""Shallow twins: the planned run, one and two blocks deep, for a few real steps on this CPU.
+"""Shallow twins: the planned run cut to two depths, for a few real steps on this CPU.
 
 What a CPU training process holds resident is more than its live tensors: glibc's default
 heap keeps freed blocks in its arenas (1.06-1.85x the live peak on the accuracy benchmark's
@@ -17,16 +17,16 @@ growth on a 4-block Llama), runs :data:`WARMUP` + :data:`STEPS` - 1 optimizer st
 
 Every block of a transformer allocates the same tensors in the same order, so what one more
 block adds is measured (the difference of the twins per block) and multiplied by the blocks
-the real model has: resident peak = twin(a) + (N - a) x per-block growth. The step time
-uses the twins differently (:func:`shoestring.plan.search.evaluate`): the shape-timed model
-predicts both twins too, and their mean residual (what the model misses outside the blocks:
-the head on the rows that carry labels, the loss, the optimizer, collate) is added to the
-full model's prediction.
+the real model has: resident peak = twin(a) + (N - a) x per-block growth. The step uses the
+twins the same way against the shape-timed model (:func:`shoestring.plan.resident.step_from_twins`):
+the model predicts both twins too, and the full step is the shallower twin's measured step plus
+the model's remaining blocks scaled by the twins' measured / modelled cost per block.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import statistics
 import subprocess
@@ -34,7 +34,7 @@ import sys
 import time
 from typing import Any
 
-__all__ = ["STEPS", "measure_twins", "twin_depths"]
+__all__ = ["STEPS", "TWIN_SECONDS", "measure_twins", "twin_depths"]
 
 STEPS = 4
 WARMUP = 2
@@ -43,22 +43,36 @@ steady step (glibc's arenas reach their size in two steps; per-document attentio
 block lengths, so new kernels, in the first few)."""
 
 
-def twin_depths(method: str, trainable_layers: int, n_layers: int) -> tuple[int, int]:
-    """The two depths to run: ``b + 2`` and ``b + 4`` blocks (``b`` = the trainable top blocks of a
-    frozen run, else 0), or the model's last two even depths when it is shallower.
+DEEP_FRACTION = 0.4
+"""The deeper twin reaches this share of the model's blocks when :data:`TWIN_SECONDS` allows."""
+TWIN_SECONDS = 60.0
+"""What the deeper twin's steps may cost, at the full model's planned step x its share of the blocks."""
 
-    Two blocks apart, not one: a twin's resident peak moves by tens of MiB with where the
-    sampler catches the step's transients, and the first block's arenas grow differently from
-    the later ones (measured on SmolLM2 LoRA bf16: blocks 1 -> 2 added 28-53 MiB in two runs,
-    2 -> 4 added 40.5 and 40 MiB per block), so the difference of one block, multiplied by 28
-    more, is mostly noise.
+
+def twin_depths(method: str, trainable_layers: int, n_layers: int,
+                full_step_seconds: float | None = None) -> tuple[int, int]:
+    """The two depths to run: ``b + 2`` and a deeper one (``b`` = the trainable top blocks of a
+    frozen run, else 0), or the model's last two depths when it is shallower than ``b + 4``.
+
+    The deeper twin is ``b + 4`` blocks at least and, when its :data:`WARMUP` + :data:`STEPS` - 1
+    steps fit in :data:`TWIN_SECONDS` (at ``full_step_seconds`` x depth / ``n_layers``), up to
+    :data:`DEEP_FRACTION` of the model. The prediction multiplies the twins' difference per block by
+    the blocks neither twin has, so the gap between them sets how far a twin's noise carries: a
+    twin's resident peak moves by tens of MiB run to run (SmolLM2-135M LoRA fp32, micro-batch 1:
+    the 2-block twin peaked at +418 and +461 MiB above its imports in two runs), and blocks 2 -> 4
+    differ by 67-97 MiB, so (2, 4) put the 30-block prediction anywhere in 1,396-1,776 MiB against
+    1,698 measured; (2, 12) carries the same noise 2.8x instead of 14x. Two blocks apart at the
+    least, not one: the first block's arenas grow differently from the later ones.
     """
     b = min(trainable_layers, n_layers - 1) if method == "frozen" else 0
-    if b + 4 <= n_layers:
-        return b + 2, b + 4
-    if n_layers >= 3:
-        return n_layers - 2, n_layers
-    return 1, max(2, n_layers)
+    if b + 4 > n_layers:
+        return (n_layers - 2, n_layers) if n_layers >= 3 else (1, max(2, n_layers))
+    deep = b + 4
+    if full_step_seconds and full_step_seconds > 0:
+        per_block = full_step_seconds / n_layers
+        afford = int(TWIN_SECONDS / ((WARMUP + STEPS - 1) * per_block))
+        deep = max(deep, min(afford, math.ceil(DEEP_FRACTION * n_layers)))
+    return b + 2, min(deep, n_layers)
 
 
 def measure_twins(spec: dict[str, Any], timeout: float = 600.0) -> dict[str, Any]:

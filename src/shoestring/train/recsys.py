@@ -25,6 +25,7 @@ from shoestring.core.artifact import atomic_write_json, atomic_write_text
 from shoestring.core.config import StageConfig
 from shoestring.core.errors import ShoestringError
 from shoestring.core.jsonl import read_jsonl
+from shoestring.train.tabular_fit import small_model_folder, small_model_task
 
 if TYPE_CHECKING:
     import torch
@@ -185,16 +186,9 @@ def _load_log(cfg: Any, ctx: StageContext) -> EventLog:
     return log
 
 
+@small_model_task
 def train_recommender(cfg: Any, ctx: StageContext) -> dict[str, Any]:
     """Train a next-item recommender from ``cfg.recsys``; write ``model/`` and return stats."""
-    from shoestring.train.tabular_fit import torch_threads, warn_unsupported
-
-    warn_unsupported(cfg, ctx.console)
-    with torch_threads(cfg.threads):
-        return _train_recommender(cfg, ctx)
-
-
-def _train_recommender(cfg: Any, ctx: StageContext) -> dict[str, Any]:
     import torch
     from torch.utils.data import TensorDataset
 
@@ -271,15 +265,9 @@ def _train_recommender(cfg: Any, ctx: StageContext) -> dict[str, Any]:
         with torch.no_grad():
             ranks = full_ranks(model.score_last, test_cases, opts.max_len)
         stats["test"] = rank_metrics(ranks, k)
-        stats["validation"] = result.best
+        stats.update(result.stats())
         stats.update(
             {
-                "best_epoch": result.best_epoch,
-                "epochs_run": result.epochs_run,
-                "steps": result.steps,
-                "train_seconds": result.train_seconds,
-                "stopped": result.stopped,
-                "resumed_from_epoch": result.resumed_from_epoch,
                 "train_windows": int(inputs.shape[0]),
                 "parameters": sum(p.numel() for p in model.parameters()),
                 "settings": {
@@ -463,8 +451,4 @@ class Recommender:
 
 def load_recommender(artifact_path: str | Path) -> Recommender:
     """Load a trained recommender from a model artifact folder (or its ``model/`` folder)."""
-    p = Path(artifact_path)
-    for folder in (p / "model", p):
-        if (folder / "shoestring_model.json").is_file():
-            return Recommender(folder)
-    raise ShoestringError(f"{p}: no model/shoestring_model.json; pass a sequential-recommendation model artifact")
+    return Recommender(small_model_folder(artifact_path, "sequential-recommendation"))

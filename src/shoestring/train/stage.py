@@ -50,6 +50,9 @@ def build(cfg: TrainConfig, ctx: StageContext) -> dict[str, Any]:
 
     import torch
 
+    from shoestring.core.allocator import trim_heap
+
+    trim_heap()  # what earlier stages of this process freed is not the run's
     # Baseline before anything heavy is loaded, so peak memory covers model + training.
     meter = PeakMemoryMeter("cuda" if cfg.device != "cpu" and torch.cuda.is_available() else "cpu")
     meter.__enter__()

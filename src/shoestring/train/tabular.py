@@ -22,6 +22,7 @@ from shoestring.core.artifact import atomic_write_json
 from shoestring.core.config import StageConfig
 from shoestring.core.errors import ShoestringError
 from shoestring.core.jsonl import read_jsonl
+from shoestring.train.tabular_fit import small_model_folder, small_model_task
 
 if TYPE_CHECKING:
     import numpy as np
@@ -198,16 +199,9 @@ def _classification_metrics(logits: torch.Tensor, y: torch.Tensor) -> dict[str, 
     }
 
 
+@small_model_task
 def train_tabular(cfg: Any, ctx: StageContext) -> dict[str, Any]:
     """Train an MLP classifier from ``cfg.tabular``; write ``model/`` and return stats."""
-    from shoestring.train.tabular_fit import torch_threads, warn_unsupported
-
-    warn_unsupported(cfg, ctx.console)
-    with torch_threads(cfg.threads):
-        return _train_tabular(cfg, ctx)
-
-
-def _train_tabular(cfg: Any, ctx: StageContext) -> dict[str, Any]:
     import torch
     from safetensors.torch import save_file
     from torch.utils.data import TensorDataset
@@ -290,13 +284,7 @@ def _train_tabular(cfg: Any, ctx: StageContext) -> dict[str, Any]:
         "classes": len(data.classes),
         "rows": {s: len(y) for s, y in data.y.items()},
         "test": test,
-        "validation": result.best,
-        "best_epoch": result.best_epoch,
-        "epochs_run": result.epochs_run,
-        "steps": result.steps,
-        "train_seconds": result.train_seconds,
-        "stopped": result.stopped,
-        "resumed_from_epoch": result.resumed_from_epoch,
+        **result.stats(),
         "parameters": sum(p.numel() for p in model.parameters()),
         "train_loss_first": next((r["loss"] for r in result.rows if "loss" in r), None),
         "train_loss_last": next((r["loss"] for r in reversed(result.rows) if "loss" in r), None),
@@ -360,8 +348,4 @@ class TabularClassifier:
 
 def load_tabular(artifact_path: str | Path) -> TabularClassifier:
     """Load a trained tabular classifier from a model artifact (or its ``model/`` folder)."""
-    p = Path(artifact_path)
-    for folder in (p / "model", p):
-        if (folder / "shoestring_model.json").is_file():
-            return TabularClassifier(folder)
-    raise ShoestringError(f"{p}: no model/shoestring_model.json; pass a tabular-classification model artifact")
+    return TabularClassifier(small_model_folder(artifact_path, "tabular-classification"))

@@ -12,6 +12,7 @@ resumed from an epoch-end checkpoint continues exactly like an uninterrupted one
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import time
@@ -23,12 +24,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from shoestring.core.artifact import atomic_write_bytes, atomic_write_text
+from shoestring.core.errors import ShoestringError
 
 if TYPE_CHECKING:
     import torch
     from rich.console import Console
     from torch.utils.data import TensorDataset
 
+    from shoestring.core.workspace import StageContext
     from shoestring.train.privacy import PrivacyOptions
 
 __all__ = [
@@ -36,6 +39,8 @@ __all__ = [
     "FitSettings",
     "fit",
     "fit_settings",
+    "small_model_folder",
+    "small_model_task",
     "torch_threads",
     "warn_unsupported",
     "write_loss_png",
@@ -131,6 +136,31 @@ def warn_unsupported(cfg: Any, console: Console | None) -> None:
         console.print(f"[yellow]warning:[/] {cfg.task} ignores: {'; '.join(notes)}")
 
 
+def small_model_task(
+    train: Callable[[Any, StageContext], dict[str, Any]],
+) -> Callable[[Any, StageContext], dict[str, Any]]:
+    """A small-model trainer as the train stage runs it: first say which common knobs the task
+    ignores (:func:`warn_unsupported`), then train with ``cfg.threads`` torch threads."""
+
+    @functools.wraps(train)
+    def run(cfg: Any, ctx: StageContext) -> dict[str, Any]:
+        warn_unsupported(cfg, ctx.console)
+        with torch_threads(cfg.threads):
+            return train(cfg, ctx)
+
+    return run
+
+
+def small_model_folder(artifact_path: str | Path, task: str) -> Path:
+    """The folder holding a small model's ``shoestring_model.json``: a model artifact's ``model/``
+    or that folder itself; a one-line error naming ``task`` when neither holds one."""
+    p = Path(artifact_path)
+    for folder in (p / "model", p):
+        if (folder / "shoestring_model.json").is_file():
+            return folder
+    raise ShoestringError(f"{p}: no model/shoestring_model.json; pass a {task} model artifact")
+
+
 @dataclass
 class FitResult:
     """What happened: metrics rows, best validation metrics and why training stopped."""
@@ -145,6 +175,18 @@ class FitResult:
     resumed_from_epoch: int | None = None
     privacy: dict[str, Any] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def stats(self) -> dict[str, Any]:
+        """The run's stats as every small-model task reports them (seconds; ``stopped`` = why)."""
+        return {
+            "validation": self.best,
+            "best_epoch": self.best_epoch,
+            "epochs_run": self.epochs_run,
+            "steps": self.steps,
+            "train_seconds": self.train_seconds,
+            "stopped": self.stopped,
+            "resumed_from_epoch": self.resumed_from_epoch,
+        }
 
 
 def _lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import signal
+from collections.abc import Awaitable, Callable
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,13 @@ PAGE_CSP = ("default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-
             "frame-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'")
 # Payload HTML (data cards, reports) is self-contained; sandboxed so nothing in it runs as the dashboard.
 FILE_CSP = "sandbox; default-src 'none'; img-src data:; style-src 'unsafe-inline'"
-KIND_PAGES = {"data": ("dataset",), "plans": ("plan",), "models": ("model", "evaluation"), "assess": ("assessment",)}
+LISTINGS: dict[str, tuple[tuple[str, ...], str]] = {
+    "data": (("dataset",), "Datasets"),
+    "plans": (("plan",), "Plans"),
+    "models": (("model", "evaluation"), "Models and evaluations"),
+    "assess": (("assessment",), "Assessment: the data barrier and the compute bottleneck"),
+}
+"""The listing pages (``/data``, ``/plans``, ...): the artifact kinds each lists and its title."""
 
 
 MAX_FORM_BYTES = 1 << 20
@@ -179,8 +186,9 @@ def create_app(cfg: UiConfig) -> FastAPI:
         return JSONResponse({"id": la.id, "status": la.status, "returncode": la.returncode, "pid": la.pid,
                              "run": {"ws": found[0].id, **found[1]} if found else None})
 
-    def _listing(kind_key: str, title: str) -> HTMLResponse:
-        arts = store.all_artifacts(KIND_PAGES[kind_key])
+    def _listing(kind_key: str) -> HTMLResponse:
+        kinds, title = LISTINGS[kind_key]
+        arts = store.all_artifacts(kinds)
         ws_label = {ws.id: ws.label for ws in store.workspaces()}
         body: Any = table(["artifact", "kind", "workspace", "started", "headline"], [
             [link(a.url, a.name), {"compress": "compressed model", "export": "export"}.get(a.stage, a.kind),
@@ -190,21 +198,15 @@ def create_app(cfg: UiConfig) -> FastAPI:
             body = Raw(section(f"Latest: {arts[0].name}", pages_assess.assessment_body(arts[0])) + section("All", body))
         return html(title, body, kind_key)
 
-    @app.get("/data", response_class=HTMLResponse)
-    async def data_list() -> HTMLResponse:
-        return _listing("data", "Datasets")
+    def _listing_page(kind_key: str) -> Callable[[], Awaitable[HTMLResponse]]:
+        async def listing_page() -> HTMLResponse:
+            return _listing(kind_key)
 
-    @app.get("/plans", response_class=HTMLResponse)
-    async def plan_list() -> HTMLResponse:
-        return _listing("plans", "Plans")
+        return listing_page
 
-    @app.get("/models", response_class=HTMLResponse)
-    async def model_list() -> HTMLResponse:
-        return _listing("models", "Models and evaluations")
-
-    @app.get("/assess", response_class=HTMLResponse)
-    async def assess_list() -> HTMLResponse:
-        return _listing("assess", "Assessment: the data barrier and the compute bottleneck")
+    for kind_key in LISTINGS:
+        app.add_api_route(f"/{kind_key}", _listing_page(kind_key), methods=["GET"], response_class=HTMLResponse,
+                          name=f"{kind_key}_list")  # fmt: skip
 
     @app.get("/ws/{ws_id}/a/{name}", response_class=HTMLResponse)
     async def artifact_page(ws_id: str, name: str) -> HTMLResponse:

@@ -174,6 +174,96 @@ static inline void store16(float *y, v16f out, int accumulate) {
         store16(y, (a0 + a1) + (a2 + a3), accumulate);                                              \
     }
 
+#if defined(__AVX2__) && defined(__FMA__) && !defined(__AVX512F__)
+/* AVX2 without AVX-512: the same tiles written with 8-lane intrinsics, two registers per 16
+ * columns. GCC lowers the 16-lane generic vectors above through the stack and general
+ * registers on this target (every FMA reloads and re-stores its accumulator), which made a
+ * row cost the same compute whether it shared its weight block with other rows or not: the
+ * batch gave no speedup. Same summation order as the generic tiles (k in order; four
+ * interleaved partial sums in the one-row tile), so the results are bit-identical. Six rows
+ * is the widest tile whose 12 accumulators, 2 weight halves and a broadcast fit 16 registers. */
+static inline void w2_f32(const void *w, size_t i, __m256 *lo, __m256 *hi) {
+    const float *p = (const float *)w + i;
+    *lo = _mm256_loadu_ps(p);
+    *hi = _mm256_loadu_ps(p + 8);
+}
+static inline void w2_f16(const void *w, size_t i, __m256 *lo, __m256 *hi) {
+    const uint16_t *p = (const uint16_t *)w + i;
+    *lo = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p));
+    *hi = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(p + 8)));
+}
+static inline void w2_bf16(const void *w, size_t i, __m256 *lo, __m256 *hi) {
+    const uint16_t *p = (const uint16_t *)w + i;
+    *lo = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)p)), 16));
+    *hi = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(p + 8))), 16));
+}
+static inline void store2(float *y, __m256 lo, __m256 hi, int accumulate) {
+    if (accumulate) {
+        lo = _mm256_add_ps(lo, _mm256_loadu_ps(y));
+        hi = _mm256_add_ps(hi, _mm256_loadu_ps(y + 8));
+    }
+    _mm256_storeu_ps(y, lo);
+    _mm256_storeu_ps(y + 8, hi);
+}
+/* Named accumulators (not an array), so GCC keeps them in registers without dead stores. */
+#define AVX2_ROW(i)                                                                                 \
+    if (MT > i) {                                                                                   \
+        __m256 xb = _mm256_broadcast_ss(x + (size_t)(i) * K + k);                                   \
+        l##i = _mm256_fmadd_ps(xb, w0, l##i);                                                       \
+        h##i = _mm256_fmadd_ps(xb, w1, h##i);                                                       \
+    }
+#define AVX2_STORE(i) \
+    if (MT > i) store2(y + (size_t)(i) * ldy, l##i, h##i, accumulate);
+#define DEFINE_TILE_AVX2(MT_, SUF)                                                                  \
+    static inline void tile##MT_##_##SUF(int K, int ldy, const float *x, const void *blk, float *y, \
+                                         int accumulate) {                                         \
+        enum { MT = MT_ };                                                                          \
+        __m256 z = _mm256_setzero_ps(), l0 = z, h0 = z, l1 = z, h1 = z, l2 = z, h2 = z, l3 = z,    \
+               h3 = z, l4 = z, h4 = z, l5 = z, h5 = z;                                              \
+        for (int k = 0; k < K; k++) {                                                               \
+            __m256 w0, w1;                                                                          \
+            w2_##SUF(blk, (size_t)k * 16, &w0, &w1);                                                \
+            AVX2_ROW(0) AVX2_ROW(1) AVX2_ROW(2) AVX2_ROW(3) AVX2_ROW(4) AVX2_ROW(5)                 \
+        }                                                                                           \
+        AVX2_STORE(0) AVX2_STORE(1) AVX2_STORE(2) AVX2_STORE(3) AVX2_STORE(4) AVX2_STORE(5)         \
+    }
+#define DEFINE_TILE1_AVX2(SUF)                                                                      \
+    static inline void tile1_##SUF(int K, int ldy, const float *x, const void *blk, float *y,      \
+                                   int accumulate) {                                               \
+        (void)ldy;                                                                                  \
+        __m256 l[4], h[4], w0, w1;                                                                  \
+        for (int j = 0; j < 4; j++) l[j] = h[j] = _mm256_setzero_ps();                             \
+        int k = 0;                                                                                  \
+        for (; k + 4 <= K; k += 4)                                                                  \
+            for (int j = 0; j < 4; j++) {                                                           \
+                w2_##SUF(blk, (size_t)(k + j) * 16, &w0, &w1);                                      \
+                __m256 xb = _mm256_broadcast_ss(x + k + j);                                         \
+                l[j] = _mm256_fmadd_ps(xb, w0, l[j]);                                               \
+                h[j] = _mm256_fmadd_ps(xb, w1, h[j]);                                               \
+            }                                                                                       \
+        for (; k < K; k++) {                                                                        \
+            w2_##SUF(blk, (size_t)k * 16, &w0, &w1);                                                \
+            __m256 xb = _mm256_broadcast_ss(x + k);                                                 \
+            l[0] = _mm256_fmadd_ps(xb, w0, l[0]);                                                   \
+            h[0] = _mm256_fmadd_ps(xb, w1, h[0]);                                                   \
+        }                                                                                           \
+        store2(y, _mm256_add_ps(_mm256_add_ps(l[0], l[1]), _mm256_add_ps(l[2], l[3])),             \
+               _mm256_add_ps(_mm256_add_ps(h[0], h[1]), _mm256_add_ps(h[2], h[3])), accumulate);   \
+    }
+#define DEFINE_BLOCK(SUF, LOAD)                                                                     \
+    DEFINE_TILE_AVX2(6, SUF)                                                                        \
+    DEFINE_TILE_AVX2(4, SUF)                                                                        \
+    DEFINE_TILE_AVX2(2, SUF)                                                                        \
+    DEFINE_TILE1_AVX2(SUF)                                                                          \
+    static void block_##SUF(int M, int K, int ldy, const float *x, const void *blk, float *y,      \
+                            int accumulate) {                                                       \
+        int m = 0;                                                                                  \
+        for (; m + 6 <= M; m += 6) tile6_##SUF(K, ldy, x + (size_t)m * K, blk, y + (size_t)m * ldy, accumulate); \
+        for (; m + 4 <= M; m += 4) tile4_##SUF(K, ldy, x + (size_t)m * K, blk, y + (size_t)m * ldy, accumulate); \
+        for (; m + 2 <= M; m += 2) tile2_##SUF(K, ldy, x + (size_t)m * K, blk, y + (size_t)m * ldy, accumulate); \
+        for (; m < M; m++) tile1_##SUF(K, ldy, x + (size_t)m * K, blk, y + (size_t)m * ldy, accumulate); \
+    }
+#else
 /* All M rows of x against one block (16 output columns at y, row stride ldy). */
 #define DEFINE_BLOCK(SUF, LOAD)                                                                     \
     DEFINE_TILE(8, SUF, LOAD)                                                                       \
@@ -188,6 +278,7 @@ static inline void store16(float *y, v16f out, int accumulate) {
         for (; m + 2 <= M; m += 2) tile2_##SUF(K, ldy, x + (size_t)m * K, blk, y + (size_t)m * ldy, accumulate); \
         for (; m < M; m++) tile1_##SUF(K, ldy, x + (size_t)m * K, blk, y + (size_t)m * ldy, accumulate); \
     }
+#endif
 DEFINE_BLOCK(f32, load_f32)
 DEFINE_BLOCK(f16, load_f16)
 DEFINE_BLOCK(bf16, load_bf16)
@@ -236,14 +327,25 @@ void ss_gemm(int M, int N, int K, const float *x, const void *w, int wtype, floa
 /* ------------------------------------------------------------------ the other ops */
 /* x . y over n floats: 16 lanes at a time, then the lanes summed. */
 static inline float dot(const float *x, const float *y, int n) {
-    v16f acc = {0};
     int i = 0;
+#if defined(__AVX2__) && defined(__FMA__) && !defined(__AVX512F__)
+    __m256 lo = _mm256_setzero_ps(), hi = _mm256_setzero_ps(); /* lanes 0-7 and 8-15, as below */
+    for (; i + 16 <= n; i += 16) {
+        lo = _mm256_fmadd_ps(_mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i), lo);
+        hi = _mm256_fmadd_ps(_mm256_loadu_ps(x + i + 8), _mm256_loadu_ps(y + i + 8), hi);
+    }
+    float acc[16];
+    _mm256_storeu_ps(acc, lo);
+    _mm256_storeu_ps(acc + 8, hi);
+#else
+    v16f acc = {0};
     for (; i + 16 <= n; i += 16) {
         v16f a, b;
         memcpy(&a, x + i, 64);
         memcpy(&b, y + i, 64);
         acc += a * b;
     }
+#endif
     float s = 0.f;
     for (int j = 0; j < 16; j++) s += acc[j];
     for (; i < n; i++) s += x[i] * y[i];
