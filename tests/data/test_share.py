@@ -95,10 +95,80 @@ def test_share_with_residual_pii_fails_in_one_line(tmp_path: Path, repo_root: Pa
     assert not list((tmp_path / "ws" / "artifacts").glob("curate-*"))  # nothing was committed
 
 
+def _curate_cli(cfg: dict, tmp_path: Path, repo_root: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:  # type: ignore[type-arg]
+    cfg_path = tmp_path / "curate.yaml"
+    cfg_path.write_text(yaml.safe_dump(cfg))
+    base = {k: v for k, v in os.environ.items() if k != "SHOESTRING_PII_KEY"}
+    return subprocess.run([sys.executable, "-m", "shoestring.cli", "curate", "-c", str(cfg_path), "-w", str(tmp_path / "ws")],
+                          cwd=repo_root, env={**base, **env}, capture_output=True, text=True, timeout=300)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("env", "says"),
+    [
+        ({}, "needs a pseudonym key"),
+        ({"SHOESTRING_PII_KEY": "shoestring-dev-key-not-secret"}, "development pseudonym key is public"),
+        ({"SHOESTRING_PII_KEY": "short-key"}, "9 characters, under 16"),
+    ],
+)
+def test_share_without_a_real_key_stops_before_any_work(
+    tmp_path: Path, repo_root: Path, env: dict[str, str], says: str
+) -> None:
+    run = _curate_cli(_config(_source(tmp_path / "t.jsonl", n=20), pii=True), tmp_path, repo_root, env)
+    assert run.returncode == 2, run.stderr[-2000:]
+    err = [line for line in run.stderr.strip().splitlines() if line.startswith("error:")]
+    assert len(err) == 1 and says in err[0] and "$SHOESTRING_PII_KEY" in err[0] and "secrets.token_urlsafe" in err[0]
+    assert "Traceback" not in run.stderr
+    assert not list((tmp_path / "ws").rglob("*.stats.json"))  # no chunk was processed: it stopped first
+    assert not list((tmp_path / "ws" / "artifacts").glob("curate-*"))
+
+
+def test_share_key_from_a_file_never_appears_in_the_workspace(tmp_path: Path, repo_root: Path) -> None:
+    secret = "file-key-" + "7f3a9c" * 5
+    (tmp_path / "pii.key").write_text(secret + "\n")
+    cfg = _config(_source(tmp_path / "t.jsonl", n=60), pii=True)
+    cfg["pii"]["key_file"] = str(tmp_path / "pii.key")
+    run = _curate_cli(cfg, tmp_path, repo_root, {})
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert secret not in run.stdout + run.stderr
+    files = [p for p in (tmp_path / "ws").rglob("*") if p.is_file()]
+    assert any(p.name == "release_report.json" for p in files)
+    leaked = [str(p) for p in files if secret.encode() in p.read_bytes()]
+    assert not leaked, leaked  # not in manifests, reports, logs or the run record
+
+
+def test_the_same_key_from_env_or_file_gives_the_same_tokens(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from shoestring.data.config import PIIConfig
+    from shoestring.data.pii import PIIScrubber
+
+    (tmp_path / "k").write_text(KEY)
+    text = "write to ada@example.org"
+    monkeypatch.delenv("SHOESTRING_PII_KEY", raising=False)
+    from_file = PIIScrubber(PIIConfig(mode="pseudonym", key_file=tmp_path / "k"), shareable=True).scrub(text)
+    monkeypatch.setenv("SHOESTRING_PII_KEY", KEY)
+    assert PIIScrubber(PIIConfig(mode="pseudonym"), shareable=True).scrub(text) == from_file
+    monkeypatch.setenv("SHOESTRING_PII_KEY", "shoestring-dev-key-not-secret")
+    assert PIIScrubber(PIIConfig(mode="pseudonym"), shareable=False).scrub(text) != from_file  # the key matters
+
+
+def test_pii_scrubber_of_a_shareable_release_refuses_the_development_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    from shoestring.core.errors import ShoestringError
+    from shoestring.data.config import PIIConfig
+    from shoestring.data.pii import DEV_KEY, PIIScrubber
+
+    monkeypatch.delenv("SHOESTRING_PII_KEY", raising=False)
+    assert PIIScrubber(PIIConfig(mode="pseudonym")).key == DEV_KEY.encode()  # local-only: the public fallback
+    for value in (None, DEV_KEY):
+        if value is not None:
+            monkeypatch.setenv("SHOESTRING_PII_KEY", value)
+        with pytest.raises(ShoestringError, match="SHOESTRING_PII_KEY"):
+            PIIScrubber(PIIConfig(mode="pseudonym"), shareable=True)
+
+
 def test_share_refuses_the_public_development_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from shoestring.core.errors import ShoestringError
 
     monkeypatch.delenv("SHOESTRING_PII_KEY", raising=False)
     cfg = parse_config(CurateConfig, _config(_source(tmp_path / "t.jsonl", n=20), pii=True), "test")
-    with pytest.raises(ShoestringError, match="secret key"):
+    with pytest.raises(ShoestringError, match="needs a pseudonym key"):
         Workspace(tmp_path / "ws").run(get_stage("curate"), cfg)

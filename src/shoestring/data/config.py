@@ -13,18 +13,19 @@ from typing import Annotated, Literal, get_args
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from shoestring.core.config import HashedPath, NotHashed, StageConfig
-from shoestring.data.share import ShareConfig
 
 __all__ = [
     "AugmentConfig",
     "CurateConfig",
     "DedupConfig",
+    "Generalise",
     "JoinConfig",
     "LabelConfig",
     "LabelFunction",
     "NormalizeConfig",
     "PIIConfig",
     "QualityConfig",
+    "ShareConfig",
     "SourceConfig",
     "SplitConfig",
 ]
@@ -203,7 +204,11 @@ class PIIConfig(_Section):
     types: list[PIIType] = Field(default_factory=lambda: list(get_args(PIIType)))
     """PII types to detect."""
     key_env: str = "SHOESTRING_PII_KEY"
-    """Environment variable holding the secret key for `hash`/`pseudonym` modes (a fixed dev key if unset)."""
+    """Environment variable holding the secret key of the `pseudonym` mode. Required (16+ characters)
+    when `share` is enabled; otherwise a public development key is used if it is unset."""
+    key_file: Annotated[Path | None, NotHashed()] = None
+    """File holding the pseudonym key (read when the environment variable is unset); its contents
+    never enter the stage hash, manifest or logs."""
     k_anonymity: list[str] = Field(default_factory=list)
     """Quasi-identifier columns whose value combinations are counted for a k-anonymity check."""
     k: int = 5
@@ -285,6 +290,39 @@ class SplitConfig(_Section):
     """Seed of the split assignment."""
     stratify_by: str | None = None
     """Field whose values keep the same proportions in every split (e.g. `label`)."""
+
+
+class Generalise(_Section):
+    """How one quasi-identifier is coarsened: numbers into bins, or text to a prefix."""
+
+    bin: float | None = Field(default=None, gt=0)
+    """Numbers become the bin they fall in, of this width (age with bin 10: 34 -> '30-39')."""
+    prefix: int | None = Field(default=None, ge=0)
+    """Text keeps this many leading characters, the rest masked (zip with prefix 3: '02139' -> '021**')."""
+
+
+class ShareConfig(_Section):
+    """A privacy-checked release of the curated records for a partner (``share/`` in the artifact)."""
+
+    enabled: bool = False
+    """Write the shareable release."""
+    drop_columns: list[str] = Field(default_factory=list)
+    """Direct identifiers removed from every released record (name, email, phone columns ...)."""
+    pseudonymise_columns: list[str] = Field(default_factory=list)
+    """Columns replaced by keyed HMAC tokens (same value -> same token), e.g. user or patient ids;
+    the record id and cluster id are always pseudonymised."""
+    quasi_identifiers: list[str] = Field(default_factory=list)
+    """Columns that together could single a person out (age, zip, gender ...): k-anonymity is enforced on them."""
+    k: int = Field(default=5, ge=2)
+    """Every released combination of quasi-identifier values occurs at least k times; rarer records are suppressed."""
+    generalise: dict[str, Generalise] = Field(default_factory=dict)
+    """Coarsening of quasi-identifiers before the k check, e.g. {age: {bin: 10}, zip: {prefix: 3}}."""
+    count_columns: list[str] = Field(default_factory=list)
+    """Columns whose value counts are released with Laplace noise (counts.json)."""
+    epsilon: float = Field(default=1.0, gt=0)
+    """Total epsilon of the released counts, split equally over count_columns (delta = 0)."""
+    seed: int = 0
+    """Seed of the Laplace noise."""
 
 
 class CurateConfig(StageConfig):

@@ -8,7 +8,9 @@ Modes: ``redact`` -> ``[EMAIL]``; ``mask`` -> ``*******0958``; ``hash`` -> ``<EM
 (unkeyed SHA-256: same value, same token, but guessable for low-entropy values such as phone
 numbers); ``pseudonym`` -> a keyed HMAC-SHA256 token (``user-3f9a1c2b@example.invalid`` for
 e-mails, ``<PHONE_3f9a1c2b>`` otherwise): the same value gives the same token across the whole
-dataset and the value cannot be recovered without the key.
+dataset and the value cannot be recovered without the key. The key comes from ``$pii.key_env``
+or ``pii.key_file``; a shareable release (``share.enabled``) refuses to start without a real one
+(see ``pseudonym_key``), a local-only dataset falls back to the public ``DEV_KEY``.
 """
 
 from __future__ import annotations
@@ -19,13 +21,52 @@ import ipaddress
 import os
 import re
 from collections.abc import Callable
+from pathlib import Path
 
+from shoestring.core.errors import ShoestringError
 from shoestring.data.config import PIIConfig
 from shoestring.data.records import Drop, OpStats, Record
 
-__all__ = ["DEV_KEY", "PIIScrubber", "find_pii", "iban_ok", "luhn_ok"]
+__all__ = ["DEV_KEY", "MIN_KEY_CHARS", "PIIScrubber", "find_pii", "iban_ok", "luhn_ok", "pseudonym_key"]
 
 DEV_KEY = "shoestring-dev-key-not-secret"
+"""Public key of local-only pseudonyms: anyone can recompute them, so a shareable release refuses it."""
+MIN_KEY_CHARS = 16
+"""Shortest key a shareable release accepts (a short key can be guessed, and every token with it)."""
+_MAKE_KEY = "python -c 'import secrets; print(secrets.token_urlsafe(32))'"
+
+
+def _key_text(cfg: PIIConfig) -> str | None:
+    value = os.environ.get(cfg.key_env, "").strip()
+    if value:
+        return value
+    if cfg.key_file is None:
+        return None
+    path = Path(cfg.key_file).expanduser()
+    try:
+        return path.read_text(encoding="utf-8").strip() or None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ShoestringError(f"pii: cannot read the key file {path} ({e.__class__.__name__}); "
+                              f"fix pii.key_file or set ${cfg.key_env}") from None  # fmt: skip
+
+
+def pseudonym_key(cfg: PIIConfig, *, shareable: bool) -> bytes:
+    """The pseudonymisation key: ``$cfg.key_env``, else the contents of ``cfg.key_file``.
+
+    For a release that leaves the machine (``shareable``) a real key is required: none, the public
+    ``DEV_KEY`` or one under ``MIN_KEY_CHARS`` characters raise one line saying what to set.
+    Otherwise a missing key falls back to ``DEV_KEY`` (consistent tokens, guessable by anyone)."""
+    value = _key_text(cfg)
+    if not shareable:
+        return (value or DEV_KEY).encode()
+    where = f"set ${cfg.key_env} (or pii.key_file) to a random secret, e.g. from {_MAKE_KEY}"
+    if value is None:
+        raise ShoestringError(f"share: a shareable release needs a pseudonym key; {where}")
+    if hmac.compare_digest(value.encode(), DEV_KEY.encode()):
+        raise ShoestringError(f"share: the development pseudonym key is public (anyone could re-identify the tokens); {where}")
+    if len(value) < MIN_KEY_CHARS:
+        raise ShoestringError(f"share: the pseudonym key has {len(value)} characters, under {MIN_KEY_CHARS}; {where}")
+    return value.encode()
 
 _SECRET_PATTERNS = [
     re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----[\s\S]*?-----END [A-Z ]*PRIVATE KEY-----"),
@@ -145,9 +186,10 @@ def find_pii(text: str, types: list[str] | None = None) -> list[tuple[int, int, 
 class PIIScrubber:
     """Replace PII in texts according to a mode; counts per type go into the op stats."""
 
-    def __init__(self, cfg: PIIConfig) -> None:
+    def __init__(self, cfg: PIIConfig, *, shareable: bool = False) -> None:
         self.cfg = cfg
-        self.key = os.environ.get(cfg.key_env, DEV_KEY).encode()
+        # Only the pseudonym mode is keyed; `hash` is a plain SHA-256 by design (documented as guessable).
+        self.key = pseudonym_key(cfg, shareable=shareable) if cfg.mode == "pseudonym" else b""
 
     def token(self, kind: str, value: str) -> str:
         mode, tag = self.cfg.mode, kind.upper()

@@ -69,7 +69,7 @@ def _chain(cfg: CurateConfig, records: Iterator[Record], stats: dict[str, OpStat
     if cfg.quality.enabled:
         out = apply_op(out, "quality", lambda r, s: quality_record(r, s, cfg.quality), stats["quality"])
     if cfg.pii.enabled:
-        out = apply_op(out, "pii", PIIScrubber(cfg.pii), stats["pii"])
+        out = apply_op(out, "pii", PIIScrubber(cfg.pii, shareable=cfg.share.enabled), stats["pii"])
     if cfg.labels.functions:
         out = apply_op(out, "label", LabelVoter(cfg.labels), stats["label"])
     return out

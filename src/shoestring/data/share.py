@@ -5,7 +5,8 @@ itself a dataset artifact (its own ``manifest.json``), so `train` / `federate` t
 
 1. **direct identifiers** - ``drop_columns`` are removed; ``pseudonymise_columns`` (and the
    record ``id`` / ``cluster_id``, which embed source ids) become keyed HMAC-SHA256 tokens
-   (key from ``pii.key_env``; the public development key is refused, since anyone could
+   (key from ``$pii.key_env`` or ``pii.key_file``, required: without one, or with the public
+   development key or a short one, curate stops before reading any data, since anyone could
    re-identify by hashing candidate values);
 2. **quasi-identifiers** - ``generalise`` coarsens them (numbers to bins of a width, text to a
    prefix), then k-anonymity is *enforced*: records whose combination of ``quasi_identifiers``
@@ -24,64 +25,24 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import os
 import re
 from collections import Counter
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
 
 from shoestring.core.artifact import atomic_write_json, atomic_write_text
 from shoestring.core.errors import ShoestringError
+from shoestring.data.config import CurateConfig, Generalise, ShareConfig
+from shoestring.data.pii import find_pii, pseudonym_key
 
-if TYPE_CHECKING:
-    from shoestring.data.config import CurateConfig
-
-__all__ = ["Generalise", "ShareConfig", "write_release"]
+__all__ = ["write_release"]
 
 SPLITS = ("train", "validation", "test")
 ID_COLUMNS = ("id", "cluster_id")
 PSEUDONYM_EMAIL = re.compile(r"user-[0-9a-f]{8}@example\.invalid")
 """What curate's ``pii: {mode: pseudonym}`` leaves for an e-mail: a token, not an address of anyone."""
-
-
-class Generalise(BaseModel):
-    """How one quasi-identifier is coarsened: numbers into bins, or text to a prefix."""
-
-    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
-
-    bin: float | None = Field(None, gt=0)
-    """Numbers become the bin they fall in, of this width (age with bin 10: 34 -> '30-39')."""
-    prefix: int | None = Field(None, ge=0)
-    """Text keeps this many leading characters, the rest masked (zip with prefix 3: '02139' -> '021**')."""
-
-
-class ShareConfig(BaseModel):
-    """A privacy-checked release of the curated records for a partner (``share/`` in the artifact)."""
-
-    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, protected_namespaces=())
-
-    enabled: bool = False
-    """Write the shareable release."""
-    drop_columns: list[str] = Field(default_factory=list)
-    """Direct identifiers removed from every released record (name, email, phone columns ...)."""
-    pseudonymise_columns: list[str] = Field(default_factory=list)
-    """Columns replaced by keyed HMAC tokens (same value -> same token), e.g. user or patient ids;
-    the record id and cluster id are always pseudonymised."""
-    quasi_identifiers: list[str] = Field(default_factory=list)
-    """Columns that together could single a person out (age, zip, gender ...): k-anonymity is enforced on them."""
-    k: int = Field(5, ge=2)
-    """Every released combination of quasi-identifier values occurs at least k times; rarer records are suppressed."""
-    generalise: dict[str, Generalise] = Field(default_factory=dict)
-    """Coarsening of quasi-identifiers before the k check, e.g. {age: {bin: 10}, zip: {prefix: 3}}."""
-    count_columns: list[str] = Field(default_factory=list)
-    """Columns whose value counts are released with Laplace noise (counts.json)."""
-    epsilon: float = Field(1.0, gt=0)
-    """Total epsilon of the released counts, split equally over count_columns (delta = 0)."""
-    seed: int = 0
-    """Seed of the Laplace noise."""
 
 
 _LETTERS = str.maketrans("0123456789abcdef", "abcdefghijklmnop")
@@ -108,16 +69,6 @@ def _generalised(value: Any, rule: Generalise) -> Any:
         text = str(value)
         return text[: rule.prefix] + "*" * max(0, len(text) - rule.prefix)
     return value
-
-
-def _key(cfg: CurateConfig) -> bytes:
-    from shoestring.data.pii import DEV_KEY
-
-    value = os.environ.get(cfg.pii.key_env)
-    if not value or value == DEV_KEY:
-        raise ShoestringError(f"share: pseudonyms need a secret key; set ${cfg.pii.key_env} (the development key "
-                              "is public, so anyone could re-identify the tokens)")  # fmt: skip
-    return value.encode()
 
 
 def _read(src: Path) -> dict[str, list[dict[str, Any]]]:
@@ -166,8 +117,6 @@ def _k_anonymity(records: dict[str, list[dict[str, Any]]], share: ShareConfig) -
 
 def _residual_pii(records: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
     """Scan every released string for PII of every type; raise one line on the first hit."""
-    from shoestring.data.pii import find_pii
-
     scanned = 0
     for split, recs in records.items():
         for i, rec in enumerate(recs):
@@ -207,7 +156,7 @@ def write_release(cfg: CurateConfig, dataset_dir: Path, source_pii: dict[str, in
     share: ShareConfig = cfg.share
     records = _read(dataset_dir)
     read = sum(len(v) for v in records.values())
-    key = _key(cfg)
+    key = pseudonym_key(cfg.pii, shareable=True)
     _identifiers(records, share, key)
     kanon = _k_anonymity(records, share)
     residual = _residual_pii(records)

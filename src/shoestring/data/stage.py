@@ -118,6 +118,10 @@ def build(cfg: CurateConfig, ctx: StageContext) -> dict[str, Any]:
     from shoestring.data.readers import source_name
 
     sources = _sources(cfg)
+    if cfg.share.enabled:  # before any work: a release without a real key would fail only at the end
+        from shoestring.data.pii import pseudonym_key
+
+        pseudonym_key(cfg.pii, shareable=True)
     wall = {"start": time.perf_counter()}
     # One executor for both parallel parts (the map phase, then the dedup batches): workers start once.
     executor = make_executor(cfg.executor, cfg.workers, ctx.console)
