@@ -54,7 +54,7 @@ def plan_variants(plan_art: Artifact, dataset: Artifact | None, devices: list[st
     import time
 
     from shoestring.core.config import parse_config
-    from shoestring.plan.stage import PlanConfig, make_plan
+    from shoestring.plan.planner import PlanConfig, make_plan
 
     t0 = time.perf_counter()
     plan = json.loads(plan_art.file("plan.json").read_text())

@@ -22,7 +22,7 @@ from shoestring.core.errors import ShoestringError
 if TYPE_CHECKING:
     from shoestring.core.cluster import Node
     from shoestring.core.workspace import StageContext
-    from shoestring.plan.stage import PlanConfig
+    from shoestring.plan.planner import PlanConfig
 
 __all__ = ["NETWORK_GBPS", "ZERO_STAGE", "cluster_signature", "describe", "plan_for_cluster", "read_cluster"]
 
@@ -75,7 +75,7 @@ def _device_and_nodes(nodes: list[Node], requested: str) -> tuple[str, list[Node
 
 def plan_for_cluster(cfg: PlanConfig, ctx: StageContext | None) -> dict[str, Any]:
     """The ``plan.json`` document for the fewest cluster nodes that hold the job, plus a ``cluster`` section."""
-    from shoestring.plan.stage import make_plan
+    from shoestring.plan.planner import make_plan
 
     assert cfg.cluster is not None
     nodes = read_cluster(cfg.cluster)

@@ -51,7 +51,7 @@ def _plan_jobs(path: Path, bodies: list[Any], default_device: str,
                memory_limit_gib: float | None = None) -> tuple[list[Job], dict[str, Any], dict[str, Any]]:  # fmt: skip
     """(jobs to schedule, plan details by name, ``train:`` configs by name) of the file's jobs."""
     from shoestring.core.config import parse_config
-    from shoestring.plan.stage import PlanConfig, make_plan
+    from shoestring.plan.planner import PlanConfig, make_plan
 
     jobs: list[Job] = []
     details: dict[str, Any] = {}
