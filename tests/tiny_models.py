@@ -1,4 +1,5 @@
-"""Tiny Hugging Face models built from configs, with the packaged models' real tokenizers.
+"""Tiny Hugging Face models built from configs, with the packaged models' real tokenizers,
+and the short training run the distributed tests compare across executors.
 
 Shared by the test packages' conftests (importable because pytest puts tests/ on sys.path
 for tests/conftest.py). Each package picks its own sizes; the building is the same.
@@ -7,12 +8,17 @@ for tests/conftest.py). Each package picks its own sizes; the building is the sa
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from shoestring.models import hf_folder
 
+if TYPE_CHECKING:
+    from shoestring.core.artifact import Artifact
 
-def save_tiny_llama(out: Path, *, hidden: int, intermediate: int, layers: int, **extra: Any) -> Path:
+
+def save_tiny_llama(
+    out: Path, *, hidden: int, intermediate: int, layers: int, max_positions: int = 512, **extra: Any
+) -> Path:
     """A Llama (4 query heads, 2 KV heads: GQA) with SmolLM2's tokenizer, saved to ``out``."""
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
@@ -25,7 +31,7 @@ def save_tiny_llama(out: Path, *, hidden: int, intermediate: int, layers: int, *
         num_hidden_layers=layers,
         num_attention_heads=4,
         num_key_value_heads=2,
-        max_position_embeddings=512,
+        max_position_embeddings=max_positions,
         tie_word_embeddings=True,
         bos_token_id=tok.bos_token_id,
         eos_token_id=tok.eos_token_id,
@@ -59,3 +65,28 @@ def save_tiny_bert(
     getattr(transformers, model_cls)(cfg).save_pretrained(out)
     tok.save_pretrained(out)
     return out
+
+
+def train_two_device_sft(
+    ws: Path, dataset: Path, model: Path, *, on_cluster: bool = False, **extra: object
+) -> Artifact:
+    """Three steps of full SFT of ``model`` on two devices (gloo on CPU), run by the workspace as
+    ``shoestring train`` runs it. ``on_cluster``: placed on the connected cluster, as a recipe
+    with ``cluster:`` would be (unless ``extra`` names an executor)."""
+    from rich.console import Console
+
+    from shoestring.core.artifact import Artifact
+    from shoestring.core.cluster import place_on_cluster
+    from shoestring.core.registry import get_stage
+    from shoestring.core.workspace import Workspace
+
+    stage = get_stage("train")
+    cfg = stage.config.model_validate({
+        "dataset": str(dataset), "model": str(model), "task": "sft", "method": "full", "seq_len": 64,
+        "micro_batch_size": 2, "max_steps": 3, "lr": 1e-3, "val_max_examples": 8, "progress": False,
+        "tracking": {"tensorboard": False}, "devices": 2, "threads": 1, **extra,
+    })  # fmt: skip
+    if on_cluster and "executor" not in extra:
+        cfg = place_on_cluster(cfg)
+    console = Console(stderr=True, quiet=True)
+    return Workspace(ws, console=console).run(stage, cfg, {"dataset": Artifact.load(dataset)}).artifact

@@ -5,27 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from rich.console import Console
 
-from shoestring.core.artifact import Artifact
-from shoestring.core.cluster import place_on_cluster, using_cluster
+from shoestring.core.cluster import using_cluster
 from shoestring.core.local_cluster import LocalCluster
-from shoestring.core.registry import get_stage
-from shoestring.core.workspace import Workspace
-
-
-def _train(ws: Path, ds: Path, model: Path, **extra: object) -> Artifact:
-    stage = get_stage("train")
-    cfg = stage.config.model_validate({
-        "dataset": str(ds), "model": str(model), "task": "sft", "method": "full", "seq_len": 64,
-        "micro_batch_size": 2, "max_steps": 3, "lr": 1e-3, "val_max_examples": 8, "progress": False,
-        "tracking": {"tensorboard": False}, "devices": 2, "threads": 1, **extra,
-    })  # fmt: skip
-    if "executor" not in extra:
-        cfg = place_on_cluster(cfg)
-    return (
-        Workspace(ws, console=Console(stderr=True, quiet=True)).run(stage, cfg, {"dataset": Artifact.load(ds)}).artifact
-    )
+from tiny_models import train_two_device_sft
 
 
 @pytest.mark.slow
@@ -35,9 +18,9 @@ def test_ray_train_on_cluster_matches_local_ddp(
     import torch
     from safetensors.torch import load_file
 
-    local = _train(tmp_path / "local", chat_dataset, tiny_llama, executor="torchrun", strategy="ddp")
+    local = train_two_device_sft(tmp_path / "local", chat_dataset, tiny_llama, executor="torchrun", strategy="ddp")
     with using_cluster(ray_cluster.address):
-        ray_art = _train(tmp_path / "ray", chat_dataset, tiny_llama)
+        ray_art = train_two_device_sft(tmp_path / "ray", chat_dataset, tiny_llama, on_cluster=True)
     st = ray_art.stats
     assert st["executor"] == "ray" and st["world_size"] == 2 and st["steps"] == 3
     assert len(st["rank_weight_digests"]) == 2 and len(set(st["rank_weight_digests"])) == 1, "ranks diverged"

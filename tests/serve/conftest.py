@@ -6,45 +6,24 @@ from pathlib import Path
 
 import pytest
 
-
-def _tiny_llama(out: Path, max_positions: int) -> Path:
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    from shoestring.models import load_tokenizer
-
-    tok = load_tokenizer("smollm2-135m-instruct")
-    cfg = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=max_positions,
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
-        tie_word_embeddings=True,
-    )
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(cfg)
-    model.save_pretrained(out)
-    tok.save_pretrained(out)
-    return out
+from tiny_models import save_tiny_llama
 
 
 @pytest.fixture(scope="session")
 def tiny_llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 2-layer Llama with the packaged SmolLM2 tokenizer (and its chat template), 256 positions."""
-    return _tiny_llama(tmp_path_factory.mktemp("tiny-llama"), 256)
+    return save_tiny_llama(
+        tmp_path_factory.mktemp("tiny-llama"), hidden=32, intermediate=64, layers=2, max_positions=256
+    )
 
 
 @pytest.fixture(scope="session")
 def tiny_llama_long(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The same tiny Llama with 8,192 positions: a request for 8,000 tokens runs for seconds even
     on a fast engine, so disconnects, timeouts and a full queue happen while it still generates."""
-    return _tiny_llama(tmp_path_factory.mktemp("tiny-llama-long"), 8192)
+    return save_tiny_llama(
+        tmp_path_factory.mktemp("tiny-llama-long"), hidden=32, intermediate=64, layers=2, max_positions=8192
+    )
 
 
 @pytest.fixture(scope="session")

@@ -25,12 +25,10 @@ def run_cli(*args: str, cwd: Path, check: bool = True) -> subprocess.CompletedPr
 
 @pytest.mark.slow
 def test_lora_sft_cli_writes_adapter_artifact(tmp_path: Path, tiny_llama: Path, chat_dataset: Path) -> None:
-    proc = run_cli(
-        "train", "--workspace", str(tmp_path / "ws"), "--dataset", str(chat_dataset), "--model", str(tiny_llama),
-        "--task", "sft", "--method", "lora", "--max-steps", "4", "--micro-batch-size", "4", "--seq-len", "128",
-        "--lr", "0.01", "--no-progress",
-        cwd=tmp_path,
-    )  # fmt: skip
+    args = ("train", "--workspace", str(tmp_path / "ws"), "--dataset", str(chat_dataset), "--model", str(tiny_llama),
+            "--task", "sft", "--method", "lora", "--max-steps", "4", "--micro-batch-size", "4", "--seq-len", "128",
+            "--lr", "0.01", "--no-progress")  # fmt: skip
+    proc = run_cli(*args, cwd=tmp_path)
     art = Artifact.load(proc.stdout.strip().splitlines()[-1])
     assert art.kind == "model"
     assert art.manifest["base_model"] == str(tiny_llama)
@@ -58,12 +56,7 @@ def test_lora_sft_cli_writes_adapter_artifact(tmp_path: Path, tiny_llama: Path, 
     model = load_model(str(art.path))
     assert hasattr(model, "peft_config")
     # A second identical run is a cache hit.
-    again = run_cli(
-        "train", "--workspace", str(tmp_path / "ws"), "--dataset", str(chat_dataset), "--model", str(tiny_llama),
-        "--task", "sft", "--method", "lora", "--max-steps", "4", "--micro-batch-size", "4", "--seq-len", "128",
-        "--lr", "0.01", "--no-progress",
-        cwd=tmp_path,
-    )  # fmt: skip
+    again = run_cli(*args, cwd=tmp_path)
     assert "cached" in again.stderr
 
 
