@@ -194,29 +194,32 @@ def build_index(cfg: CurateConfig, work_dir: Path, n_chunks: int, workers: int) 
 
 
 def _load_batch(work_dir: Path, chunk_start: np.ndarray, docs: np.ndarray) -> dict[str, np.ndarray]:
-    """Signatures, band keys and shingle locations of ``docs`` (global numbers, any order)."""
-    order = np.argsort(docs, kind="stable")
-    sd = docs[order]
-    chunk_of = np.searchsorted(chunk_start, sd, side="right") - 1
-    sigs: list[np.ndarray] = []
-    keys: list[np.ndarray] = []
-    locs: list[np.ndarray] = []
+    """Signatures, band keys and shingle locations of ``docs`` (global numbers, any order).
+
+    Each chunk's rows are copied straight into their places in preallocated outputs, so the
+    batch is held once (not as per-chunk parts, their concatenation and a reordered copy).
+    """
+    chunk_of = np.searchsorted(chunk_start, docs, side="right") - 1
+    sigs = keys = None
+    locs = np.empty((docs.size, 3), dtype=np.int64)
     for c in np.unique(chunk_of):
-        rows = sd[chunk_of == c] - chunk_start[c]
+        where = np.flatnonzero(chunk_of == c)  # positions in the batch, ascending
+        rows = docs[where] - chunk_start[c]
         s = np.load(_paths(work_dir, int(c), ".sig.npy"), mmap_mode="r", allow_pickle=False)
         k = np.load(_paths(work_dir, int(c), ".bands.npy"), mmap_mode="r", allow_pickle=False)
         off = np.load(_paths(work_dir, int(c), ".shoff.npy"), allow_pickle=False)
-        sigs.append(np.asarray(s[rows]))
-        keys.append(np.asarray(k[:, rows]).T)
-        locs.append(np.stack([np.full(rows.size, c), off[rows], off[rows + 1] - off[rows]], axis=1))
-        del s, k
-    back = np.empty_like(order)
-    back[order] = np.arange(order.size)  # sorted position of each requested document
-    return {
-        "sigs": np.concatenate(sigs)[back],
-        "keys": np.concatenate(keys)[back],
-        "locs": np.concatenate(locs)[back],
-    }
+        if sigs is None:
+            sigs = np.empty((docs.size, s.shape[1]), dtype=s.dtype)
+            keys = np.empty((docs.size, k.shape[0]), dtype=k.dtype)
+        sigs[where] = s[rows]
+        keys[where] = k[:, rows].T
+        locs[where, 0] = c
+        locs[where, 1] = off[rows]
+        locs[where, 2] = off[rows + 1] - off[rows]
+        del s, k  # unmaps: the pages read stop counting as resident
+    if sigs is None or keys is None:
+        raise ValueError("an empty batch")
+    return {"sigs": sigs, "keys": keys, "locs": locs}
 
 
 def _embeddings(work_dir: Path, chunk_start: np.ndarray, docs: np.ndarray) -> np.ndarray:
