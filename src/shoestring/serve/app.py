@@ -15,9 +15,11 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from shoestring.core.auth import bearer_token, token_matches
 from shoestring.serve.errors import ApiError, api_error, error_response
+from shoestring.serve.openapi import OPEN_PATHS, server_openapi
 from shoestring.serve.protocol import error_body
 from shoestring.serve.routes import router
 from shoestring.serve.state import ServerState
@@ -42,7 +44,6 @@ ENDPOINTS = (
     "/health",
     "/ready",
 )
-_OPEN_PATHS = ("/health", "/ready")
 
 
 class _GuardMiddleware:
@@ -100,7 +101,7 @@ class _GuardMiddleware:
         if length is not None and length.isdigit() and int(length) > limit:
             return api_error(413, f"request body is {int(length)} bytes; the limit is {limit} bytes (--max-body-bytes)")
         token = bearer_token(headers.get("authorization", b""))
-        if self.state.keys and path not in _OPEN_PATHS and not token_matches(token, self.state.keys):
+        if self.state.keys and path not in OPEN_PATHS and not token_matches(token, self.state.keys):
             return api_error(401, "missing or wrong API key; send 'Authorization: Bearer <key>'", "invalid_api_key")
         return None
 
@@ -144,6 +145,17 @@ def create_app(cfg: ServeConfig, loaded: LoadedModel) -> FastAPI:
     async def _api_error(request: Request, err: ApiError) -> JSONResponse:
         return error_response(err)
 
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, err: StarletteHTTPException) -> JSONResponse:
+        # FastAPI's own errors (unknown route, wrong method, an unparseable body) in the OpenAI envelope too.
+        message = {404: f"no route {request.url.path}; see GET /v1/models and /openapi.json",
+                   405: f"{request.method} is not allowed on {request.url.path}"}.get(err.status_code)  # fmt: skip
+        if err.status_code == 400 and "parsing the body" in str(err.detail):
+            message = "request body is not valid JSON (or not UTF-8)"
+        kind = "invalid_request_error" if err.status_code < 500 else "server_error"
+        body = error_body(message or str(err.detail), kind)
+        return JSONResponse(body, status_code=err.status_code, headers=getattr(err, "headers", None))
+
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, err: RequestValidationError) -> JSONResponse:
         first = err.errors()[0] if err.errors() else {"loc": (), "msg": "invalid body"}
@@ -180,6 +192,13 @@ def create_app(cfg: ServeConfig, loaded: LoadedModel) -> FastAPI:
         return JSONResponse({"object": "list", "data": [state.model_card()]})
 
     app.include_router(router)
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = server_openapi(app, state)
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
     return app
 
 

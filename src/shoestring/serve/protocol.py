@@ -20,7 +20,8 @@ __all__ = [
 
 class _Body(BaseModel):
     # OpenAI clients send optional fields we do not use (user, logprobs=false, ...): ignore them.
-    model_config = ConfigDict(extra="ignore", protected_namespaces=())
+    # Strict types: the server accepts exactly what its OpenAPI schema says ("stream": 0 is not a boolean).
+    model_config = ConfigDict(extra="ignore", protected_namespaces=(), strict=True)
 
 
 class ChatMessage(_Body):
@@ -38,12 +39,13 @@ class _Sampling(_Body):
     model: str
     max_tokens: int | None = Field(None, ge=1)
     """Most tokens to generate (tokens)."""
-    temperature: float = Field(1.0, ge=0, le=2)
-    top_p: float = Field(1.0, gt=0, le=1)
+    temperature: float = Field(1.0, ge=0, le=2, allow_inf_nan=False)
+    top_p: float = Field(1.0, gt=0, le=1, allow_inf_nan=False)
     n: int = Field(1, ge=1, le=1)
     stream: bool = False
     stop: str | list[str] | None = None
-    seed: int | None = None
+    seed: int | None = Field(None, ge=-(2**63), le=2**64 - 1)
+    """Sampling seed (a 64-bit integer: torch's generators take nothing wider)."""
     stream_options: dict[str, Any] | None = None
 
     def stops(self) -> list[str]:
