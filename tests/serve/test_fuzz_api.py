@@ -14,9 +14,9 @@ import pytest
 from fastapi.testclient import TestClient
 
 sys.path.insert(0, str(Path(__file__).parent))
-from api_fuzz import fuzz_app  # noqa: E402
+from api_fuzz import fuzz_app
 
-from shoestring.serve import ServeConfig, create_app, load_for_serving  # noqa: E402
+from shoestring.serve import ServeConfig, create_app, load_for_serving
 
 pytestmark = pytest.mark.slow
 
