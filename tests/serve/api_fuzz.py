@@ -1,5 +1,5 @@
 """Schemathesis over the server's own OpenAPI document: one driver for the bounded test
-(tests/serve/test_fuzz_api.py) and the longer campaign (benchmarks/serve_fuzz.py).
+(tests/serve/test_fuzz_api.py) and longer runs by hand.
 
 Every operation the served app lists is fuzzed in both generation modes (schema-valid and
 schema-violating requests), each response checked with every built-in check except
@@ -19,7 +19,7 @@ import schemathesis
 from hypothesis import HealthCheck, given, settings
 from schemathesis import GenerationMode
 
-__all__ = ["FuzzReport", "fuzz_app", "served_app"]
+__all__ = ["FuzzReport", "fuzz_app"]
 
 
 @dataclass
@@ -30,20 +30,6 @@ class FuzzReport:
     statuses: dict[str, collections.Counter[int]] = field(default_factory=lambda: collections.defaultdict(collections.Counter))
     server_errors: collections.Counter[str] = field(default_factory=collections.Counter)
     failures: dict[str, list[str]] = field(default_factory=lambda: collections.defaultdict(list))
-
-    def merge(self, other: FuzzReport) -> None:
-        self.requests.update(other.requests)
-        self.server_errors.update(other.server_errors)
-        for k, v in other.statuses.items():
-            self.statuses[k].update(v)
-        for k, fails in other.failures.items():
-            self.failures[k].extend(fails)
-
-
-def served_app(cfg: Any, loaded: Any) -> Any:
-    from shoestring.serve import create_app
-
-    return create_app(cfg, loaded)
 
 
 def _excluded_checks() -> list[Any]:
