@@ -123,16 +123,26 @@ def test_twins_extrapolate_the_resident_growth_per_block() -> None:
     assert est.resident_peak_bytes == 450 * mib + est.run_bytes
     # the model predicts 0.8 and 1.4 s (0.6 s per block), the twins measure 1.0 and 1.3 (0.3 s): the
     # full step is the 1-block twin's 1.0 s + the model's other 29 blocks (10.0 - 0.8) at half cost
-    step, scale = step_from_twins(twins, [0.8, 1.4], 10.0)
-    assert scale == pytest.approx(0.5) and step == pytest.approx(1.0 + 0.5 * 9.2)
+    step, scale, how = step_from_twins(twins, [0.8, 1.4], 10.0)
+    assert scale == pytest.approx(0.5) and step == pytest.approx(1.0 + 0.5 * 9.2) and how == "per block"
     assert step_from_twins(twins, [0.8, 0.81], 10.0)[1] == 2.0  # bounded: at most 2x either way
-    assert step_from_twins(twins, [0.8, None], 10.0) == (10.0, 1.0)  # one modelled twin: the model alone
+    assert step_from_twins(twins, [0.8, None], 10.0) == (10.0, 1.0, "model")  # one modelled twin: the model alone
+    # twins whose steps jitter by more than their difference: the model's whole step x their summed ratio
+    noisy = [{**twins[0], "step_times": [2.0, 1.5, 1.0, 0.7, 1.3, 1.0, 0.8]},
+             {**twins[1], "step_times": [2.0, 1.5, 1.3, 1.0, 1.6, 1.3, 1.1]}]
+    step, scale, how = step_from_twins(noisy, [0.8, 1.4], 10.0)
+    assert how == "whole step" and scale == pytest.approx(2.3 / 2.2) and step == pytest.approx(10.0 * 2.3 / 2.2)
+    steady = [{**twins[0], "step_times": [2.0, 1.5, 1.0, 1.01, 0.99, 1.0]},
+              {**twins[1], "step_times": [2.0, 1.5, 1.3, 1.31, 1.29, 1.3]}]
+    assert step_from_twins(steady, [0.8, 1.4], 10.0)[2] == "per block"
     assert twin_depths("lora", 2, 30) == (2, 4)  # no planned step: the cheapest pair
     # the quickstart's 18.6 s step: a 12-block twin's 5 steps cost ~37 s, inside the 60 s allowance
     assert twin_depths("lora", 2, 30, 18.6) == (2, 12)
+    # a 0.45 s step: the whole model's 5 steps cost 2.3 s, so the deeper twin is the model itself
+    assert twin_depths("lora", 2, 8, 0.45) == (2, 8)
     assert twin_depths("lora", 2, 30, 40.0) == (2, 9)  # slower: as deep as 60 s of steps allows
     assert twin_depths("lora", 2, 30, 600.0) == (2, 4)  # never shallower than b + 4
-    assert twin_depths("full", 2, 8, 1.0) == (2, 4)  # 40% of 8 blocks
+    assert twin_depths("full", 2, 8, 3.0) == (2, 4)  # 40% of 8 blocks (the whole model: 15 s of steps)
     assert twin_depths("frozen", 2, 8) == (4, 6)  # keep the trainable top blocks, add frozen ones
     assert twin_depths("full", 2, 4) == (2, 4) and twin_depths("full", 2, 3) == (1, 3)
     assert twin_depths("full", 2, 2) == (1, 2)

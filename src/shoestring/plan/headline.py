@@ -109,11 +109,13 @@ def cpu_headline(*, cfg: Any, config: Any, shape: Any, best: Candidate, device: 
                         "step_seconds": [t["step_seconds"] for t in twins]}
         predicted = twin_predicted_steps(config, s, device, tuple(t["depth"] for t in twins))
         if terms is not None and all(p is not None for p in predicted):
-            twin_step, scale = step_from_twins(twins, predicted, model_step)
+            twin_step, scale, how = step_from_twins(twins, predicted, model_step)
+            combined = (f"the shallower twin's step + the other blocks x {scale:.2f} (the twins' measured / "
+                        "modelled cost per block; " if how == "per block" else
+                        f"the model's step x {scale:.2f} (the twins' measured / modelled step, their difference "
+                        "being inside their step noise; ")
             explain.append(_row("step", "the twins' measured blocks", twin_step - model_step, "s",
-                                "the shallower twin's step + the other blocks x "
-                                f"{scale:.2f} (the twins' measured / modelled cost per block; "
-                                + ", ".join(f"{t['depth']} block{'s' if t['depth'] > 1 else ''}: {t['step_seconds']:.3f}"
+                                combined + ", ".join(f"{t['depth']} block{'s' if t['depth'] > 1 else ''}: {t['step_seconds']:.3f}"
                                             f" vs {p:.3f} s" for t, p in zip(twins, predicted, strict=False)) + ")"))
             model_step = twin_step
     from shoestring.plan.feedback import correction, signatures
@@ -166,7 +168,7 @@ def _twins(cfg: Any, config: Any, s: Any, spec: str, dataset: Path | None, key: 
     from shoestring.plan.calibrate import calibrate_shapes
     from shoestring.plan.resident import cached_twins, twin_spec, with_depth
     from shoestring.plan.tokens import training_rows
-    from shoestring.plan.twin import STEPS, WARMUP, twin_depths
+    from shoestring.plan.twin import STEPS, TIMED_SECONDS, WARMUP, twin_depths
 
     depths = twin_depths(s.method, s.trainable_layers, n_layers, full_step)
     tok = load_tokenizer(spec)
@@ -182,7 +184,8 @@ def _twins(cfg: Any, config: Any, s: Any, spec: str, dataset: Path | None, key: 
         calibrate_shapes(with_depth(config, d), replace(s, grad_accum=1))
     if console is not None:
         console.print(f"trial run of the planned model {depths[0]} and {depths[1]} blocks deep "
-                      f"(micro-batch {s.micro_batch_size}, {WARMUP + STEPS - 1} steps each; cached)")
+                      f"(micro-batch {s.micro_batch_size}, {WARMUP + STEPS - 1} steps each at least, more until "
+                      f"{TIMED_SECONDS:.0f} s are timed; cached)")
     twins, now = cached_twins(tspec, refresh=cfg.calibrate is True)
     return twins, now, round(time.perf_counter() - t0, 1)
 

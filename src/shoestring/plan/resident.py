@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
+import statistics
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -108,18 +110,49 @@ def twin_predicted_steps(config: PretrainedConfig, setup: TrainingSetup, device:
     return out
 
 
-def step_from_twins(twins: list[dict[str, Any]], predicted: list[float | None], full: float) -> tuple[float, float]:
-    """The full model's step from the twins: the shallower twin's measured step plus the model's
-    remaining blocks (``full`` - its prediction of that twin) scaled by the twins' measured /
-    modelled difference per block (the scale bounded to [1/:data:`SCALE_BOUND`, :data:`SCALE_BOUND`]).
-    Returns the step and the scale; the model unchanged (scale 1) when the twins cannot say."""
-    pairs = sorted(((t["depth"], t["step_seconds"], p) for t, p in zip(twins, predicted, strict=False)
-                    if p is not None), key=lambda x: x[0])
+def step_from_twins(twins: list[dict[str, Any]], predicted: list[float | None], full: float) -> tuple[float, float, str]:
+    """The full model's step from the twins, the scale applied, and how it was combined.
+
+    When the twins' difference stands out of their own step noise (:func:`_stands_out`): the
+    shallower twin's measured step plus the model's remaining blocks (``full`` - its prediction of
+    that twin) scaled by the twins' measured / modelled difference per block. When it does not (a
+    small model whose blocks cost less than a step's jitter, where the difference of two noisy
+    medians times the blocks neither twin has would carry that jitter several-fold): the model's
+    full step scaled by the twins' summed measured / modelled step. The scale is bounded to
+    [1/:data:`SCALE_BOUND`, :data:`SCALE_BOUND`]; the model unchanged (scale 1) when the twins
+    cannot say."""
+    pairs = sorted(((t["depth"], t["step_seconds"], p, t.get("step_times")) for t, p in
+                    zip(twins, predicted, strict=False) if p is not None), key=lambda x: x[0])
     if len(pairs) < 2 or pairs[-1][2] <= pairs[0][2]:
-        return full, 1.0
-    (_, m_a, p_a), (_, m_b, p_b) = pairs[0], pairs[-1]
-    scale = max(1 / SCALE_BOUND, min(SCALE_BOUND, (m_b - m_a) / (p_b - p_a)))
-    return m_a + scale * max(0.0, full - p_a), scale
+        return full, 1.0, "model"
+    (_, m_a, p_a, times_a), (_, m_b, p_b, times_b) = pairs[0], pairs[-1]
+    if _stands_out(m_b - m_a, times_a, times_b):
+        scale = max(1 / SCALE_BOUND, min(SCALE_BOUND, (m_b - m_a) / (p_b - p_a)))
+        return m_a + scale * max(0.0, full - p_a), scale, "per block"
+    scale = max(1 / SCALE_BOUND, min(SCALE_BOUND, (m_a + m_b) / (p_a + p_b)))
+    return full * scale, scale, "whole step"
+
+
+NOISE_SIGMAS = 3.0
+"""The twins' difference is used per block when it exceeds this many standard errors of itself."""
+
+
+def _stands_out(diff: float, times_a: list[float] | None, times_b: list[float] | None) -> bool:
+    """Whether ``diff`` (deeper twin's median step - shallower's) exceeds :data:`NOISE_SIGMAS`
+    standard errors, each twin's median's error from its timed steps (robust sigma = 1.4826 x
+    MAD; error of a median = 1.2533 sigma / sqrt(n)). Twins cached without their step times
+    (measured before they were kept) count as standing out, as they were used before."""
+    from shoestring.plan.twin import WARMUP
+
+    if not times_a or not times_b:
+        return True
+    var = 0.0
+    for times in (times_a, times_b):
+        timed = sorted(times[WARMUP:]) or sorted(times)
+        med = statistics.median(timed)
+        mad = statistics.median(abs(t - med) for t in timed)
+        var += (1.2533 * 1.4826 * mad) ** 2 / len(timed)
+    return diff > NOISE_SIGMAS * math.sqrt(var)
 
 
 def twin_key(spec: dict[str, Any]) -> str:

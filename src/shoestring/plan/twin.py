@@ -38,15 +38,26 @@ __all__ = ["STEPS", "TWIN_SECONDS", "measure_twins", "twin_depths"]
 
 STEPS = 4
 WARMUP = 2
-"""A twin runs WARMUP + STEPS optimizer steps and reports the median of the last STEPS - 1 as its
-steady step (glibc's arenas reach their size in two steps; per-document attention meets new
-block lengths, so new kernels, in the first few)."""
+"""A twin runs WARMUP + STEPS - 1 optimizer steps at least and reports the median of the steps after
+the WARMUP as its steady step (glibc's arenas reach their size in two steps; per-document attention
+meets new block lengths, so new kernels, in the first few)."""
+TIMED_SECONDS = 3.0
+MAX_TIMED = 30
+"""A twin whose steps are short keeps stepping until its timed steps add up to TIMED_SECONDS (at most
+MAX_TIMED of them): the step prediction multiplies the twins' difference by the blocks neither has,
+so a 3-step median's noise carried too far (an 8-block model at 0.15 and 0.21 s per twin step: the
+8-block step predicted +19% and, in a loaded CI run, +39% over the 0.28 s measured)."""
 
 
 DEEP_FRACTION = 0.4
 """The deeper twin reaches this share of the model's blocks when :data:`TWIN_SECONDS` allows."""
 TWIN_SECONDS = 60.0
 """What the deeper twin's steps may cost, at the full model's planned step x its share of the blocks."""
+WHOLE_MODEL_SECONDS = 10.0
+"""When the whole model's WARMUP + STEPS - 1 steps cost at most this (at the planned step), the
+deeper twin is the whole model: nothing is extrapolated (an 8-block, 256-wide Llama steps in 0.28 s,
+its blocks cost less than a step's jitter, and the (2, 4) twins' difference carried that jitter
+into the prediction: -15% to +39% in five fresh-machine runs)."""
 
 
 def twin_depths(method: str, trainable_layers: int, n_layers: int,
@@ -56,7 +67,8 @@ def twin_depths(method: str, trainable_layers: int, n_layers: int,
 
     The deeper twin is ``b + 4`` blocks at least and, when its :data:`WARMUP` + :data:`STEPS` - 1
     steps fit in :data:`TWIN_SECONDS` (at ``full_step_seconds`` x depth / ``n_layers``), up to
-    :data:`DEEP_FRACTION` of the model. The prediction multiplies the twins' difference per block by
+    :data:`DEEP_FRACTION` of the model; it is the whole model when that is cheap to run
+    (:data:`WHOLE_MODEL_SECONDS`). The prediction multiplies the twins' difference per block by
     the blocks neither twin has, so the gap between them sets how far a twin's noise carries: a
     twin's resident peak moves by tens of MiB run to run (SmolLM2-135M LoRA fp32, micro-batch 1:
     the 2-block twin peaked at +418 and +461 MiB above its imports in two runs), and blocks 2 -> 4
@@ -68,6 +80,8 @@ def twin_depths(method: str, trainable_layers: int, n_layers: int,
     if b + 4 > n_layers:
         return (n_layers - 2, n_layers) if n_layers >= 3 else (1, max(2, n_layers))
     deep = b + 4
+    if full_step_seconds and 0 < (WARMUP + STEPS - 1) * full_step_seconds <= WHOLE_MODEL_SECONDS:
+        return b + 2, n_layers  # the model itself is cheap to run: the deeper twin is the model
     if full_step_seconds and full_step_seconds > 0:
         per_block = full_step_seconds / n_layers
         afford = int(TWIN_SECONDS / ((WARMUP + STEPS - 1) * per_block))
@@ -162,7 +176,8 @@ def _run_twin(spec: dict[str, Any], depth: int) -> dict[str, Any]:
     cast = (torch.autocast(device_type="cpu", dtype=torch.bfloat16) if spec.get("precision") == "bf16"
             else None)
     times: list[float] = []
-    for step in range(WARMUP + STEPS - 1):
+    step = 0
+    while step < WARMUP + STEPS - 1 or (sum(times[WARMUP:]) < TIMED_SECONDS and step < WARMUP + MAX_TIMED):
         t0 = time.perf_counter()
         start = step * mbs * accum
         chosen = [rows[(start + i) % len(rows)] for i in range(mbs * accum)]
@@ -178,9 +193,11 @@ def _run_twin(spec: dict[str, Any], depth: int) -> dict[str, Any]:
         opt.step()
         opt.zero_grad(set_to_none=True)
         times.append(time.perf_counter() - t0)
+        step += 1
     meter.stop()
     return {"depth": depth, "base_rss_bytes": base, "peak_rss_bytes": meter.peak_absolute_bytes,
             "step_seconds": statistics.median(times[WARMUP:]), "first_step_seconds": times[0], "heap": heap_stats(),
+            "step_times": [round(t, 4) for t in times],
             "build_seconds": build_seconds}
 
 
