@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, Any
 from shoestring.models import hf_folder
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from shoestring.core.artifact import Artifact
 
 
@@ -20,49 +22,41 @@ def save_tiny_llama(
     out: Path, *, hidden: int, intermediate: int, layers: int, max_positions: int = 512, **extra: Any
 ) -> Path:
     """A Llama (4 query heads, 2 KV heads: GQA) with SmolLM2's tokenizer, saved to ``out``."""
-    import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaConfig, LlamaForCausalLM
 
-    tok = AutoTokenizer.from_pretrained(hf_folder("smollm2-135m-instruct"))
-    cfg = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=hidden,
-        intermediate_size=intermediate,
-        num_hidden_layers=layers,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=max_positions,
-        tie_word_embeddings=True,
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
-        **extra,
-    )
-    torch.manual_seed(0)
-    LlamaForCausalLM(cfg).save_pretrained(out)
-    tok.save_pretrained(out)
-    return out
+    tok, sizes = _tokenizer_and_sizes("smollm2-135m-instruct", hidden, intermediate, layers, max_positions)
+    cfg = LlamaConfig(**sizes, num_key_value_heads=2, tie_word_embeddings=True, bos_token_id=tok.bos_token_id,
+                      eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, **extra)
+    return _save(out, tok, lambda: LlamaForCausalLM(cfg))
 
 
 def save_tiny_bert(
     out: Path, model_cls: str, *, hidden: int, intermediate: int, layers: int, max_positions: int
 ) -> Path:
     """A BERT (``model_cls`` from transformers, e.g. BertModel) with all-MiniLM's tokenizer."""
-    import torch
     import transformers
-    from transformers import AutoTokenizer, BertConfig
+    from transformers import BertConfig
 
-    tok = AutoTokenizer.from_pretrained(hf_folder("all-minilm-l6-v2"))
-    cfg = BertConfig(
-        vocab_size=len(tok),
-        hidden_size=hidden,
-        intermediate_size=intermediate,
-        num_hidden_layers=layers,
-        num_attention_heads=4,
-        max_position_embeddings=max_positions,
-    )
+    tok, sizes = _tokenizer_and_sizes("all-minilm-l6-v2", hidden, intermediate, layers, max_positions)
+    return _save(out, tok, lambda: getattr(transformers, model_cls)(BertConfig(**sizes)))
+
+
+def _tokenizer_and_sizes(packaged: str, hidden: int, intermediate: int, layers: int,
+                         max_positions: int) -> tuple[Any, dict[str, int]]:
+    """The packaged model's tokenizer and the config sizes both tiny models share (4 heads)."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(hf_folder(packaged))
+    return tok, {"vocab_size": len(tok), "hidden_size": hidden, "intermediate_size": intermediate,
+                 "num_hidden_layers": layers, "num_attention_heads": 4, "max_position_embeddings": max_positions}
+
+
+def _save(out: Path, tok: Any, build: Callable[[], Any]) -> Path:
+    """Build the model from seed 0 (every tiny model is the same across runs) and save it with ``tok``."""
+    import torch
+
     torch.manual_seed(0)
-    getattr(transformers, model_cls)(cfg).save_pretrained(out)
+    build().save_pretrained(out)
     tok.save_pretrained(out)
     return out
 

@@ -207,22 +207,22 @@ def _iter_lines(src: SourceConfig) -> Iterator[tuple[int, bytes]]:
             raise _BrokenStream(i + 1, _first_line(err)) from None
 
 
-def _lines_or_quarantine(src: SourceConfig, name: str) -> Iterator[tuple[int, bytes | Quarantined]]:
-    """:func:`_iter_lines`, ending with one ``corrupt_stream`` quarantine entry where the bytes break."""
+def _record_lines(src: SourceConfig, name: str) -> Iterator[tuple[str, bytes | Quarantined]]:
+    """The non-blank lines of :func:`_iter_lines` with their location (blank lines are layout, not
+    records), ending with one ``corrupt_stream`` quarantine entry where the bytes break."""
     try:
-        yield from _iter_lines(src)
+        for i, line in _iter_lines(src):
+            if line.strip():
+                yield f"line {i}", line
     except _BrokenStream as err:
-        yield err.line, Quarantined(name, f"line {err.line}", "corrupt_stream", err.why)
+        yield f"line {err.line}", Quarantined(name, f"line {err.line}", "corrupt_stream", err.why)
 
 
 def _read_jsonl(src: SourceConfig, name: str) -> Iterator[tuple[str, dict[str, Any] | Quarantined]]:
-    for i, line in _lines_or_quarantine(src, name):
-        loc = f"line {i}"
+    for loc, line in _record_lines(src, name):
         if isinstance(line, Quarantined):
             yield loc, line
             continue
-        if not line.strip():
-            continue  # blank lines are layout, not records
         if len(line) > src.max_record_bytes:
             yield loc, Quarantined(name, loc, "oversized", _excerpt(line))
             continue
@@ -408,12 +408,9 @@ def _read_sql(src: SourceConfig, name: str) -> Iterator[tuple[str, dict[str, Any
 
 
 def _read_log(src: SourceConfig, name: str) -> Iterator[tuple[str, dict[str, Any] | Quarantined]]:
-    for i, line in _lines_or_quarantine(src, name):
-        loc = f"line {i}"
+    for loc, line in _record_lines(src, name):
         if isinstance(line, Quarantined):
             yield loc, line
-            continue
-        if not line.strip():
             continue
         text = _decode(line, src)
         if text is None or len(line) > src.max_record_bytes:
