@@ -87,15 +87,19 @@ def test_feedback_is_bounded_and_keeps_the_newest_runs(tmp_path: Path) -> None:
 
 
 def test_train_files_a_run_only_when_it_followed_a_cpu_plan(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from shoestring.core.plan_contract import PlanDocument
     from shoestring.train.stage import _feed_back, plan_comparison
 
     monkeypatch.setenv("SHOESTRING_CACHE", str(tmp_path))
     keys = signatures("m", "sft", "lora", "fp32", 256, 8, 1, False, False)
-    plan = {"predicted": {"resident_peak_bytes": 2000, "step_seconds": 2.0, "peak_memory_bytes": 900,
-                          "live_peak_bytes": 800},
-            "run": {"setup_seconds": 5.0, "eval_seconds_per_row": 0.1, "checkpoint_seconds": 1.0},
-            "calibration": {"fingerprint": "abc"},
-            "feedback": {**keys, "model": {"resident_peak_bytes": 1900, "step_seconds": 2.2}}}
+    plan = PlanDocument.model_validate(
+        {"model": "m", "task": "sft", "method": "lora", "seq_len": 256, "micro_batch_size": 8, "grad_accum": 1,
+         "precision": "fp32", "activation_checkpointing": False,
+         "predicted": {"resident_peak_bytes": 2000, "step_seconds": 2.0, "peak_memory_bytes": 900,
+                       "live_peak_bytes": 800},
+         "run": {"setup_seconds": 5.0, "eval_seconds_per_row": 0.1, "checkpoint_seconds": 1.0},
+         "calibration": {"fingerprint": "abc"},
+         "feedback": {**keys, "model": {"resident_peak_bytes": 1900, "step_seconds": 2.2}}})  # fmt: skip
     stats = {"resident_peak_bytes": 2200, "peak_memory_bytes": 1000, "step_seconds": 2.5, "steps": 10,
              "val_rows": 4, "eval_passes": 2, "checkpoints": 3, "run_seconds": 40.0}
     comp = plan_comparison(plan, stats, [])

@@ -45,7 +45,7 @@ def test_server_embeddings_equal_shoestring_embed(which: str, tiny_llama: Path) 
     """One pooling rule for `shoestring embed` and /v1/embeddings: mean for encoders, last token for decoders."""
     import numpy as np
 
-    from shoestring.train.inference import embed
+    from shoestring.models.inference import embed
 
     model = "all-minilm-l6-v2" if which == "encoder" else str(tiny_llama)
     texts = ["short", "a somewhat longer sentence, so the batch is padded"]

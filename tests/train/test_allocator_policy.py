@@ -23,8 +23,9 @@ def applied(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     return calls
 
 
-def _plan(peak_gib: float) -> dict[str, object]:
-    return {"predicted": {"peak_memory_bytes": int(peak_gib * 2**30)}}
+def _plan(peak_gib: float) -> int:
+    """The plan's predicted peak (bytes)."""
+    return int(peak_gib * 2**30)
 
 
 def test_auto_leaves_the_heap_alone_when_the_plan_fits_with_head_room(applied: list[int]) -> None:

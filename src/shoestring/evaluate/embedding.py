@@ -51,7 +51,7 @@ def _records(ctx: StageContext, cfg: EvaluateConfig, split: str, limit: int) -> 
 
 
 def _embed(spec: str, texts: list[str], cfg: EvaluateConfig) -> tuple[np.ndarray, float]:
-    from shoestring.train.inference import embed
+    from shoestring.models.inference import embed
 
     t0 = time.perf_counter()
     vecs = embed(spec, texts, pooling=cfg.pooling, normalize=False, max_length=cfg.max_seq_len)

@@ -32,6 +32,7 @@ CONFIG = PlanConfig
 
 def build(cfg: PlanConfig, ctx: StageContext) -> dict[str, Any]:
     from shoestring.core.artifact import atomic_write_json
+    from shoestring.core.plan_contract import write_plan
 
     if cfg.jobs is not None and cfg.cluster is not None:
         from shoestring.plan.jobs import run_jobs_on_cluster
@@ -53,7 +54,7 @@ def build(cfg: PlanConfig, ctx: StageContext) -> dict[str, Any]:
         ctx.extra_manifest["cluster"] = {k: plan["cluster"][k] for k in ("address", "nodes_needed", "layout")}
     else:
         plan = make_plan(cfg, ctx)
-    atomic_write_json(ctx.out_dir / "plan.json", plan)
+    write_plan(ctx.out_dir, plan)  # validated: a document train could not read fails here
     ctx.extra_manifest["predicted"] = plan["predicted"]
     return {
         "fits": plan["fits"],

@@ -145,21 +145,12 @@ def _load_generation(cfg: ServeConfig, name: str, tok: Any) -> LoadedModel:
 
 # ---------------------------------------------------------------------- task functions
 def embed(lm: LoadedModel, texts: list[str]) -> list[tuple[list[float], int]]:
-    """L2-normalised sentence vectors and the token count of each text.
+    """L2-normalised sentence vectors and the token count of each text, by the one embedding
+    rule of ``shoestring embed`` (:func:`shoestring.models.inference.embed_batch`)."""
+    from shoestring.models.inference import embed_batch
 
-    Pooled by the same rule as ``shoestring embed`` (``train.inference.pooling_for``): the
-    last token for decoders, the mean of the tokens for encoders.
-    """
-    import torch
-
-    from shoestring.train.inference import pool_hidden, pooling_for
-
-    enc = lm.tokenizer(texts, padding=True, truncation=True, max_length=lm.context_length, return_tensors="pt").to(lm.device)
-    with torch.inference_mode():
-        hidden = lm.model(**enc).last_hidden_state  # (B, T, H)
-    pooled = torch.nn.functional.normalize(pool_hidden(hidden, enc["attention_mask"], pooling_for(lm.model)), dim=-1)
-    counts = enc["attention_mask"].sum(-1).tolist()
-    return [(v, int(n)) for v, n in zip(pooled.tolist(), counts, strict=True)]
+    vecs, counts = embed_batch(lm.model, lm.tokenizer, texts, max_length=lm.context_length, device=lm.device)
+    return [(v, n) for v, n in zip(vecs.tolist(), counts, strict=True)]
 
 
 def classify(lm: LoadedModel, texts: list[str]) -> list[dict[str, Any]]:

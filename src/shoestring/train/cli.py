@@ -24,7 +24,7 @@ def fill_mask_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:
     """Predict the masked word: top-k tokens with their probabilities."""
-    from shoestring.train.inference import fill_mask
+    from shoestring.models.inference import fill_mask
 
     preds = fill_mask(model, text, top_k)
     if as_json:
@@ -62,7 +62,7 @@ def embed_cmd(
     """Export sentence embeddings or per-token hidden states of any encoder or decoder."""
     import numpy as np
 
-    from shoestring.train.inference import embed, hidden_states
+    from shoestring.models.inference import embed, hidden_states
 
     items = list(texts or [])
     if input_file is not None:

@@ -7,16 +7,17 @@ we keep the user's value (they may know better) and warn, naming each deviation.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, get_args
+from typing import TYPE_CHECKING, Any, get_args
 
 from shoestring.core.errors import ShoestringError
 from shoestring.models.tasks import training_task
 from shoestring.train.config import Task, TrainConfig
 
-__all__ = ["Settings", "read_plan", "resolve_settings"]
+if TYPE_CHECKING:
+    from shoestring.core.plan_contract import PlanDocument
+
+__all__ = ["Settings", "resolve_settings"]
 
 _DEFAULTS: dict[str, Any] = {
     "task": "sft",
@@ -36,7 +37,6 @@ _PLANNED = (
     "precision",
     "activation_checkpointing",
 )
-_METHOD_ALIASES = {"freeze": "frozen", "freeze-layers": "frozen"}
 _PRECISION_ALIASES = {
     "float32": "fp32",
     "bfloat16": "bf16",
@@ -68,27 +68,10 @@ class Settings:
     """The plan's predictions (peak_memory_bytes, step_seconds, total_seconds, cost_usd)."""
 
 
-def read_plan(path: Path | None) -> dict[str, Any] | None:
-    if path is None:
-        return None
-    f = path / "plan.json"
-    if not f.is_file():
-        raise ShoestringError(f"plan artifact {path} has no plan.json; re-run `shoestring plan`")
-    try:
-        data = json.loads(f.read_text())
-    except json.JSONDecodeError:
-        raise ShoestringError(f"{f} is not valid JSON; re-run `shoestring plan`") from None
-    if not isinstance(data, dict):
-        raise ShoestringError(f"{f} must hold a JSON object; re-run `shoestring plan`")
-    return data
-
-
-def _plan_value(plan: dict[str, Any], key: str) -> Any:
-    val = plan.get(key)
+def _plan_value(plan: PlanDocument | None, key: str) -> Any:
+    val = getattr(plan, key, None)
     if key == "task" and isinstance(val, str):
         val = training_task(val)
-    if key == "method" and isinstance(val, str):
-        val = _METHOD_ALIASES.get(val, val)
     if key == "precision" and isinstance(val, str):
         val = _PRECISION_ALIASES.get(val, val)
         if val not in ("fp32", "bf16", "fp16"):
@@ -96,9 +79,8 @@ def _plan_value(plan: dict[str, Any], key: str) -> Any:
     return val
 
 
-def resolve_settings(cfg: TrainConfig, plan: dict[str, Any] | None, cuda_available: bool) -> Settings:
+def resolve_settings(cfg: TrainConfig, plan: PlanDocument | None, cuda_available: bool) -> Settings:
     """Explicit config value > plan value > default; record every explicit-vs-plan mismatch."""
-    plan = plan or {}
     chosen: dict[str, Any] = {}
     deviations: list[str] = []
     for key in _PLANNED:
@@ -143,14 +125,14 @@ def resolve_settings(cfg: TrainConfig, plan: dict[str, Any] | None, cuda_availab
     if precision == "fp16" and device == "cpu":
         deviations.append("precision: fp16 needs CUDA; running bf16 autocast on CPU instead")
         precision = "bf16"
-    pdev = plan.get("device")
-    plan_device = str((pdev.get("kind") or pdev.get("name") or "") if isinstance(pdev, dict) else (pdev or ""))
+    pdev = plan.device if plan is not None else None
+    plan_device = (pdev.kind or pdev.name) if pdev is not None else ""
     if plan_device and not _same_device_kind(plan_device, device):
         deviations.append(f"device: planned {plan_device}, running {device}")
     lr = cfg.lr
     if lr is None:
         lr = 1e-3 if cfg.from_scratch else (2e-4 if chosen["method"] in ("lora", "qlora") else 5e-5)
-    predicted = plan.get("predicted") if isinstance(plan.get("predicted"), dict) else {}
+    predicted = plan.predicted.model_dump(mode="json", exclude_unset=True) if plan is not None else {}
     return Settings(
         model=str(chosen["model"]),
         task=str(chosen["task"]),
@@ -163,7 +145,7 @@ def resolve_settings(cfg: TrainConfig, plan: dict[str, Any] | None, cuda_availab
         device=device,
         lr=float(lr),
         deviations=deviations,
-        predicted=dict(predicted or {}),
+        predicted=predicted,
     )
 
 

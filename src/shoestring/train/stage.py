@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from rich.console import Console
 
     from shoestring.core.artifact import Artifact
+    from shoestring.core.plan_contract import PlanDocument
     from shoestring.core.workspace import StageContext
 
 __all__ = ["CONFIG", "KIND", "SCHEMA_VERSION", "SUMMARY", "build", "summarize"]
@@ -30,13 +31,14 @@ SUMMARY = "Train or fine-tune a model (SFT, LoRA/QLoRA, causal/masked LM, classi
 
 def build(cfg: TrainConfig, ctx: StageContext) -> dict[str, Any]:
     from shoestring.core.metering import PeakMemoryMeter
-    from shoestring.train.settings import read_plan, resolve_settings
+    from shoestring.core.plan_contract import load_plan
+    from shoestring.train.settings import resolve_settings
 
     plan_art = ctx.inputs.get("plan")
-    plan = read_plan(plan_art.path) if plan_art is not None else None
-    task = cfg.task or (plan or {}).get("task") or "sft"
+    plan = load_plan(plan_art.path) if plan_art is not None else None
+    task = cfg.task or (plan.task if plan is not None else None) or "sft"
     ctx.extra_manifest["task"] = task
-    bounded, why = _bound_allocator(cfg, plan)
+    bounded, why = _bound_allocator(cfg, plan.predicted.peak_memory_bytes if plan is not None else None)
     ctx.extra_manifest["cpu_allocator"] = {"bounded": bounded, "why": why}
     cfg = cfg.model_copy(update={"bound_allocator": bounded})  # worker processes decide the same
     if task == "sequential-recommendation":
@@ -99,7 +101,7 @@ def build(cfg: TrainConfig, ctx: StageContext) -> dict[str, Any]:
     return stats
 
 
-def plan_comparison(plan: dict[str, Any] | None, stats: dict[str, Any], deviations: list[str]) -> dict[str, Any]:
+def plan_comparison(plan: PlanDocument | None, stats: dict[str, Any], deviations: list[str]) -> dict[str, Any]:
     """The plan's predictions beside what this run measured, with the relative errors.
 
     Resident peak = the process's peak RSS (what ``top`` shows); step = median wall seconds of
@@ -107,8 +109,8 @@ def plan_comparison(plan: dict[str, Any] | None, stats: dict[str, Any], deviatio
     plan's per-run terms predict for this run's own cadence (setup + steps x step + evaluation
     passes + checkpoint writes).
     """
-    pred = dict((plan or {}).get("predicted") or {})
-    run = (plan or {}).get("run") or {}
+    pred = plan.predicted.model_dump(mode="json", exclude_unset=True) if plan is not None else {}
+    run = (plan.run if plan is not None else None) or {}
     steps = stats.get("steps") or 0
     if pred.get("step_seconds") and steps:
         parts = [pred["step_seconds"] * (steps - (stats.get("resumed_from_step") or 0))]
@@ -131,11 +133,11 @@ def plan_comparison(plan: dict[str, Any] | None, stats: dict[str, Any], deviatio
     return {"predicted": pred, "measured": measured, "errors": errors, "deviations": deviations}
 
 
-def _feed_back(plan: dict[str, Any] | None, comparison: dict[str, Any], deviations: list[str], device: str) -> None:
+def _feed_back(plan: PlanDocument | None, comparison: dict[str, Any], deviations: list[str], device: str) -> None:
     """Append this run to the machine's run log, where later plans read their correction
     (``shoestring.plan.feedback``). Only a CPU run that followed its plan counts."""
-    fb = (plan or {}).get("feedback")
-    key = ((plan or {}).get("calibration") or {}).get("fingerprint")
+    fb = plan.feedback if plan is not None else None
+    key = ((plan.calibration if plan is not None else None) or {}).get("fingerprint")
     if not fb or not key or deviations or device != "cpu":
         return
     import time
@@ -154,11 +156,12 @@ def _feed_back(plan: dict[str, Any] | None, comparison: dict[str, Any], deviatio
         append_run_record(cache_dir() / "runs" / f"{key}.jsonl", record)
 
 
-def _bound_allocator(cfg: TrainConfig, plan: dict[str, Any] | None) -> tuple[bool, str]:
+def _bound_allocator(cfg: TrainConfig, predicted: int | None) -> tuple[bool, str]:
     """Decide (and apply) glibc's fixed mmap threshold before any model is loaded.
 
     Bounded, RSS follows live tensors (quickstart shape: 5.2 GiB peak RSS unbounded vs 3.4 GiB
-    bounded) but every large allocation page-faults. Auto bounds only when memory is tight.
+    bounded) but every large allocation page-faults. Auto bounds only when memory is tight:
+    ``predicted`` is the plan's peak memory per device (bytes; None without a plan).
     """
     import torch
 
@@ -171,7 +174,6 @@ def _bound_allocator(cfg: TrainConfig, plan: dict[str, Any] | None) -> tuple[boo
     if cfg.bound_allocator is None:
         import psutil
 
-        predicted = ((plan or {}).get("predicted") or {}).get("peak_memory_bytes")
         if not predicted:
             return False, "auto: no plan, glibc's default heap"
         available = psutil.virtual_memory().available
@@ -187,26 +189,20 @@ def _bound_allocator(cfg: TrainConfig, plan: dict[str, Any] | None) -> tuple[boo
     return applied, why if applied else "not glibc: allocator unchanged"
 
 
-def _adopt_plan_extras(cfg: TrainConfig, plan: dict[str, Any] | None) -> TrainConfig:
-    """Take the plan's LoRA shape / frozen depth when the recipe does not set them."""
-    if not plan:
+def _adopt_plan_extras(cfg: TrainConfig, plan: PlanDocument | None) -> TrainConfig:
+    """Take the plan's LoRA shape / trainable depth when the recipe does not set them."""
+    if plan is None:
         return cfg
     update: dict[str, Any] = {}
-    lora = plan.get("lora")
-    if isinstance(lora, dict) and "lora" not in cfg.model_fields_set and lora.get("rank"):
-        rank = int(lora["rank"])
+    if plan.lora is not None and "lora" not in cfg.model_fields_set:
         update["lora"] = LoraOptions(
-            r=rank,
-            alpha=2 * rank,
-            dropout=float(lora.get("dropout", 0.05)),
-            target_modules=list(lora.get("targets") or []) or "all-linear",
+            r=plan.lora.rank,
+            alpha=2 * plan.lora.rank,
+            dropout=plan.lora.dropout,
+            target_modules=list(plan.lora.targets) or "all-linear",
         )
-    frozen = plan.get("frozen_layers")
-    if plan.get("method") == "freeze" and frozen and "trainable_layers" not in cfg.model_fields_set:
-        arch = plan.get("architecture") or {}
-        layers = arch.get("n_layers") or arch.get("num_layers")
-        if isinstance(layers, int):
-            update["trainable_layers"] = max(0, layers - int(frozen))
+    if plan.method == "frozen" and plan.trainable_layers is not None and "trainable_layers" not in cfg.model_fields_set:
+        update["trainable_layers"] = plan.trainable_layers
     return cfg.model_copy(update=update) if update else cfg
 
 

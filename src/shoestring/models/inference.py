@@ -1,4 +1,9 @@
-"""Inference helpers shared by the CLI and the server: fill-mask, embeddings and hidden states.
+"""What a loaded model answers, shared by the CLI, evaluate and serve: fill-mask, embeddings, hidden states.
+
+One embedding rule lives here (:func:`embed_batch`: ``auto`` pooling is the mean of the real
+tokens for encoders and the last real token for decoders), so ``shoestring embed``,
+``shoestring evaluate --task embedding`` and the server's ``/v1/embeddings`` return the same
+vectors for the same model.
 
 ``model`` is anything :func:`shoestring.models.load_model` accepts (packaged name, folder,
 hub id, model artifact). Loaded models are cached per process (a few at most), so a server
@@ -16,7 +21,9 @@ if TYPE_CHECKING:
     import numpy as np
     import torch
 
-__all__ = ["embed", "fill_mask", "hidden_states", "pool_hidden", "pooling_for"]
+__all__ = ["Pooling", "embed", "embed_batch", "fill_mask", "hidden_states", "pool_hidden", "pooling_for"]
+
+Pooling = Literal["auto", "mean", "cls", "last"]
 
 _MASK_SPELLINGS = ("[MASK]", "<mask>")
 
@@ -106,33 +113,57 @@ def embed(
     model: str,
     texts: list[str],
     *,
-    pooling: Literal["auto", "mean", "cls", "last"] = "auto",
+    pooling: Pooling = "auto",
     layer: int = -1,
     normalize: bool = True,
     batch_size: int = 16,
     max_length: int = 512,
 ) -> np.ndarray:
-    """Sentence embeddings, shape (len(texts), hidden). ``auto``: mean for encoders, last token for decoders."""
+    """Sentence embeddings, shape (len(texts), hidden), by the rule of :func:`embed_batch`."""
     import numpy as np
-    import torch
 
     if not texts:
         raise ShoestringError("no texts to embed")
     tok, enc_model = _encoder(str(model))
-    how = pooling_for(enc_model) if pooling == "auto" else pooling
-    rows = []
-    tok.padding_side = "right"
-    with torch.no_grad():
-        for i in range(0, len(texts), batch_size):
-            enc = tok(texts[i : i + batch_size], return_tensors="pt", padding=True, truncation=True,
-                      max_length=max_length)  # fmt: skip
-            hs = enc_model(**enc, output_hidden_states=True).hidden_states
-            _check_layer(layer, len(hs))
-            v = pool_hidden(hs[layer], enc["attention_mask"], how)
-            if normalize:
-                v = torch.nn.functional.normalize(v, dim=-1)
-            rows.append(v.numpy())
+    rows = [
+        embed_batch(enc_model, tok, texts[i : i + batch_size], pooling=pooling, layer=layer, normalize=normalize,
+                    max_length=max_length)[0].numpy()
+        for i in range(0, len(texts), batch_size)
+    ]  # fmt: skip
     return np.concatenate(rows, axis=0)
+
+
+def embed_batch(
+    model: Any,
+    tokenizer: Any,
+    texts: list[str],
+    *,
+    pooling: Pooling = "auto",
+    layer: int = -1,
+    normalize: bool = True,
+    max_length: int = 512,
+    device: str | None = None,
+) -> tuple[torch.Tensor, list[int]]:
+    """One padded forward of ``texts``: float32 vectors (B, hidden) and each text's token count.
+
+    ``auto`` pooling follows :func:`pooling_for`; ``layer`` indexes the hidden states (-1: the
+    last, after the final norm; 0: the embeddings); ``normalize`` L2-normalises each vector.
+    """
+    import torch
+
+    # Right padding: a decoder's real tokens keep positions 0..n-1, as when the text runs alone.
+    enc = tokenizer(texts, return_tensors="pt", padding=True, padding_side="right", truncation=True,
+                    max_length=max_length)  # fmt: skip
+    if device is not None:
+        enc = enc.to(device)
+    with torch.inference_mode():
+        hs = model(**enc, output_hidden_states=True).hidden_states
+    _check_layer(layer, len(hs))
+    how = pooling_for(model) if pooling == "auto" else pooling
+    v = pool_hidden(hs[layer], enc["attention_mask"], how)  # (B, C) float32
+    if normalize:
+        v = torch.nn.functional.normalize(v, dim=-1)
+    return v.cpu(), [int(n) for n in enc["attention_mask"].sum(-1).tolist()]
 
 
 def pooling_for(model: Any) -> Literal["mean", "last"]:
