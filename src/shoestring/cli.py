@@ -7,6 +7,7 @@ their typed configs; the modules in ``EXTRA_VERBS`` add verbs of their own throu
 from __future__ import annotations
 
 import contextlib
+import errno
 import importlib
 import logging
 import sys
@@ -15,6 +16,7 @@ from pathlib import Path
 import click
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from shoestring.core.cli_support import add_stage_command
@@ -123,6 +125,30 @@ def _click_exceptions() -> tuple[tuple[type[BaseException], ...], ...]:
     return tuple(tuple(getattr(m, n) for m in mods if hasattr(m, n)) for n in ("Exit", "Abort", "ClickException"))
 
 
+_RERUN = "and re-run the same command; finished stages are kept"
+_DISK_ERRORS = {
+    errno.ENOSPC: ("no space left on device writing {path}", "free space on that disk (or point -w at another)"),
+    errno.EDQUOT: ("disk quota exceeded writing {path}", "free space within your quota (or point -w at another disk)"),
+    errno.EROFS: ("read-only file system at {path}", "make it writable (or point -w at a writable folder)"),
+    errno.EACCES: ("permission denied on {path}", "make it writable for you (or point -w at a folder you own)"),
+    errno.EPERM: ("operation not permitted on {path}", "make it writable for you (or point -w at a folder you own)"),
+}
+
+
+def disk_error_line(err: OSError) -> str | None:
+    """The one line for a full, read-only or forbidden disk (None: another OSError, a bug to show).
+
+    A permission error names its path or it is not the user's disk but our bug.
+    """
+    if err.errno not in _DISK_ERRORS:
+        return None
+    path = err.filename if err.filename is not None else err.filename2
+    if path is None and err.errno in (errno.EACCES, errno.EPERM):
+        return None
+    what, fix = _DISK_ERRORS[err.errno]
+    return f"{what.format(path=path if path is not None else 'the workspace')}: {fix} {_RERUN}"
+
+
 def main() -> None:
     """Entry point: user errors become one line on stderr and exit code 2."""
     exit_types, abort_types, click_errors = _click_exceptions()
@@ -135,6 +161,12 @@ def main() -> None:
     except ShoestringError as err:
         err_console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
         sys.exit(err.exit_code)
+    except OSError as err:
+        line = disk_error_line(err)
+        if line is None:
+            raise
+        err_console.print(f"[bold red]error:[/] {escape(line)}", highlight=False, soft_wrap=True)
+        sys.exit(2)
     except exit_types as ex:
         sys.exit(ex.exit_code)  # type: ignore[attr-defined]
     except abort_types:

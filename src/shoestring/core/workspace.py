@@ -224,11 +224,11 @@ class Workspace:
 
         key = f"{stage.name}-{digest[:16]}"
         self._clear_stale_tmp(key)
-        tmp = self.root / "tmp" / f"{key}.{os.getpid()}"
-        tmp.mkdir(parents=True)
         work = self.root / "work" / key
         resumed = work.exists() and any(work.iterdir())
-        work.mkdir(parents=True, exist_ok=True)
+        work.mkdir(parents=True, exist_ok=True)  # before tmp/: a refused scratch folder leaves no empty tmp folder
+        tmp = self.root / "tmp" / f"{key}.{os.getpid()}"
+        tmp.mkdir(parents=True)
         note = " (resuming)" if resumed else ""
         self.console.print(f"[yellow]▶[/] {name:<10} running{note}")
         ctx = StageContext(self, stage, digest, tmp, work, inputs, self.console)
@@ -236,8 +236,10 @@ class Workspace:
         t0 = time.perf_counter()
         try:
             stats = stage.build(cfg, ctx) or {}
-        except BaseException:
+        except BaseException as err:
             shutil.rmtree(tmp, ignore_errors=True)
+            if isinstance(err, OSError) and err.filename is None:
+                err.filename = str(self.root)  # a failed write or close names no file; say which disk filled
             raise
         seconds = time.perf_counter() - t0
         manifest = {
