@@ -10,6 +10,7 @@ import contextlib
 import errno
 import importlib
 import logging
+import re
 import sys
 from pathlib import Path
 
@@ -135,17 +136,22 @@ _DISK_ERRORS = {
 }
 
 
-def disk_error_line(err: OSError) -> str | None:
-    """The one line for a full, read-only or forbidden disk (None: another OSError, a bug to show).
+def disk_error_line(err: BaseException) -> str | None:
+    """The one line for a full, read-only or forbidden disk (None: another error, a bug to show).
 
-    A permission error names its path or it is not the user's disk but our bug.
+    An ``OSError`` says it by its errno; a Rust-backed writer (safetensors, tokenizers) only in
+    its message, as "(os error 28)". A permission error names its path or it is not the user's
+    disk but our bug.
     """
-    if err.errno not in _DISK_ERRORS:
+    if isinstance(err, OSError):
+        code, path = err.errno, err.filename if err.filename is not None else err.filename2
+    elif m := re.search(r"\(os error (\d+)\)", str(err)):
+        code, path = int(m[1]), None
+    else:
         return None
-    path = err.filename if err.filename is not None else err.filename2
-    if path is None and err.errno in (errno.EACCES, errno.EPERM):
+    if code not in _DISK_ERRORS or (path is None and code in (errno.EACCES, errno.EPERM)):
         return None
-    what, fix = _DISK_ERRORS[err.errno]
+    what, fix = _DISK_ERRORS[code]
     return f"{what.format(path=path if path is not None else 'the workspace')}: {fix} {_RERUN}"
 
 
@@ -161,12 +167,6 @@ def main() -> None:
     except ShoestringError as err:
         err_console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
         sys.exit(err.exit_code)
-    except OSError as err:
-        line = disk_error_line(err)
-        if line is None:
-            raise
-        err_console.print(f"[bold red]error:[/] {escape(line)}", highlight=False, soft_wrap=True)
-        sys.exit(2)
     except exit_types as ex:
         sys.exit(ex.exit_code)  # type: ignore[attr-defined]
     except abort_types:
@@ -177,6 +177,12 @@ def main() -> None:
         sys.exit(ex.exit_code)  # type: ignore[attr-defined]
     except KeyboardInterrupt:
         code = 130
+    except Exception as err:  # a full or read-only disk is the user's to fix; anything else is a bug to see
+        line = disk_error_line(err)
+        if line is None:
+            raise
+        err_console.print(f"[bold red]error:[/] {escape(line)}", highlight=False, soft_wrap=True)
+        sys.exit(2)
     if isinstance(code, int) and code:
         if code == 130:
             err_console.print("interrupted; re-run the same command to resume from the last finished step")
