@@ -7,14 +7,17 @@ their typed configs; the modules in ``EXTRA_VERBS`` add verbs of their own throu
 from __future__ import annotations
 
 import contextlib
+import errno
 import importlib
 import logging
+import re
 import sys
 from pathlib import Path
 
 import click
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from shoestring.core.cli_support import add_stage_command
@@ -123,6 +126,35 @@ def _click_exceptions() -> tuple[tuple[type[BaseException], ...], ...]:
     return tuple(tuple(getattr(m, n) for m in mods if hasattr(m, n)) for n in ("Exit", "Abort", "ClickException"))
 
 
+_RERUN = "and re-run the same command; finished stages are kept"
+_DISK_ERRORS = {
+    errno.ENOSPC: ("no space left on device writing {path}", "free space on that disk (or point -w at another)"),
+    errno.EDQUOT: ("disk quota exceeded writing {path}", "free space within your quota (or point -w at another disk)"),
+    errno.EROFS: ("read-only file system at {path}", "make it writable (or point -w at a writable folder)"),
+    errno.EACCES: ("permission denied on {path}", "make it writable for you (or point -w at a folder you own)"),
+    errno.EPERM: ("operation not permitted on {path}", "make it writable for you (or point -w at a folder you own)"),
+}
+
+
+def disk_error_line(err: BaseException) -> str | None:
+    """The one line for a full, read-only or forbidden disk (None: another error, a bug to show).
+
+    An ``OSError`` says it by its errno; a Rust-backed writer (safetensors, tokenizers) only in
+    its message, as "(os error 28)". A permission error names its path or it is not the user's
+    disk but our bug.
+    """
+    if isinstance(err, OSError):
+        code, path = err.errno, err.filename if err.filename is not None else err.filename2
+    elif m := re.search(r"\(os error (\d+)\)", str(err)):
+        code, path = int(m[1]), None
+    else:
+        return None
+    if code not in _DISK_ERRORS or (path is None and code in (errno.EACCES, errno.EPERM)):
+        return None
+    what, fix = _DISK_ERRORS[code]
+    return f"{what.format(path=path if path is not None else 'the workspace')}: {fix} {_RERUN}"
+
+
 def main() -> None:
     """Entry point: user errors become one line on stderr and exit code 2."""
     exit_types, abort_types, click_errors = _click_exceptions()
@@ -145,6 +177,12 @@ def main() -> None:
         sys.exit(ex.exit_code)  # type: ignore[attr-defined]
     except KeyboardInterrupt:
         code = 130
+    except Exception as err:  # a full or read-only disk is the user's to fix; anything else is a bug to see
+        line = disk_error_line(err)
+        if line is None:
+            raise
+        err_console.print(f"[bold red]error:[/] {escape(line)}", highlight=False, soft_wrap=True)
+        sys.exit(2)
     if isinstance(code, int) and code:
         if code == 130:
             err_console.print("interrupted; re-run the same command to resume from the last finished step")

@@ -7,6 +7,7 @@ complete artifact or nothing (a stale temporary folder that the next run removes
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -67,15 +68,27 @@ def fsync_dir(path: Path) -> None:
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file + fsync + rename."""
+    """Write ``data`` to ``path`` via a temporary file + fsync + rename.
+
+    On any failure (a full disk, a kill by Ctrl-C) the temporary file is removed and ``path``
+    keeps its old content; an ``OSError`` from the write names ``path`` (a failed ``write``
+    names no file, and "no space left" without a path tells the user nothing to free).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException as err:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        if isinstance(err, OSError) and err.filename is None:
+            err.filename = str(path)
+        raise
     fsync_dir(path.parent)
 
 
@@ -166,17 +179,24 @@ class Artifact:
 
 
 def commit_artifact(tmp_dir: Path, final_dir: Path, manifest: dict[str, Any]) -> Artifact:
-    """Write the manifest into ``tmp_dir`` and rename it to ``final_dir`` atomically."""
-    atomic_write_json(tmp_dir / MANIFEST, manifest)
-    fsync_dir(tmp_dir)
-    final_dir.parent.mkdir(parents=True, exist_ok=True)
+    """Write the manifest into ``tmp_dir`` and rename it to ``final_dir`` atomically.
+
+    If that fails (a full disk while writing the manifest), ``tmp_dir`` is removed: a payload
+    left in ``tmp/`` would keep holding the space the user is told to free.
+    """
     try:
-        os.rename(tmp_dir, final_dir)
-    except OSError:
-        # Another run committed the same hash first: same hash means same content.
-        if (final_dir / MANIFEST).is_file():
-            shutil.rmtree(tmp_dir, ignore_errors=True)
-        else:
-            raise
+        atomic_write_json(tmp_dir / MANIFEST, manifest)
+        fsync_dir(tmp_dir)
+        final_dir.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.rename(tmp_dir, final_dir)
+        except OSError:
+            # Another run committed the same hash first: same hash means same content.
+            if not (final_dir / MANIFEST).is_file():
+                raise
+    except BaseException:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+        raise
+    shutil.rmtree(tmp_dir, ignore_errors=True)  # only left when another run committed first
     fsync_dir(final_dir.parent)
     return Artifact.load(final_dir)

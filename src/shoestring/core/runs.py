@@ -20,6 +20,7 @@ Record layout::
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import traceback
@@ -113,7 +114,10 @@ class RunRecord:
         line = error_line(err)
         self.data["stages"][sid].update(status="cancelled" if cancelled else "failed", error=line)
         self.data.update(status="cancelled" if cancelled else "failed", error=f"{sid}: {line}", finished=_now())
-        self.save()
+        # Best effort: the disk that failed the stage is often the one the record lives on, and a
+        # second "no space left" from here would replace the stage's own error.
+        with contextlib.suppress(OSError):
+            self.save()
 
     def finished(self) -> None:
         for st in self.data["stages"].values():

@@ -13,6 +13,8 @@ Same stage + same config + same inputs (by content) = same hash = the stage is s
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import os
 import re
@@ -141,13 +143,20 @@ class Workspace:
     def __init__(self, root: str | Path, console: Console | None = None) -> None:
         self.root = Path(root).expanduser().resolve()
         self.console = console or Console(stderr=True, soft_wrap=True)
+        probe = self.root / "tmp" / f".write-probe-{os.getpid()}"
         try:
             for sub in ("artifacts", "tmp", "work"):
                 (self.root / sub).mkdir(parents=True, exist_ok=True)
-            probe = self.root / "tmp" / f".write-probe-{os.getpid()}"
             probe.write_text("ok")
             probe.unlink()
         except OSError as err:
+            with contextlib.suppress(OSError):
+                probe.unlink()  # a full disk creates it, then refuses its two bytes
+            if err.errno in (errno.ENOSPC, errno.EDQUOT):  # writable, but full: another folder is not the only fix
+                raise ShoestringError(
+                    f"workspace {self.root} is full ({err.strerror}): free space on that disk (or pass --workspace "
+                    "DIR on another) and re-run the same command"
+                ) from None
             raise ShoestringError(
                 f"workspace {self.root} is not writable ({err.strerror}); pass --workspace DIR with a writable folder"
             ) from None
@@ -224,11 +233,11 @@ class Workspace:
 
         key = f"{stage.name}-{digest[:16]}"
         self._clear_stale_tmp(key)
-        tmp = self.root / "tmp" / f"{key}.{os.getpid()}"
-        tmp.mkdir(parents=True)
         work = self.root / "work" / key
         resumed = work.exists() and any(work.iterdir())
-        work.mkdir(parents=True, exist_ok=True)
+        work.mkdir(parents=True, exist_ok=True)  # before tmp/: a refused scratch folder leaves no empty tmp folder
+        tmp = self.root / "tmp" / f"{key}.{os.getpid()}"
+        tmp.mkdir(parents=True)
         note = " (resuming)" if resumed else ""
         self.console.print(f"[yellow]▶[/] {name:<10} running{note}")
         ctx = StageContext(self, stage, digest, tmp, work, inputs, self.console)
@@ -236,8 +245,10 @@ class Workspace:
         t0 = time.perf_counter()
         try:
             stats = stage.build(cfg, ctx) or {}
-        except BaseException:
+        except BaseException as err:
             shutil.rmtree(tmp, ignore_errors=True)
+            if isinstance(err, OSError) and err.filename is None:
+                err.filename = str(self.root)  # a failed write or close names no file; say which disk filled
             raise
         seconds = time.perf_counter() - t0
         manifest = {
