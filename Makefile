@@ -35,8 +35,12 @@ browser:
 	  $$SUDO apt-get install -y -q chromium chromium-driver >/dev/null 2>&1 || \
 	  { $$SUDO apt-get update -q >/dev/null && $$SUDO apt-get install -y -q chromium chromium-driver >/dev/null; }; }
 
+# The quickstart pseudonymises e-mails, which needs a secret key (there is no default one):
+# $SHOESTRING_PII_KEY if set, else a random key made once for this checkout (.shoestring/, untracked).
 demo: $(CORE)
-	$(VENV)/bin/shoestring run recipes/quickstart.yaml
+	@mkdir -p .shoestring && [ -s .shoestring/pii.key ] || \
+	  (umask 077 && $(PY) -c 'import secrets; print(secrets.token_urlsafe(32))' > .shoestring/pii.key)
+	SHOESTRING_PII_KEY="$${SHOESTRING_PII_KEY:-$$(cat .shoestring/pii.key)}" $(VENV)/bin/shoestring run recipes/quickstart.yaml
 	@echo
 	@echo "See the run, its data card, plan, model and assessment in a browser (offline):"
 	@echo "  $(VENV)/bin/shoestring ui        # then open http://127.0.0.1:8600/"

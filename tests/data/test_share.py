@@ -147,7 +147,7 @@ def test_the_same_key_from_env_or_file_gives_the_same_tokens(tmp_path: Path, mon
     from_file = PIIScrubber(PIIConfig(mode="pseudonym", key_file=tmp_path / "k"), shareable=True).scrub(text)
     monkeypatch.setenv("SHOESTRING_PII_KEY", KEY)
     assert PIIScrubber(PIIConfig(mode="pseudonym"), shareable=True).scrub(text) == from_file
-    monkeypatch.setenv("SHOESTRING_PII_KEY", "shoestring-dev-key-not-secret")
+    monkeypatch.setenv("SHOESTRING_PII_KEY", "another-key-of-this-user")
     assert PIIScrubber(PIIConfig(mode="pseudonym"), shareable=False).scrub(text) != from_file  # the key matters
 
 
@@ -157,7 +157,8 @@ def test_pii_scrubber_of_a_shareable_release_refuses_the_development_key(monkeyp
     from shoestring.data.pii import DEV_KEY, PIIScrubber
 
     monkeypatch.delenv("SHOESTRING_PII_KEY", raising=False)
-    assert PIIScrubber(PIIConfig(mode="pseudonym")).key == DEV_KEY.encode()  # local-only: the public fallback
+    with pytest.raises(ShoestringError, match="pii: mode pseudonym needs a pseudonym key"):
+        PIIScrubber(PIIConfig(mode="pseudonym"))  # local-only too: no public fallback (tests/data/test_pii_key.py)
     for value in (None, DEV_KEY):
         if value is not None:
             monkeypatch.setenv("SHOESTRING_PII_KEY", value)

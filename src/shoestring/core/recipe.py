@@ -32,7 +32,7 @@ from shoestring.core.config import StageConfig, load_yaml, parse_config
 from shoestring.core.errors import ShoestringError
 from shoestring.core.registry import get_stage
 from shoestring.core.runs import RunRecord
-from shoestring.core.workspace import Stage, StageResult, Workspace, input_fields
+from shoestring.core.workspace import Stage, StageResult, Workspace, check_entry_name, input_fields
 
 __all__ = ["PlannedStage", "Recipe", "apply_overrides", "load_recipe", "run_recipe"]
 
@@ -97,6 +97,7 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> tuple[R
     seen: set[str] = set()
     for sid, body in recipe.stages.items():
         where = f"{p}: stages.{sid}"
+        check_entry_name(str(sid), f"{p}: stages")
         if body is None:
             body = {}
         if not isinstance(body, dict):

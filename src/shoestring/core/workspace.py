@@ -40,7 +40,26 @@ from shoestring.core.config import ArtifactInput, HashedPath, NotHashed, StageCo
 from shoestring.core.errors import ShoestringError
 from shoestring.core.runs import pid_alive
 
-__all__ = ["Stage", "StageContext", "StageResult", "Workspace", "input_fields", "stage_hash"]
+__all__ = ["Stage", "StageContext", "StageResult", "Workspace", "check_entry_name", "input_fields", "stage_hash"]
+
+_ENTRY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
+_RESERVED = frozenset({"artifacts", "tmp", "work", "runs", "run.json"})
+
+
+def check_entry_name(name: str, where: str) -> str:
+    """``name`` if it can name an entry directly inside a workspace; else one line saying why not.
+
+    Stage ids become ``<workspace>/<id>`` links: a ``/``, a ``..`` or an absolute path would
+    point a link (and a later write through it) outside the workspace, so they are refused.
+    """
+    if not _ENTRY_NAME.fullmatch(name) or ".." in name:
+        raise ShoestringError(
+            f"{where}: '{name}' is not a plain name (letters, digits, '_', '-', '.'; no '/', '..' or absolute path); "
+            "rename it: a stage id names a link inside the workspace, never a path"
+        )
+    if name in _RESERVED:
+        raise ShoestringError(f"{where}: '{name}' is a folder of the workspace itself; pick another stage id")
+    return name
 
 
 def input_fields(cfg_cls: type[StageConfig]) -> dict[str, ArtifactInput]:
@@ -193,7 +212,8 @@ class Workspace:
         return art
 
     def link(self, name: str, art: Artifact) -> None:
-        """Point ``<root>/<name>`` at an artifact (atomic symlink swap)."""
+        """Point ``<root>/<name>`` at an artifact (atomic symlink swap); ``name`` must be a plain name."""
+        check_entry_name(name, "workspace link")
         link = self.root / name
         tmp = self.root / f".{name}.link-{os.getpid()}"
         try:

@@ -204,8 +204,8 @@ class PIIConfig(_Section):
     types: list[PIIType] = Field(default_factory=lambda: list(get_args(PIIType)))
     """PII types to detect."""
     key_env: str = "SHOESTRING_PII_KEY"
-    """Environment variable holding the secret key of the `pseudonym` mode. Required (16+ characters)
-    when `share` is enabled; otherwise a public development key is used if it is unset."""
+    """Environment variable holding the secret key of the `pseudonym` mode. Always required (there is
+    no default key); 16+ characters when `share` is enabled."""
     key_file: Annotated[Path | None, NotHashed()] = None
     """File holding the pseudonym key (read when the environment variable is unset); its contents
     never enter the stage hash, manifest or logs."""

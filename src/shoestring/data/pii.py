@@ -9,8 +9,8 @@ Modes: ``redact`` -> ``[EMAIL]``; ``mask`` -> ``*******0958``; ``hash`` -> ``<EM
 numbers); ``pseudonym`` -> a keyed HMAC-SHA256 token (``user-3f9a1c2b@example.invalid`` for
 e-mails, ``<PHONE_3f9a1c2b>`` otherwise): the same value gives the same token across the whole
 dataset and the value cannot be recovered without the key. The key comes from ``$pii.key_env``
-or ``pii.key_file``; a shareable release (``share.enabled``) refuses to start without a real one
-(see ``pseudonym_key``), a local-only dataset falls back to the public ``DEV_KEY``.
+or ``pii.key_file`` and is required: there is no default, because a token keyed with a public
+key can be recomputed by anyone from a guessed value (see ``pseudonym_key``).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from shoestring.data.records import Drop, OpStats, Record
 __all__ = ["DEV_KEY", "MIN_KEY_CHARS", "PIIScrubber", "find_pii", "iban_ok", "luhn_ok", "pseudonym_key"]
 
 DEV_KEY = "shoestring-dev-key-not-secret"
-"""Public key of local-only pseudonyms: anyone can recompute them, so a shareable release refuses it."""
+"""The public key earlier versions fell back to: anyone can recompute its tokens, so it is refused."""
 MIN_KEY_CHARS = 16
 """Shortest key a shareable release accepts (a short key can be guessed, and every token with it)."""
 _MAKE_KEY = "python -c 'import secrets; print(secrets.token_urlsafe(32))'"
@@ -53,18 +53,17 @@ def _key_text(cfg: PIIConfig) -> str | None:
 def pseudonym_key(cfg: PIIConfig, *, shareable: bool) -> bytes:
     """The pseudonymisation key: ``$cfg.key_env``, else the contents of ``cfg.key_file``.
 
-    For a release that leaves the machine (``shareable``) a real key is required: none, the public
-    ``DEV_KEY`` or one under ``MIN_KEY_CHARS`` characters raise one line saying what to set.
-    Otherwise a missing key falls back to ``DEV_KEY`` (consistent tokens, guessable by anyone)."""
+    Always required: no key, or the public ``DEV_KEY``, raise one line saying what to set. A
+    release that leaves the machine (``shareable``) also needs ``MIN_KEY_CHARS`` characters."""
     value = _key_text(cfg)
-    if not shareable:
-        return (value or DEV_KEY).encode()
     where = f"set ${cfg.key_env} (or pii.key_file) to a random secret, e.g. from {_MAKE_KEY}"
+    what = "share: a shareable release" if shareable else "pii: mode pseudonym"
     if value is None:
-        raise ShoestringError(f"share: a shareable release needs a pseudonym key; {where}")
+        alt = "" if shareable else " (or use pii.mode redact or hash)"
+        raise ShoestringError(f"{what} needs a pseudonym key; {where}{alt}")
     if hmac.compare_digest(value.encode(), DEV_KEY.encode()):
-        raise ShoestringError(f"share: the development pseudonym key is public (anyone could re-identify the tokens); {where}")
-    if len(value) < MIN_KEY_CHARS:
+        raise ShoestringError(f"{what}: the development pseudonym key is public (anyone could re-identify the tokens); {where}")
+    if shareable and len(value) < MIN_KEY_CHARS:
         raise ShoestringError(f"share: the pseudonym key has {len(value)} characters, under {MIN_KEY_CHARS}; {where}")
     return value.encode()
 

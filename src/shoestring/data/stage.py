@@ -118,10 +118,11 @@ def build(cfg: CurateConfig, ctx: StageContext) -> dict[str, Any]:
     from shoestring.data.readers import source_name
 
     sources = _sources(cfg)
-    if cfg.share.enabled:  # before any work: a release without a real key would fail only at the end
+    pseudonymises = cfg.pii.enabled and cfg.pii.mode == "pseudonym"
+    if cfg.share.enabled or pseudonymises:  # before any work: a missing key would fail in a worker, or at the end
         from shoestring.data.pii import pseudonym_key
 
-        pseudonym_key(cfg.pii, shareable=True)
+        pseudonym_key(cfg.pii, shareable=cfg.share.enabled)
     wall = {"start": time.perf_counter()}
     # One executor for both parallel parts (the map phase, then the dedup batches): workers start once.
     executor = make_executor(cfg.executor, cfg.workers, ctx.console)

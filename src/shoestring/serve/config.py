@@ -24,7 +24,7 @@ class ServeConfig(StageConfig):
     model_name: str | None = None
     """Model id reported by /v1/models and accepted in requests (default: the MODEL argument)."""
     host: str = "127.0.0.1"
-    """Interface to bind; the default accepts local connections only (use 0.0.0.0 behind a proxy, with --api-key)."""
+    """Interface to bind; the default accepts local connections only. Any non-loopback host (e.g. 0.0.0.0 behind a proxy) is refused without --api-key or $SHOESTRING_API_KEYS."""
     port: int = Field(8000, ge=0, le=65535)
     """TCP port to listen on (0 picks a free one and prints it)."""
     api_key: list[str] = Field(default_factory=list)

@@ -7,6 +7,7 @@ import sys
 from types import FrameType
 from typing import Any
 
+from shoestring.core.auth import require_key_off_loopback
 from shoestring.core.errors import ShoestringError
 from shoestring.serve.config import ServeConfig
 
@@ -21,11 +22,8 @@ def serve(cfg: ServeConfig) -> None:
     from shoestring.serve.backends import load_for_serving
     from shoestring.serve.state import api_keys
 
-    if cfg.host not in ("127.0.0.1", "localhost", "::1") and not api_keys(cfg):
-        print(
-            f"warning: listening on {cfg.host} without an API key; anyone who can reach this port can use the model",
-            file=sys.stderr,
-        )
+    # Refused, not warned: a warning scrolls past, and an open port serves the model to anyone.
+    require_key_off_loopback(cfg.host, api_keys(cfg), "use the model")
     sock = _bind(cfg.host, cfg.port)  # fail fast, before the slow model load
     loaded = load_for_serving(cfg)
     if loaded.engine is not None:

@@ -15,7 +15,7 @@ class UiConfig(StageConfig):
     roots: list[str] = Field(default_factory=lambda: [".shoestring"])
     """Folders searched for workspaces (three levels deep), relative to --cwd."""
     host: str = "127.0.0.1"
-    """Interface to bind; the default accepts local connections only (anything else needs --api-key)."""
+    """Interface to bind; the default accepts local connections only (anything but loopback is refused without --api-key or $SHOESTRING_API_KEYS)."""
     port: int = Field(8600, ge=0, le=65535)
     """TCP port to listen on (0 picks a free one and prints it)."""
     api_key: list[str] = Field(default_factory=list)

@@ -18,14 +18,13 @@ import secrets
 from typing import Any
 from urllib.parse import parse_qs, quote, unquote, urlencode
 
-from shoestring.core.auth import api_keys, bearer_token, token_matches
+from shoestring.core.auth import api_keys, bearer_token, is_loopback, token_matches
 
-__all__ = ["COOKIE", "Guard", "LOOPBACK"]
+__all__ = ["COOKIE", "Guard"]
 
 COOKIE = "shoestring_ui_key"
 CSRF_FIELD = "csrf"
 CSRF_HEADER = "x-csrf-token"
-LOOPBACK = ("127.0.0.1", "localhost", "::1", "[::1]")
 OPEN_PREFIXES = ("/health", "/login", "/static/", "/favicon")
 
 
@@ -43,7 +42,7 @@ class Guard:
         self.app = app
         self.keys = api_keys(keys)
         self.csrf = secrets.token_urlsafe(24)
-        self.loopback_only = bind_host in LOOPBACK
+        self.loopback_only = is_loopback(bind_host)
 
     def key_ok(self, headers: dict[str, str], query: dict[str, list[str]]) -> bool:
         if not self.keys:
@@ -66,7 +65,8 @@ class Guard:
             return
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
         path = scope["path"]
-        if self.loopback_only and _host_name(headers.get("host", "")) not in LOOPBACK:
+        # A loopback IP in Host cannot come from DNS rebinding (that needs a name); other names are refused.
+        if self.loopback_only and not is_loopback(_host_name(headers.get("host", ""))):
             await _plain(send, 421, "this dashboard answers only on a loopback address (open http://127.0.0.1:PORT/)")
             return
         query = parse_qs(scope.get("query_string", b"").decode("latin-1"))

@@ -5,10 +5,9 @@ from __future__ import annotations
 import socket
 import sys
 
-from shoestring.core.auth import api_keys
+from shoestring.core.auth import api_keys, require_key_off_loopback
 from shoestring.core.errors import ShoestringError
 from shoestring.ui.config import UiConfig
-from shoestring.ui.security import LOOPBACK
 
 __all__ = ["bind", "serve_ui"]
 
@@ -34,10 +33,7 @@ def serve_ui(cfg: UiConfig) -> None:
     from shoestring.ui.app import create_app
 
     keys = api_keys(cfg.api_key)
-    if cfg.host not in LOOPBACK and not keys:
-        raise ShoestringError(
-            f"--host {cfg.host} exposes launching runs to the network; set --api-key KEY (or $SHOESTRING_API_KEYS)"
-        )
+    require_key_off_loopback(cfg.host, keys, "launch runs and read every workspace")
     sock = bind(cfg.host, cfg.port)
     app = create_app(cfg)
     host, port = sock.getsockname()[:2]
