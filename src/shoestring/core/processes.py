@@ -22,7 +22,24 @@ import psutil
 
 from shoestring.core.errors import ShoestringError
 
-__all__ = ["port_free", "stop_group", "stop_recorded", "wait_listening"]
+__all__ = ["bind_tcp", "port_free", "stop_group", "stop_recorded", "wait_listening"]
+
+
+def bind_tcp(host: str, port: int, *, inheritable: bool = False) -> socket.socket:
+    """A TCP socket bound to ``host:port`` (IPv6 when the host has a colon; port 0: any free one),
+    not yet listening; a port that is taken or an address that is not this machine's is one line."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as err:
+        sock.close()
+        raise ShoestringError(
+            f"cannot listen on {host}:{port}: {err.strerror}; pick another --port or stop what is using it"
+        ) from None
+    sock.set_inheritable(inheritable)
+    return sock
 
 
 def port_free(port: int) -> bool:

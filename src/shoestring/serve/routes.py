@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from shoestring.serve.errors import api_error
 from shoestring.serve.generation import SHUTTING_DOWN, GenRequest, NotAccepting, QueueFull
+from shoestring.serve.openapi import ENDPOINT_TASK
 from shoestring.serve.protocol import (
     ChatRequest,
     ClassifyRequest,
@@ -34,6 +35,15 @@ router = APIRouter()
 
 def _state(request: Request) -> ServerState:
     return request.app.state.shoestring  # type: ignore[no-any-return]
+
+
+def _task_state(request: Request, model: str | None) -> ServerState:
+    """The server's state for a task route, after checking the request's ``model`` names the
+    served one and the served model's task is the route's (:data:`~shoestring.serve.openapi.ENDPOINT_TASK`)."""
+    state = _state(request)
+    state.check_model(model)
+    state.require_task(ENDPOINT_TASK[request.scope["route"].path])
+    return state
 
 
 def _admit(state: ServerState, submit: Any) -> Any:
@@ -223,18 +233,14 @@ async def _generate(
 
 @router.post("/v1/chat/completions", response_model=None)
 async def chat_completions(body: ChatRequest, request: Request) -> Any:
-    state = _state(request)
-    state.check_model(body.model)
-    state.require_task("causal-lm")
+    state = _task_state(request, body.model)
     prompt = _chat_prompt(state, body)
     return await _generate(request, state, body, prompt, body.max_completion_tokens or body.max_tokens, chat=True)
 
 
 @router.post("/v1/completions", response_model=None)
 async def completions(body: CompletionRequest, request: Request) -> Any:
-    state = _state(request)
-    state.check_model(body.model)
-    state.require_task("causal-lm")
+    state = _task_state(request, body.model)
     text = body.prompt_text()
     if text is None:
         raise api_error(400, "send one prompt per request (a list of several prompts is not supported)", param="prompt")
@@ -275,9 +281,7 @@ def _check_texts(texts: list[str]) -> None:
 
 @router.post("/v1/embeddings")
 async def embeddings(body: EmbeddingRequest, request: Request) -> JSONResponse:
-    state = _state(request)
-    state.check_model(body.model)
-    state.require_task("embedding")
+    state = _task_state(request, body.model)
     texts = body.texts()
     _check_texts(texts)
     results = await _run_task(request, state, texts)
@@ -291,9 +295,7 @@ async def embeddings(body: EmbeddingRequest, request: Request) -> JSONResponse:
 
 @router.post("/v1/classify")
 async def classify(body: ClassifyRequest, request: Request) -> JSONResponse:
-    state = _state(request)
-    state.check_model(body.model)
-    state.require_task("classification")
+    state = _task_state(request, body.model)
     texts = body.texts()
     _check_texts(texts)
     results = await _run_task(request, state, texts)
@@ -305,9 +307,7 @@ async def classify(body: ClassifyRequest, request: Request) -> JSONResponse:
 
 @router.post("/v1/fill-mask")
 async def fill_mask(body: FillMaskRequest, request: Request) -> JSONResponse:
-    state = _state(request)
-    state.check_model(body.model)
-    state.require_task("masked-lm")
+    state = _task_state(request, body.model)
     mask = state.loaded.tokenizer.mask_token
     if not mask or mask not in body.input:
         raise api_error(400, f"input has no mask token; put {mask} where a word is missing", param="input")
@@ -317,9 +317,7 @@ async def fill_mask(body: FillMaskRequest, request: Request) -> JSONResponse:
 
 @router.post("/v1/recommend")
 async def recommend(body: RecommendRequest, request: Request) -> JSONResponse:
-    state = _state(request)
-    state.check_model(body.model)
-    state.require_task("recommendation")
+    state = _task_state(request, body.model)
     (items,) = await _run_task(request, state, [(list(body.history), body.k)])
     state.observe_drift({"history_length": len(body.history)})
     data = []

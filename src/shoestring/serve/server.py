@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import socket
 import sys
 from types import FrameType
-from typing import Any
 
 from shoestring.core.auth import require_key_off_loopback
-from shoestring.core.errors import ShoestringError
+from shoestring.core.processes import bind_tcp
 from shoestring.serve.config import ServeConfig
 
 __all__ = ["serve"]
@@ -24,7 +22,7 @@ def serve(cfg: ServeConfig) -> None:
 
     # Refused, not warned: a warning scrolls past, and an open port serves the model to anyone.
     require_key_off_loopback(cfg.host, api_keys(cfg), "use the model")
-    sock = _bind(cfg.host, cfg.port)  # fail fast, before the slow model load
+    sock = bind_tcp(cfg.host, cfg.port, inheritable=True)  # fail fast, before the slow model load
     loaded = load_for_serving(cfg)
     if loaded.engine is not None:
         info = loaded.engine.info
@@ -59,18 +57,3 @@ def serve(cfg: ServeConfig) -> None:
     print(f"serving {loaded.name} ({loaded.task}) on http://{host}:{port}/v1", file=sys.stderr, flush=True)
     server.run(sockets=[sock])
     print("stopped", file=sys.stderr, flush=True)
-
-
-def _bind(host: str, port: int) -> Any:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-    except OSError as err:
-        sock.close()
-        raise ShoestringError(
-            f"cannot listen on {host}:{port}: {err.strerror}; pick another --port or stop what is using it"
-        ) from None
-    sock.set_inheritable(True)
-    return sock

@@ -6,23 +6,16 @@ import socket
 import sys
 
 from shoestring.core.auth import api_keys, require_key_off_loopback
-from shoestring.core.errors import ShoestringError
+from shoestring.core.processes import bind_tcp
 from shoestring.ui.config import UiConfig
 
 __all__ = ["bind", "serve_ui"]
 
 
 def bind(host: str, port: int) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-    except OSError as err:
-        sock.close()
-        raise ShoestringError(f"cannot listen on {host}:{port} ({err.strerror}); pass --port with a free port") from None
+    """The dashboard's listening socket (not inherited by the runs it launches)."""
+    sock = bind_tcp(host, port)
     sock.listen(128)
-    sock.set_inheritable(False)
     return sock
 
 
