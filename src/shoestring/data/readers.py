@@ -218,17 +218,22 @@ def _record_lines(src: SourceConfig, name: str) -> Iterator[tuple[str, bytes | Q
         yield f"line {err.line}", Quarantined(name, f"line {err.line}", "corrupt_stream", err.why)
 
 
+def _record_text(data: bytes, src: SourceConfig, name: str, loc: str) -> str | Quarantined:
+    """One record's bytes as text, or its quarantine entry: over ``max_record_bytes`` or not in the source's encoding."""
+    if len(data) > src.max_record_bytes:
+        return Quarantined(name, loc, "oversized", _excerpt(data))
+    text = _decode(data, src)
+    return Quarantined(name, loc, "invalid_utf8", _excerpt(data)) if text is None else text
+
+
 def _read_jsonl(src: SourceConfig, name: str) -> Iterator[tuple[str, dict[str, Any] | Quarantined]]:
     for loc, line in _record_lines(src, name):
         if isinstance(line, Quarantined):
             yield loc, line
             continue
-        if len(line) > src.max_record_bytes:
-            yield loc, Quarantined(name, loc, "oversized", _excerpt(line))
-            continue
-        text = _decode(line, src)
-        if text is None:
-            yield loc, Quarantined(name, loc, "invalid_utf8", _excerpt(line))
+        text = _record_text(line, src, name, loc)
+        if isinstance(text, Quarantined):
+            yield loc, text
             continue
         try:
             obj = json.loads(text)
@@ -366,13 +371,9 @@ def _read_text_folder(src: SourceConfig, name: str) -> Iterator[tuple[str, dict[
         if not f.name.lower().endswith(TEXT_SUFFIXES):
             yield loc, Quarantined(name, loc, "unsupported_file_type", f.name)
             continue
-        data = f.read_bytes()
-        if len(data) > src.max_record_bytes:
-            yield loc, Quarantined(name, loc, "oversized", _excerpt(data))
-            continue
-        text = _decode(data, src)
-        if text is None:
-            yield loc, Quarantined(name, loc, "invalid_utf8", _excerpt(data))
+        text = _record_text(f.read_bytes(), src, name, loc)
+        if isinstance(text, Quarantined):
+            yield loc, text
             continue
         yield loc, {"id": rel, "text": text, "path": rel, "file_type": f.suffix.lower().lstrip(".")}
 
