@@ -51,38 +51,26 @@ LLAMA_4L = {"num_hidden_layers": 4, "hidden_size": 256, "intermediate_size": 688
 LLAMA_8L = {"num_hidden_layers": 8, "hidden_size": 512, "intermediate_size": 1376,
             "num_attention_heads": 8, "num_key_value_heads": 4, "head_dim": 64}
 
-# name, base, overrides, task, method, seq_len, micro-batch, precision, checkpointing, pretrained
-CONFIGS: list[dict[str, Any]] = [
-    {"name": "llama-4L-h256 full fp32", "base": SMOL, "over": LLAMA_4L,
-     "task": "causal-lm", "method": "full", "seq_len": 256, "mbs": 4, "precision": "fp32", "ckpt": False},
-    {"name": "llama-4L-h256 full fp32 seq1024", "base": SMOL, "over": LLAMA_4L,
-     "task": "causal-lm", "method": "full", "seq_len": 1024, "mbs": 2, "precision": "fp32", "ckpt": False},
-    {"name": "llama-4L-h256 full fp32 ckpt", "base": SMOL, "over": LLAMA_4L,
-     "task": "causal-lm", "method": "full", "seq_len": 1024, "mbs": 2, "precision": "fp32", "ckpt": True},
-    {"name": "llama-4L-h256 full bf16", "base": SMOL, "over": LLAMA_4L,
-     "task": "causal-lm", "method": "full", "seq_len": 512, "mbs": 4, "precision": "bf16", "ckpt": False},
-    {"name": "llama-8L-h512 full fp32", "base": SMOL, "over": LLAMA_8L,
-     "task": "causal-lm", "method": "full", "seq_len": 512, "mbs": 2, "precision": "fp32", "ckpt": False},
-    {"name": "llama-8L-h512 lora fp32", "base": SMOL, "over": LLAMA_8L,
-     "task": "causal-lm", "method": "lora", "seq_len": 512, "mbs": 4, "precision": "fp32", "ckpt": False},
-    {"name": "llama-8L-h512 lora ckpt", "base": SMOL, "over": LLAMA_8L,
-     "task": "causal-lm", "method": "lora", "seq_len": 512, "mbs": 4, "precision": "fp32", "ckpt": True},
-    {"name": "smollm2-135M lora fp32 (quickstart)", "base": SMOL, "over": {}, "pretrained": True,
-     "task": "causal-lm", "method": "lora", "seq_len": 256, "mbs": 4, "precision": "fp32", "ckpt": False},
-    {"name": "smollm2-135M lora bf16", "base": SMOL, "over": {}, "pretrained": True,
-     "task": "causal-lm", "method": "lora", "seq_len": 256, "mbs": 2, "precision": "bf16", "ckpt": False},
-    {"name": "llama-8L-h512 frozen top-2", "base": SMOL, "over": LLAMA_8L,
-     "task": "causal-lm", "method": "frozen", "seq_len": 512, "mbs": 2, "precision": "fp32", "ckpt": False},
-    {"name": "bert-6L mlm full fp32", "base": MINILM, "over": {},
-     "task": "masked-lm", "method": "full", "seq_len": 256, "mbs": 8, "precision": "fp32", "ckpt": False},
-    {"name": "bert-12L-h512 mlm full fp32", "base": MINILM, "over": {"num_hidden_layers": 12, "hidden_size": 512,
-     "intermediate_size": 2048, "num_attention_heads": 8},
-     "task": "masked-lm", "method": "full", "seq_len": 128, "mbs": 8, "precision": "fp32", "ckpt": False},
-    {"name": "bert-6L classifier full fp32", "base": MINILM, "over": {},
-     "task": "classification", "method": "full", "seq_len": 128, "mbs": 16, "precision": "fp32", "ckpt": False},
-    {"name": "bert-6L classifier lora", "base": MINILM, "over": {},
-     "task": "classification", "method": "lora", "seq_len": 256, "mbs": 16, "precision": "fp32", "ckpt": False},
-]
+BERT_12L = {"num_hidden_layers": 12, "hidden_size": 512, "intermediate_size": 2048, "num_attention_heads": 8}
+FIELDS = ("name", "base", "over", "task", "method", "seq_len", "mbs", "precision", "ckpt", "pretrained")
+ROWS: list[tuple[Any, ...]] = [
+    # name                                 base    overrides task              method    seq   mbs  prec    ckpt   pretrained
+    ("llama-4L-h256 full fp32",             SMOL,   LLAMA_4L, "causal-lm",      "full",   256,  4,  "fp32", False, False),
+    ("llama-4L-h256 full fp32 seq1024",     SMOL,   LLAMA_4L, "causal-lm",      "full",   1024, 2,  "fp32", False, False),
+    ("llama-4L-h256 full fp32 ckpt",        SMOL,   LLAMA_4L, "causal-lm",      "full",   1024, 2,  "fp32", True,  False),
+    ("llama-4L-h256 full bf16",             SMOL,   LLAMA_4L, "causal-lm",      "full",   512,  4,  "bf16", False, False),
+    ("llama-8L-h512 full fp32",             SMOL,   LLAMA_8L, "causal-lm",      "full",   512,  2,  "fp32", False, False),
+    ("llama-8L-h512 lora fp32",             SMOL,   LLAMA_8L, "causal-lm",      "lora",   512,  4,  "fp32", False, False),
+    ("llama-8L-h512 lora ckpt",             SMOL,   LLAMA_8L, "causal-lm",      "lora",   512,  4,  "fp32", True,  False),
+    ("smollm2-135M lora fp32 (quickstart)", SMOL,   {},       "causal-lm",      "lora",   256,  4,  "fp32", False, True),
+    ("smollm2-135M lora bf16",              SMOL,   {},       "causal-lm",      "lora",   256,  2,  "bf16", False, True),
+    ("llama-8L-h512 frozen top-2",          SMOL,   LLAMA_8L, "causal-lm",      "frozen", 512,  2,  "fp32", False, False),
+    ("bert-6L mlm full fp32",               MINILM, {},       "masked-lm",      "full",   256,  8,  "fp32", False, False),
+    ("bert-12L-h512 mlm full fp32",         MINILM, BERT_12L, "masked-lm",      "full",   128,  8,  "fp32", False, False),
+    ("bert-6L classifier full fp32",        MINILM, {},       "classification", "full",   128,  16, "fp32", False, False),
+    ("bert-6L classifier lora",             MINILM, {},       "classification", "lora",   256,  16, "fp32", False, False),
+]  # fmt: skip
+CONFIGS: list[dict[str, Any]] = [dict(zip(FIELDS, row, strict=True)) for row in ROWS]
 STEPS = 8
 
 
