@@ -15,6 +15,8 @@ from shoestring.models import hf_folder
 if TYPE_CHECKING:
     from collections.abc import Callable
 
+    from rich.console import Console
+
     from shoestring.core.artifact import Artifact
 
 
@@ -62,11 +64,12 @@ def _save(out: Path, tok: Any, build: Callable[[], Any]) -> Path:
 
 
 def train_two_device_sft(
-    ws: Path, dataset: Path, model: Path, *, on_cluster: bool = False, **extra: object
+    ws: Path, dataset: Path, model: Path, *, on_cluster: bool = False, console: Console | None = None, **extra: object
 ) -> Artifact:
     """Three steps of full SFT of ``model`` on two devices (gloo on CPU), run by the workspace as
     ``shoestring train`` runs it. ``on_cluster``: placed on the connected cluster, as a recipe
-    with ``cluster:`` would be (unless ``extra`` names an executor)."""
+    with ``cluster:`` would be (unless ``extra`` names an executor). ``console``: where the run's
+    lines go (default: nowhere)."""
     from rich.console import Console
 
     from shoestring.core.artifact import Artifact
@@ -82,5 +85,5 @@ def train_two_device_sft(
     })  # fmt: skip
     if on_cluster and "executor" not in extra:
         cfg = place_on_cluster(cfg)
-    console = Console(stderr=True, quiet=True)
+    console = console or Console(stderr=True, quiet=True)
     return Workspace(ws, console=console).run(stage, cfg, {"dataset": Artifact.load(dataset)}).artifact

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar, get_args, get_origin
 
@@ -224,9 +224,13 @@ def cluster_nodes(alive_only: bool = True) -> list[Node]:
 class NodeWatch:
     """Notices nodes that die while a stage runs, so the user is told which one (one line each)."""
 
-    def __init__(self, console: Console | None, stage: str) -> None:
+    def __init__(
+        self, console: Console | None, stage: str, recovery: str | Callable[[Node], str] = "Ray re-ran its tasks"
+    ) -> None:
         self.console = console
         self.stage = stage
+        self.recovery = recovery
+        """What the stage does about a node's death, as the line goes on: "<recovery> on the N remaining nodes"."""
         self.alive = {n.node_id: n for n in cluster_nodes()} if _import_ray().is_initialized() else {}
         self.dead: list[Node] = []
 
@@ -238,8 +242,9 @@ class NodeWatch:
         gone = [n for nid, n in self.alive.items() if nid not in now]
         for n in gone:
             self.dead.append(n)
+            what = self.recovery(n) if callable(self.recovery) else self.recovery
             line = (f"[yellow]cluster:[/] node {n.name} ({n.address}, id {n.node_id[:12]}) died during "
-                    f"{self.stage}; Ray re-ran its tasks on the {len(now)} remaining nodes")  # fmt: skip
+                    f"{self.stage}; {what} on the {len(now)} remaining nodes")  # fmt: skip
             if self.console is not None:
                 self.console.print(line, highlight=False)
         self.alive = now

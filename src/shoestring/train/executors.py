@@ -8,17 +8,20 @@ stats back from another, so a killed multi-process run resumes like a local one.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
 import socket
 import subprocess
 import sys
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from shoestring.core.artifact import atomic_write_json
-from shoestring.core.cluster import NodeWatch, ensure_ray, on_cluster
+from shoestring.core.cluster import Node, NodeWatch, ensure_ray, on_cluster
 from shoestring.core.errors import ShoestringError
 from shoestring.train.config import TrainConfig
 from shoestring.train.loop import Paths, train_language_model
@@ -27,9 +30,11 @@ from shoestring.train.settings import Settings
 if TYPE_CHECKING:
     from shoestring.core.workspace import StageContext
 
-__all__ = ["RAY_TRAIN_RESTARTS", "run_training", "worker_main"]
+__all__ = ["RAY_PLACEMENTS", "RAY_TRAIN_RESTARTS", "run_training", "worker_main"]
 
 RAY_TRAIN_RESTARTS = 2  # worker-group restarts after a worker or node dies; each resumes from the last checkpoint
+RAY_PLACEMENTS = "ray-workers.jsonl"
+"""In the work folder: one line per Ray Train rank start, ``{"rank", "node", "node_id", "pid"}``."""
 
 
 def _paths(ctx: StageContext) -> Paths:
@@ -70,6 +75,13 @@ def run_training(cfg: TrainConfig, s: Settings, ctx: StageContext, meter: Any) -
     digests = [json.loads(f.read_text())["weights_sha256"] for f in sorted(ctx.work_dir.glob("rank*-weights.json"))]
     stats["rank_weight_digests"] = digests
     stats["executor"] = cfg.executor
+    ray_train = ctx.extra_manifest.get("ray_train")
+    if ray_train is not None:
+        ray_train["resumed_from_step"] = stats.get("resumed_from_step")
+        if ray_train["attempts"] > 1:
+            ctx.console.print(f"Ray Train ran {ray_train['attempts']} attempts ({ray_train['attempts'] - 1} restarts); "
+                              f"the last resumed from the checkpoint at step {stats.get('resumed_from_step')} "
+                              f"and trained to step {stats.get('steps')}", highlight=False)  # fmt: skip
     return stats
 
 
@@ -93,8 +105,10 @@ def _launch_ray(job: Path, n: int, use_gpu: bool, ctx: StageContext) -> None:
     """Ray Train workers on the recipe's cluster (else a private local Ray), one CPU (or GPU) each.
 
     A worker whose node dies fails the attempt; Ray Train restarts the worker group (up to
-    ``RAY_TRAIN_RESTARTS`` times) on the nodes left, and each restarted rank resumes from the
-    newest checkpoint in the durable work folder. The dead node is named on the console.
+    ``RAY_TRAIN_RESTARTS`` times) with the same ``n`` workers on the nodes left - waiting, and
+    retrying, until ``n`` fit - and each restarted rank resumes from the newest checkpoint in the
+    durable work folder. A dead node is named on the console within about a second of the
+    cluster noticing it, and in the manifest with where every attempt's ranks ran.
     """
     try:
         import ray
@@ -103,7 +117,16 @@ def _launch_ray(job: Path, n: int, use_gpu: bool, ctx: StageContext) -> None:
     except ImportError:
         raise ShoestringError("executor ray needs Ray Train; run `pip install 'shoestring[ray]'`") from None
     started = ensure_ray(n)
-    watch = NodeWatch(ctx.console, "train")
+    placements = job.parent / RAY_PLACEMENTS
+    placements.unlink(missing_ok=True)
+
+    def recovery(node: Node) -> str:
+        ran = _attempts(placements)
+        if ran and node.name not in ran[-1]:
+            return "no Ray Train worker ran there; training goes on"
+        return f"Ray Train restarts its {n} workers from the last checkpoint"
+
+    watch = NodeWatch(ctx.console, "train", recovery)
     trainer = TorchTrainer(
         _ray_worker,
         train_loop_config={"job": str(job)},
@@ -113,21 +136,73 @@ def _launch_ray(job: Path, n: int, use_gpu: bool, ctx: StageContext) -> None:
     )  # fmt: skip
     ctx.console.print(f"launching {n} Ray Train workers" + (" on the cluster" if on_cluster() else ""))
     try:
-        trainer.fit()
+        with _watching(watch):
+            trainer.fit()
     except Exception as err:  # Ray Train wraps worker errors in its own types, which vary by version
-        watch.check()
         raise ShoestringError(f"Ray Train failed after {RAY_TRAIN_RESTARTS} restarts: "
                               f"{(str(err).strip().splitlines() or [type(err).__name__])[-1][:300]}") from None  # fmt: skip
     finally:
         watch.check()
         if started:
             ray.shutdown()
-    ctx.extra_manifest["ray_train"] = {"workers": n, "dead_nodes": [x.name for x in watch.dead]}
+    attempts = _attempts(placements)
+    ctx.extra_manifest["ray_train"] = {"workers": n, "attempts": len(attempts), "worker_nodes": attempts,
+                                       "dead_nodes": [x.name for x in watch.dead]}  # fmt: skip
+
+
+@contextlib.contextmanager
+def _watching(watch: NodeWatch, every_s: float = 1.0) -> Iterator[None]:
+    """Check for dead nodes every ``every_s`` seconds while the body runs (Ray Train blocks the caller)."""
+    done = threading.Event()
+
+    def poll() -> None:
+        while not done.wait(every_s):
+            with contextlib.suppress(Exception):  # a GCS hiccup must not end the run; the final check reports
+                watch.check()
+
+    t = threading.Thread(target=poll, name="node-watch", daemon=True)
+    t.start()
+    try:
+        yield
+    finally:
+        done.set()
+        t.join(timeout=10)
+
+
+def _attempts(placements: Path) -> list[list[str]]:
+    """Node names of each attempt's ranks (``[attempt][rank]``) from the workers' start records.
+
+    A rank's ``k``-th record is its start in attempt ``k`` (attempts never overlap).
+    """
+    if not placements.is_file():
+        return []
+    out: list[dict[int, str]] = []
+    seen: dict[int, int] = {}
+    for line in placements.read_text().splitlines():
+        with contextlib.suppress(ValueError, KeyError):
+            rec = json.loads(line)
+            rank, k = int(rec["rank"]), seen.get(int(rec["rank"]), 0)
+            seen[rank] = k + 1
+            while len(out) <= k:
+                out.append({})
+            out[k][rank] = str(rec["node"])
+    return [[a[r] for r in sorted(a)] for a in out]
 
 
 def _ray_worker(config: dict[str, Any]) -> None:
     """Ray Train has already initialised torch.distributed in this worker."""
-    worker_main(Path(config["job"]))
+    import ray
+    import ray.train
+
+    job = Path(config["job"])
+    node_id = ray.get_runtime_context().get_node_id()
+    name = next(
+        (str(x.get("NodeName") or node_id[:12]) for x in ray.nodes() if x.get("NodeID") == node_id), node_id[:12]
+    )
+    rec = {"rank": ray.train.get_context().get_world_rank(), "node": name, "node_id": node_id, "pid": os.getpid()}
+    with open(job.parent / RAY_PLACEMENTS, "a") as f:  # one short O_APPEND write per rank start
+        f.write(json.dumps(rec) + "\n")
+    worker_main(job)
 
 
 def worker_main(job: Path) -> None:
