@@ -13,7 +13,7 @@ calling these per request does not reload weights.
 from __future__ import annotations
 
 import functools
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypedDict, Unpack
 
 from shoestring.core.errors import ShoestringError
 
@@ -109,27 +109,25 @@ def hidden_states(model: str, texts: list[str], layer: int = -1, max_length: int
     return out
 
 
-def embed(
-    model: str,
-    texts: list[str],
-    *,
-    pooling: Pooling = "auto",
-    layer: int = -1,
-    normalize: bool = True,
-    batch_size: int = 16,
-    max_length: int = 512,
-) -> np.ndarray:
-    """Sentence embeddings, shape (len(texts), hidden), by the rule of :func:`embed_batch`."""
+class EmbedOptions(TypedDict, total=False):
+    """How :func:`embed_batch` turns hidden states into one vector per text (its keyword arguments)."""
+
+    pooling: Pooling
+    layer: int
+    normalize: bool
+    max_length: int
+
+
+def embed(model: str, texts: list[str], *, batch_size: int = 16, **options: Unpack[EmbedOptions]) -> np.ndarray:
+    """Sentence embeddings, shape (len(texts), hidden), by the rule of :func:`embed_batch`
+    (``options``: its pooling, layer, normalize, max_length), ``batch_size`` texts per forward."""
     import numpy as np
 
     if not texts:
         raise ShoestringError("no texts to embed")
     tok, enc_model = _encoder(str(model))
-    rows = [
-        embed_batch(enc_model, tok, texts[i : i + batch_size], pooling=pooling, layer=layer, normalize=normalize,
-                    max_length=max_length)[0].numpy()
-        for i in range(0, len(texts), batch_size)
-    ]  # fmt: skip
+    rows = [embed_batch(enc_model, tok, texts[i : i + batch_size], **options)[0].numpy()
+            for i in range(0, len(texts), batch_size)]  # fmt: skip
     return np.concatenate(rows, axis=0)
 
 
