@@ -23,6 +23,7 @@ from shoestring.core.errors import ShoestringError
 from shoestring.train import data as D
 from shoestring.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from shoestring.train.config import TrainConfig
+from shoestring.train.schedule import lr_at
 from shoestring.train.settings import Settings
 from shoestring.train.tracking import LIVE_ROWS, MetricsLog
 
@@ -30,7 +31,7 @@ if TYPE_CHECKING:
     import torch
     from rich.console import Console
 
-__all__ = ["Paths", "lr_at", "train_language_model"]
+__all__ = ["Paths", "train_language_model"]
 
 
 @dataclass
@@ -40,19 +41,6 @@ class Paths:
     work_dir: Path
     mlflow_default: str | None = None
     """file: URI of the workspace's MLflow store (used when tracking.mlflow_tracking_uri is unset)."""
-
-
-def lr_at(step: int, total: int, warmup: int, peak: float, schedule: str) -> float:
-    """Learning rate for optimizer step ``step`` (0-based): linear warmup then decay to 10%."""
-    if warmup and step < warmup:
-        return peak * (step + 1) / warmup
-    if schedule == "constant" or total <= warmup:
-        return peak
-    frac = min(1.0, (step - warmup) / max(1, total - warmup))
-    floor = 0.1 * peak
-    if schedule == "linear":
-        return peak - (peak - floor) * frac
-    return floor + (peak - floor) * 0.5 * (1 + math.cos(math.pi * frac))
 
 
 def _dist() -> tuple[int, int]:

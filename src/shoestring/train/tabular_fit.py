@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from shoestring.core.artifact import atomic_write_bytes, atomic_write_text
 from shoestring.core.errors import ShoestringError
+from shoestring.train.schedule import lr_at
 
 if TYPE_CHECKING:
     import torch
@@ -189,17 +190,6 @@ class FitResult:
         }
 
 
-def _lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
-    if warmup and step < warmup:
-        return (step + 1) / warmup
-    if schedule == "constant" or total <= warmup:
-        return 1.0
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
-    if schedule == "linear":
-        return 1.0 - 0.9 * progress
-    return 0.1 + 0.45 * (1.0 + math.cos(math.pi * progress))  # cosine down to 10% of peak
-
-
 def _make_optimizer(model: torch.nn.Module, s: FitSettings) -> torch.optim.Optimizer:
     import torch
 
@@ -308,7 +298,7 @@ def fit(
             if batch[0].shape[0] == 0:  # Poisson sampling can draw an empty batch
                 continue
             for g in optimizer.param_groups:
-                g["lr"] = s.lr * _lr_factor(step, total, warmup, s.schedule)
+                g["lr"] = s.lr * lr_at(step, total, warmup, 1.0, s.schedule)  # the LM loop's schedule
             optimizer.zero_grad(set_to_none=True)
             loss = loss_fn(model, tuple(batch))
             loss.backward()
