@@ -53,6 +53,16 @@ def test_same_config_is_cached_and_changes_invalidate(tmp_path: Path, src: Path)
     assert not edited.cached and edited.artifact.stats["count"] == 4
 
 
+def test_a_cache_hit_removes_scratch_a_kill_after_commit_left(tmp_path: Path, src: Path) -> None:
+    ws = Workspace(tmp_path / "ws")
+    first = ws.run(STAGE, toy_stage.ToyConfig(source=src))
+    scratch = ws.root / "work" / first.artifact.path.name  # as if killed after the rename, before the rmtree
+    (scratch / "shard-0").mkdir(parents=True)
+    (scratch / "shard-0" / "rows.jsonl").write_text("{}\n")
+    assert ws.run(STAGE, toy_stage.ToyConfig(source=src)).cached
+    assert list((ws.root / "work").iterdir()) == []
+
+
 def test_not_hashed_fields_reuse_the_cache(tmp_path: Path, src: Path) -> None:
     ws = Workspace(tmp_path / "ws")
     first = ws.run(STAGE, toy_stage.ToyConfig(source=src))

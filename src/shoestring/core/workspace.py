@@ -214,6 +214,8 @@ class Workspace:
             found = self.find(stage.name, digest)
             why = stage.stale(found) if found is not None and stage.stale is not None else None
             if found is not None and why is None:
+                # A run killed between committing the artifact and removing its scratch left work/ behind.
+                shutil.rmtree(self.root / "work" / f"{stage.name}-{digest[:16]}", ignore_errors=True)
                 self.console.print(f"[green]✓[/] {name:<10} [cyan]cached[/]  {found.path}")
                 return StageResult(found, cached=True, seconds=0.0)
             if found is not None:
