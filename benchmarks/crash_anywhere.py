@@ -123,13 +123,41 @@ def session_members(sid: int) -> list[int]:
     return out
 
 
+def descendants(pid: int) -> set[int]:
+    """Every live process below ``pid`` in the process tree (one /proc scan)."""
+    children: dict[int, list[int]] = {}
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                ppid = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(d.name))
+    out, todo = set(), [pid]
+    while todo:
+        for c in children.get(todo.pop(), []):
+            if c not in out:
+                out.add(c)
+                todo.append(c)
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
 def kill_session(proc: subprocess.Popen[bytes]) -> list[int]:
-    """SIGKILL the run's whole process group; return pids of its session still alive after 5 s."""
+    """SIGKILL the run's whole process group; return pids still alive 5 s later: of its session, or
+    below it in the tree (a child that moved to its own session, as a daemon does, escapes a killpg)."""
+    below = descendants(proc.pid)
     with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     deadline = time.monotonic() + 5
-    while (alive := session_members(proc.pid)) and time.monotonic() < deadline:
+    while (alive := sorted({*session_members(proc.pid), *filter(_alive, below)})) and time.monotonic() < deadline:
         time.sleep(0.1)
     for pid in alive:  # report them, and do not leave them running
         with contextlib.suppress(ProcessLookupError):
@@ -237,7 +265,38 @@ def differing_files(ws: Path, ref: Path) -> list[str]:
             else:
                 same = (a / f).read_bytes() == (b / f).read_bytes()
             if not same:
-                out.append(f"artifacts/{name}/{f}")
+                keys = differing_keys(a / f, b / f)
+                out.append(f"artifacts/{name}/{f}" + (f" (keys: {', '.join(keys[:8])})" if keys else ""))
+    return out
+
+
+def differing_keys(a: Path, b: Path) -> list[str]:
+    """For JSON / JSONL files: the dotted keys whose values differ (``[n]`` = line n), to name them."""
+
+    def load(p: Path) -> Any:
+        if p.name == "manifest.json":
+            return json.loads(comparable_manifest(p))
+        text = p.read_text(errors="replace")
+        if p.suffix == ".jsonl":
+            return {f"[{i}]": json.loads(line) for i, line in enumerate(text.splitlines()) if line.strip()}
+        return json.loads(text)
+
+    if a.suffix not in (".json", ".jsonl"):
+        return []
+    try:
+        x, y = load(a), load(b)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return ["(unparsable)"]
+    out: list[str] = []
+
+    def walk(u: Any, v: Any, at: str) -> None:
+        if isinstance(u, dict) and isinstance(v, dict):
+            for k in sorted(set(u) | set(v)):
+                walk(u.get(k), v.get(k), f"{at}.{k}" if at else str(k))
+        elif u != v:
+            out.append(at or "(whole)")
+
+    walk(x, y, "")
     return out
 
 
@@ -311,23 +370,34 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--work", type=Path, default=Path("/tmp/crash_anywhere"))
     ap.add_argument("--set", dest="overrides", action="append", default=[], help="STAGE.KEY=VALUE (repeatable)")
+    ap.add_argument("--budget-minutes", type=float, default=0, help="start no new trial after this (0: none)")
     ap.add_argument("--timeout", type=float, default=1800, help="seconds one uninterrupted run may take")
     args = ap.parse_args(argv)
     args.work.mkdir(parents=True, exist_ok=True)
     work = args.work.resolve()
 
+    t_start = time.monotonic()
     ref, wall = reference_run(args.recipe, args.overrides, work, args.timeout)
     print(f"reference run: {wall:.1f} s, artifacts {sorted(p.name for p in (ref / 'artifacts').iterdir())}")
     rng = random.Random(args.seed)
-    trials = []
+    trials: list[Trial] = []
     for i, moments in enumerate(kill_moments(rng, args.trials, args.kills_per_trial, wall)):
+        if args.budget_minutes and time.monotonic() - t_start > args.budget_minutes * 60:
+            print(f"time budget of {args.budget_minutes} min spent: stopping after {len(trials)} trial(s)")
+            break
         trials.append(crash_trial(args.recipe, args.overrides, work, ref, moments, i, args.timeout))
         t = trials[-1]
         print(f"trial {i}: kills at {[k.at_s for k in t.kills]} in {[k.stage for k in t.kills]}: "
               f"{'pass' if t.passed else 'FAIL'}", flush=True)  # fmt: skip
+        write_report(work / "crash_anywhere.json", args, wall, trials)  # after each trial: a cut-short run counts
     print_table(trials)
     passed = sum(t.passed for t in trials)
     print(f"{passed}/{len(trials)} trials passed ({sum(len(t.kills) for t in trials)} kills)")
+    print(f"wrote {work / 'crash_anywhere.json'}")
+    return 0 if passed == len(trials) else 1
+
+
+def write_report(path: Path, args: argparse.Namespace, wall: float, trials: list[Trial]) -> None:
     report = {
         "recipe": args.recipe,
         "overrides": args.overrides,
@@ -335,13 +405,11 @@ def main(argv: list[str] | None = None) -> int:
         "reference_wall_s": round(wall, 3),
         "volatile_manifest_keys": VOLATILE_MANIFEST_KEYS,
         "trials_tried": len(trials),
-        "trials_passed": passed,
+        "trials_passed": sum(t.passed for t in trials),
         "kills_by_stage": _count(k.stage for t in trials for k in t.kills),
         "trials": [{**asdict(t), "passed": t.passed} for t in trials],
     }
-    (work / "crash_anywhere.json").write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {work / 'crash_anywhere.json'}")
-    return 0 if passed == len(trials) else 1
+    path.write_text(json.dumps(report, indent=2) + "\n")
 
 
 def _count(items: Any) -> dict[str, int]:

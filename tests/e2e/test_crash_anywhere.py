@@ -59,10 +59,26 @@ def test_the_comparison_sees_a_changed_byte_and_a_half_artifact(tmp_path: Path) 
                                                    "stats": {"kept": 1, "profile": {"wall": 3}}}))  # fmt: skip
     assert ca.differing_files(ws, ref) == []  # only volatile keys changed
     (art / "train.jsonl").write_text('{"text": "hellO"}\n')
-    assert ca.differing_files(ws, ref) == ["artifacts/curate-0123456789abcdef/train.jsonl"]
+    assert ca.differing_files(ws, ref) == ["artifacts/curate-0123456789abcdef/train.jsonl (keys: [0].text)"]
     (art / "manifest.json").write_text(json.dumps({"stage": "curate", "hash": "x", "stats": {"kept": 2}}))
-    assert "artifacts/curate-0123456789abcdef/manifest.json" in ca.differing_files(ws, ref)
+    assert ca.differing_files(ws, ref)[0].startswith(
+        "artifacts/curate-0123456789abcdef/manifest.json (keys: stats.kept"
+    )
     (art / "train.jsonl").unlink()
     assert any("half artifact" in v for v in ca.visible_state_violations(ws, ref))
     (ws / "artifacts" / "curate-fedcba9876543210").mkdir()
     assert any("no readable manifest" in v for v in ca.visible_state_violations(ws, ref))
+
+
+def test_a_child_that_left_the_process_group_is_reported_and_killed(tmp_path: Path) -> None:
+    """A killpg misses a daemon in its own session (as `ray start` makes): the harness must catch it."""
+    import subprocess
+    import time
+
+    ca = _harness()
+    proc = subprocess.Popen(["sh", "-c", "setsid sleep 60 & sleep 60"], start_new_session=True)
+    time.sleep(0.5)  # both sleeps running
+    survivors = ca.kill_session(proc)
+    assert len(survivors) == 1
+    time.sleep(0.2)
+    assert not ca._alive(survivors[0])
