@@ -85,6 +85,20 @@ def test_a_dead_runs_tmp_whose_pid_was_reused_is_cleared(tmp_path: Path, src: Pa
         reuser.wait()
 
 
+def test_link_sweeps_a_killed_runs_half_made_link_and_force_leaves_tmp_empty(tmp_path: Path, src: Path) -> None:
+    ws = Workspace(tmp_path / "ws")
+    art = ws.run(STAGE, toy_stage.ToyConfig(source=src)).artifact
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    stray = ws.root / f".toy.link-{dead.pid}"  # killed between os.symlink and os.replace
+    stray.symlink_to(art.path)
+    ws.link("toy", art)
+    assert not stray.is_symlink() and (ws.root / "toy" / "manifest.json").is_file()
+    again = ws.run(STAGE, toy_stage.ToyConfig(source=src), force=True)  # the old artifact is renamed out, then deleted
+    assert not again.cached and (again.artifact.path / "manifest.json").is_file()
+    assert list((ws.root / "tmp").iterdir()) == []
+
+
 def test_not_hashed_fields_reuse_the_cache(tmp_path: Path, src: Path) -> None:
     ws = Workspace(tmp_path / "ws")
     first = ws.run(STAGE, toy_stage.ToyConfig(source=src))

@@ -188,8 +188,10 @@ class Workspace:
         link = self.root / name
         tmp = self.root / f".{name}.link-{os.getpid()}"
         try:
-            if tmp.is_symlink() or tmp.exists():
-                tmp.unlink()
+            for old in self.root.glob(f".{name}.link-*"):  # ours, or a killed run's between symlink and rename
+                pid = old.name.rpartition("-")[2]
+                if not (pid.isdigit() and int(pid) != os.getpid() and pid_alive(int(pid))):
+                    old.unlink()
             os.symlink(os.path.relpath(art.path, self.root), tmp)
             os.replace(tmp, link)
         except OSError:
@@ -220,9 +222,9 @@ class Workspace:
                 return StageResult(found, cached=True, seconds=0.0)
             if found is not None:
                 self.console.print(f"[yellow]↻[/] {name:<10} cached artifact no longer holds: {why}")
-                shutil.rmtree(final)
+                self._discard(final)
         elif final.exists():
-            shutil.rmtree(final)
+            self._discard(final)
 
         key = f"{stage.name}-{digest[:16]}"
         self._clear_stale_tmp(key)
@@ -264,6 +266,14 @@ class Workspace:
         shutil.rmtree(work, ignore_errors=True)
         self.console.print(f"[green]✓[/] {name:<10} done in {seconds:.1f}s  {art.path}")
         return StageResult(art, cached=False, seconds=seconds)
+
+    def _discard(self, final: Path) -> None:
+        """Delete a finished artifact; renamed out of artifacts/ first, so a kill mid-delete leaves no
+        half artifact visible (the folder in tmp/ is cleared by the next run of the same stage)."""
+        trash = self.root / "tmp" / f"{final.name}.discard-{os.getpid()}"
+        shutil.rmtree(trash, ignore_errors=True)
+        os.rename(final, trash)
+        shutil.rmtree(trash, ignore_errors=True)
 
     def _clear_stale_tmp(self, key: str) -> None:
         for d in (self.root / "tmp").glob(f"{key}.*"):
