@@ -311,15 +311,22 @@ def reference_run(recipe: str, overrides: list[str], work: Path, timeout_s: floa
 
 
 def crash_trial(recipe: str, overrides: list[str], work: Path, ref: Path, moments: list[float], index: int,
-                timeout_s: float) -> Trial:  # fmt: skip
-    """Kill a fresh run at each moment (seconds after its start, one run per moment), then rerun to the end."""
+                timeout_s: float, redraw: random.Random | None = None) -> Trial:  # fmt: skip
+    """Kill a fresh run at each moment (seconds after its start, one run per moment), then rerun to the end.
+
+    With ``redraw``, a run that finished before its kill moment (the machine was faster than during the
+    reference) is not a kill: the workspace is wiped and a new moment drawn below the time it took
+    (twice at most; then it is recorded as ``finished``)."""
     ws = work / "ws"
     shutil.rmtree(ws, ignore_errors=True)
     cmd = shoestring_command(recipe, ws, overrides)
     log = work / f"trial-{index}.log"
     log.unlink(missing_ok=True)
     trial = Trial(index)
-    for at in moments:
+    pending, retries = list(moments), 2 if redraw is not None else 0
+    while pending:
+        at = pending.pop(0)
+        t0 = time.perf_counter()
         proc = start(cmd, log)
         exited = False
         try:
@@ -327,7 +334,13 @@ def crash_trial(recipe: str, overrides: list[str], work: Path, ref: Path, moment
             exited = True
         except subprocess.TimeoutExpired:
             pass
+        took = time.perf_counter() - t0
         survivors = kill_session(proc)
+        if exited and retries and redraw is not None and not trial.kills:
+            retries -= 1
+            shutil.rmtree(ws, ignore_errors=True)
+            pending.insert(0, redraw.uniform(0.02, 0.98) * took)
+            continue
         stage, detail = where_killed(ws, proc.pid, exited)  # the dead run's record says where it was
         kill = Kill(round(at, 3), stage, detail)
         if survivors:
@@ -397,7 +410,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.budget_minutes and time.monotonic() - t_start > args.budget_minutes * 60:
             print(f"time budget of {args.budget_minutes} min spent: stopping after {len(trials)} trial(s)")
             break
-        trials.append(crash_trial(args.recipe, args.overrides, work, ref, moments, i, args.timeout))
+        trials.append(crash_trial(args.recipe, args.overrides, work, ref, moments, i, args.timeout, rng))
         t = trials[-1]
         print(f"trial {i}: kills at {[k.at_s for k in t.kills]} in {[k.stage for k in t.kills]}: "
               f"{'pass' if t.passed else 'FAIL'}", flush=True)  # fmt: skip
