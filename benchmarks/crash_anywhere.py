@@ -149,14 +149,14 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def kill_session(proc: subprocess.Popen[bytes]) -> list[int]:
-    """SIGKILL the run's whole process group; return pids still alive 5 s later: of its session, or
+def kill_session(proc: subprocess.Popen[bytes], grace_s: float = 5.0) -> list[int]:
+    """SIGKILL the run's whole process group; return pids still alive ``grace_s`` later: of its session, or
     below it in the tree (a child that moved to its own session, as a daemon does, escapes a killpg)."""
     below = descendants(proc.pid)
     with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    deadline = time.monotonic() + 5
+    deadline = time.monotonic() + grace_s
     while (alive := sorted({*session_members(proc.pid), *filter(_alive, below)})) and time.monotonic() < deadline:
         time.sleep(0.1)
     for pid in alive:  # report them, and do not leave them running

@@ -78,7 +78,7 @@ def test_a_child_that_left_the_process_group_is_reported_and_killed(tmp_path: Pa
     ca = _harness()
     proc = subprocess.Popen(["sh", "-c", "setsid sleep 60 & sleep 60"], start_new_session=True)
     time.sleep(0.5)  # both sleeps running
-    survivors = ca.kill_session(proc)
+    survivors = ca.kill_session(proc, grace_s=1.0)
     assert len(survivors) == 1
     time.sleep(0.2)
     assert not ca._alive(survivors[0])
