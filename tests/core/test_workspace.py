@@ -1,8 +1,10 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -51,6 +53,50 @@ def test_same_config_is_cached_and_changes_invalidate(tmp_path: Path, src: Path)
     src.write_text("a\nb\nc\nd\n")  # same path, new content -> new hash
     edited = ws.run(STAGE, toy_stage.ToyConfig(source=src))
     assert not edited.cached and edited.artifact.stats["count"] == 4
+
+
+def test_a_cache_hit_removes_scratch_a_kill_after_commit_left(tmp_path: Path, src: Path) -> None:
+    ws = Workspace(tmp_path / "ws")
+    first = ws.run(STAGE, toy_stage.ToyConfig(source=src))
+    scratch = ws.root / "work" / first.artifact.path.name  # as if killed after the rename, before the rmtree
+    (scratch / "shard-0").mkdir(parents=True)
+    (scratch / "shard-0" / "rows.jsonl").write_text("{}\n")
+    assert ws.run(STAGE, toy_stage.ToyConfig(source=src)).cached
+    assert list((ws.root / "work").iterdir()) == []
+
+
+def test_a_dead_runs_tmp_whose_pid_was_reused_is_cleared(tmp_path: Path, src: Path) -> None:
+    ws = Workspace(tmp_path / "ws")
+    first = ws.run(STAGE, toy_stage.ToyConfig(source=src))
+    key = first.artifact.path.name
+    reuser = subprocess.Popen(["sleep", "30"])  # a live process that now holds the dead run's pid
+    try:
+        stale = ws.root / "tmp" / f"{key}.{reuser.pid}"
+        stale.mkdir()
+        os.utime(stale, (time.time() - 3600, time.time() - 3600))  # the dead run made it an hour ago
+        assert not ws.run(STAGE, toy_stage.ToyConfig(source=src), force=True).cached
+        assert not stale.exists()
+        fresh = ws.root / "tmp" / f"{key}.{reuser.pid}"  # made after the process started: really its own
+        fresh.mkdir()
+        with pytest.raises(ShoestringError, match="another shoestring process"):
+            ws.run(STAGE, toy_stage.ToyConfig(source=src), force=True)
+    finally:
+        reuser.kill()
+        reuser.wait()
+
+
+def test_link_sweeps_a_killed_runs_half_made_link_and_force_leaves_tmp_empty(tmp_path: Path, src: Path) -> None:
+    ws = Workspace(tmp_path / "ws")
+    art = ws.run(STAGE, toy_stage.ToyConfig(source=src)).artifact
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    stray = ws.root / f".toy.link-{dead.pid}"  # killed between os.symlink and os.replace
+    stray.symlink_to(art.path)
+    ws.link("toy", art)
+    assert not stray.is_symlink() and (ws.root / "toy" / "manifest.json").is_file()
+    again = ws.run(STAGE, toy_stage.ToyConfig(source=src), force=True)  # the old artifact is renamed out, then deleted
+    assert not again.cached and (again.artifact.path / "manifest.json").is_file()
+    assert list((ws.root / "tmp").iterdir()) == []
 
 
 def test_not_hashed_fields_reuse_the_cache(tmp_path: Path, src: Path) -> None:

@@ -217,8 +217,10 @@ class Workspace:
         link = self.root / name
         tmp = self.root / f".{name}.link-{os.getpid()}"
         try:
-            if tmp.is_symlink() or tmp.exists():
-                tmp.unlink()
+            for old in self.root.glob(f".{name}.link-*"):  # ours, or a killed run's between symlink and rename
+                pid = old.name.rpartition("-")[2]
+                if not (pid.isdigit() and int(pid) != os.getpid() and pid_alive(int(pid))):
+                    old.unlink()
             os.symlink(os.path.relpath(art.path, self.root), tmp)
             os.replace(tmp, link)
         except OSError:
@@ -243,13 +245,15 @@ class Workspace:
             found = self.find(stage.name, digest)
             why = stage.stale(found) if found is not None and stage.stale is not None else None
             if found is not None and why is None:
+                # A run killed between committing the artifact and removing its scratch left work/ behind.
+                shutil.rmtree(self.root / "work" / f"{stage.name}-{digest[:16]}", ignore_errors=True)
                 self.console.print(f"[green]✓[/] {name:<10} [cyan]cached[/]  {found.path}")
                 return StageResult(found, cached=True, seconds=0.0)
             if found is not None:
                 self.console.print(f"[yellow]↻[/] {name:<10} cached artifact no longer holds: {why}")
-                shutil.rmtree(final)
+                self._discard(final)
         elif final.exists():
-            shutil.rmtree(final)
+            self._discard(final)
 
         key = f"{stage.name}-{digest[:16]}"
         self._clear_stale_tmp(key)
@@ -294,10 +298,18 @@ class Workspace:
         self.console.print(f"[green]✓[/] {name:<10} done in {seconds:.1f}s  {art.path}")
         return StageResult(art, cached=False, seconds=seconds)
 
+    def _discard(self, final: Path) -> None:
+        """Delete a finished artifact; renamed out of artifacts/ first, so a kill mid-delete leaves no
+        half artifact visible (the folder in tmp/ is cleared by the next run of the same stage)."""
+        trash = self.root / "tmp" / f"{final.name}.discard-{os.getpid()}"
+        shutil.rmtree(trash, ignore_errors=True)
+        os.rename(final, trash)
+        shutil.rmtree(trash, ignore_errors=True)
+
     def _clear_stale_tmp(self, key: str) -> None:
         for d in (self.root / "tmp").glob(f"{key}.*"):
             pid = d.suffix.lstrip(".")
-            if pid.isdigit() and int(pid) != os.getpid() and pid_alive(int(pid)):
+            if pid.isdigit() and int(pid) != os.getpid() and pid_alive(int(pid)) and not _started_after(int(pid), d):
                 raise ShoestringError(
                     f"another shoestring process (pid {pid}) is writing {key}; wait for it or kill it"
                 )
@@ -305,6 +317,18 @@ class Workspace:
 
 
 MODEL_KINDS = ("model", "compressed-model")
+
+
+def _started_after(pid: int, path: Path) -> bool:
+    """Whether process ``pid`` started after ``path`` was made: then the pid was reused after a kill and
+    the folder is a dead run's, not the live process's (Linux /proc; elsewhere assume it is the writer)."""
+    try:
+        ticks = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])  # field 22: starttime
+        boot = next(int(ln.split()[1]) for ln in Path("/proc/stat").read_text().splitlines() if ln.startswith("btime"))
+        made = path.stat().st_mtime
+    except (OSError, ValueError, IndexError, StopIteration):
+        return False
+    return boot + ticks / os.sysconf("SC_CLK_TCK") > made + 2  # btime is whole seconds
 
 
 def _lineage(inputs: Mapping[str, Artifact]) -> list[str]:
