@@ -64,12 +64,12 @@ class _GuardMiddleware:
         endpoint = path if path in ENDPOINTS else "other"
         started = time.monotonic()
         status_box = [500]
-        too_big = [False]
+        cut: list[ApiError | None] = [None]  # why the body was cut short: too big (413) or too slow (408)
         sent_start = [False]
 
         async def send_wrapper(message: Any) -> None:
-            if too_big[0]:
-                return  # the app's answer to a truncated body is replaced by our 413
+            if cut[0] is not None:
+                return  # the app's answer to a cut body is replaced by ours
             if message["type"] == "http.response.start":
                 status_box[0], sent_start[0] = message["status"], True
             await send(message)
@@ -81,16 +81,16 @@ class _GuardMiddleware:
                 await error_response(err)(scope, receive, send_wrapper)
                 return
             try:
-                await self.app(scope, self._limited(receive, too_big), send_wrapper)
+                await self.app(scope, self._limited(receive, cut), send_wrapper)
             except Exception:
-                if not too_big[0]:
+                if cut[0] is None:
                     raise
-            if too_big[0] and not sent_start[0]:
-                limit = self.state.cfg.max_body_bytes
-                too_big[0] = False
-                await error_response(api_error(413, f"request body exceeds {limit} bytes (--max-body-bytes)"))(
-                    scope, receive, send_wrapper
-                )
+            why, cut[0] = cut[0], None
+            if why is not None and not sent_start[0]:
+                response = error_response(why)
+                if why.status == 408:
+                    response.headers["Connection"] = "close"
+                await response(scope, receive, send_wrapper)
         finally:
             self.state.metrics.requests.labels(endpoint, str(status_box[0])).inc()
             self.state.metrics.latency.labels(endpoint).observe(time.monotonic() - started)
@@ -105,21 +105,33 @@ class _GuardMiddleware:
             return api_error(401, "missing or wrong API key; send 'Authorization: Bearer <key>'", "invalid_api_key")
         return None
 
-    def _limited(self, receive: Any, too_big: list[bool]) -> Any:
-        """Count body bytes as they arrive (chunked bodies have no Content-Length).
+    def _limited(self, receive: Any, cut: list[ApiError | None]) -> Any:
+        """Count body bytes as they arrive (chunked bodies have no Content-Length) and bound the
+        time the whole body may take (``body_timeout_s`` from the headers).
 
-        Past the limit the app is told the client left, so it stops reading; the
-        middleware then answers 413 itself.
+        Past either limit the app is told the client left, so it stops reading; the middleware
+        then answers 413 or 408 itself. Once the body is complete, ``receive`` passes through
+        untimed (a streaming response listens on it for the client's disconnect).
         """
-        limit, seen = self.state.cfg.max_body_bytes, [0]
+        cfg = self.state.cfg
+        limit, seen, done = cfg.max_body_bytes, [0], [False]
+        deadline = time.monotonic() + cfg.body_timeout_s
 
         async def wrapped() -> dict[str, Any]:
-            message: dict[str, Any] = await receive()
+            if done[0]:
+                return await receive()  # type: ignore[no-any-return]
+            try:
+                message: dict[str, Any] = await asyncio.wait_for(receive(), max(deadline - time.monotonic(), 0.001))
+            except TimeoutError:
+                cut[0] = api_error(408, f"the request body did not arrive within {cfg.body_timeout_s:g} s "
+                                        "(--body-timeout-s); send it at once")  # fmt: skip
+                return {"type": "http.disconnect"}
             if message["type"] == "http.request":
                 seen[0] += len(message.get("body", b""))
                 if seen[0] > limit:
-                    too_big[0] = True
+                    cut[0] = api_error(413, f"request body exceeds {limit} bytes (--max-body-bytes)")
                     return {"type": "http.disconnect"}
+                done[0] = not message.get("more_body", False)
             return message
 
         return wrapped

@@ -39,6 +39,9 @@ class ServeConfig(StageConfig):
     """A request not finished after this many seconds is abandoned with 503 (seconds)."""
     max_body_bytes: int = Field(1_000_000, ge=1024)
     """Largest accepted request body; bigger bodies get 413 (bytes)."""
+    body_timeout_s: float = Field(30.0, gt=0)
+    """A request body not fully received this long after its headers gets 408 and its connection
+    closed, so slow clients (slow-loris) cannot hold connections (seconds)."""
     default_max_tokens: int = Field(256, ge=1)
     """Tokens generated when a request gives no max_tokens (tokens)."""
     max_context: int | None = None

@@ -33,6 +33,7 @@ def api_error(
         400: "invalid_request_error",
         401: "authentication_error",
         404: "not_found_error",
+        408: "invalid_request_error",
         413: "invalid_request_error",
         429: "rate_limit_error",
     }.get(status, "server_error")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 __all__ = [
     "ChatMessage",
@@ -43,15 +43,33 @@ class _Sampling(_Body):
     top_p: float = Field(1.0, gt=0, le=1, allow_inf_nan=False)
     n: int = Field(1, ge=1, le=1)
     stream: bool = False
-    stop: str | list[str] | None = None
+    stop: str | list[str] | None = Field(None, max_length=4)
+    """Up to 4 stop sequences (OpenAI's bound)."""
     seed: int | None = Field(None, ge=-(2**63), le=2**64 - 1)
     """Sampling seed (a 64-bit integer: torch's generators take nothing wider)."""
     stream_options: dict[str, Any] | None = None
 
+    @model_validator(mode="before")
+    @classmethod
+    def _refuse_what_is_not_implemented(cls, data: Any) -> Any:
+        """OpenAI fields that would change the answer but that this server does not implement are
+        refused when set (ignoring them would answer a different question); at their defaults
+        they pass, as OpenAI clients send them."""
+        if isinstance(data, dict):
+            for name, default in _UNSUPPORTED.items():
+                value = data.get(name)
+                if value is not None and value != default:
+                    raise ValueError(f"{name} is not supported by this server; leave it out")
+        return data
+
     def stops(self) -> list[str]:
         if self.stop is None:
             return []
-        return [self.stop] if isinstance(self.stop, str) else [s for s in self.stop if s][:4]
+        return [self.stop] if isinstance(self.stop, str) else [s for s in self.stop if s]
+
+
+_UNSUPPORTED: dict[str, Any] = {"logit_bias": {}, "frequency_penalty": 0, "presence_penalty": 0, "logprobs": False,
+                                "top_logprobs": 0, "tools": [], "functions": [], "best_of": 1, "suffix": ""}  # fmt: skip
 
 
 class ChatRequest(_Sampling):

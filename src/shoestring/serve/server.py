@@ -54,6 +54,9 @@ def serve(cfg: ServeConfig) -> None:
     )
     server = DrainingServer(config)
     host, port = sock.getsockname()[:2]
+    # Listen before saying so: a client that connects on the line below is queued by the kernel
+    # until uvicorn accepts, not refused (uvicorn itself only listens once it has started).
+    sock.listen(config.backlog)
     print(f"serving {loaded.name} ({loaded.task}) on http://{host}:{port}/v1", file=sys.stderr, flush=True)
     server.run(sockets=[sock])
     print("stopped", file=sys.stderr, flush=True)
