@@ -70,3 +70,14 @@ def test_a_killed_run_reads_as_interrupted(tmp_path: Path) -> None:
     assert proc.returncode == -9  # the toy stage SIGKILLs its own process mid-stage
     run = read_run(next((tmp_path / "ws" / "runs").glob("*.json")))
     assert run is not None and run["status"] == "interrupted" and run["stages"]["only"]["status"] == "interrupted"
+
+
+def test_a_killed_runs_pid_taken_by_a_newer_process_still_reads_as_interrupted(tmp_path: Path) -> None:
+    """The record names a live pid (this test's) but was last written before that process started:
+    the pid was reused after a kill, so the run is not running."""
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps({"status": "running", "pid": os.getpid(), "stages": {"a": {"status": "running"}}}))
+    assert read_run(path)["status"] == "running"  # written after this process started: its writer is alive
+    os.utime(path, (0, 0))  # last written in 1970, long before this process started
+    run = read_run(path)
+    assert run["status"] == "interrupted" and run["stages"]["a"]["status"] == "interrupted"

@@ -127,8 +127,10 @@ class RunRecord:
         self.save()
 
 
-def pid_alive(pid: int) -> bool:
-    """Whether a process with this id exists (a zombie counts as gone)."""
+def pid_alive(pid: int, *, since: Path | None = None) -> bool:
+    """Whether a process with this id exists (a zombie counts as gone); with ``since``, only if it
+    started before ``since`` was last written: a process that started later took a killed run's
+    pid and is not the writer of that file or folder (Linux /proc; elsewhere the pid decides)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -137,9 +139,23 @@ def pid_alive(pid: int) -> bool:
         return True
     try:  # a zombie (exited, not yet reaped) is not running anything
         with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
-            return fh.read().rsplit(")", 1)[-1].split()[0] != "Z"
+            fields = fh.read().rsplit(")", 1)[-1].split()
     except OSError:
         return True
+    if fields[0] == "Z":
+        return False
+    return since is None or not _started_after(int(fields[19]), since)
+
+
+def _started_after(start_ticks: int, path: Path) -> bool:
+    """Whether a process that started ``start_ticks`` clock ticks after boot started after ``path``'s
+    last write (``/proc/stat``'s btime is whole seconds, hence the 2 s margin)."""
+    try:
+        boot = next(int(ln.split()[1]) for ln in Path("/proc/stat").read_text().splitlines() if ln.startswith("btime"))
+        made = path.stat().st_mtime
+    except (OSError, ValueError, IndexError, StopIteration):
+        return False
+    return boot + start_ticks / os.sysconf("SC_CLK_TCK") > made + 2
 
 
 def ordered_stages(run: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
@@ -157,7 +173,7 @@ def read_run(path: Path) -> dict[str, Any] | None:
         return None
     if not isinstance(data, dict):
         return None
-    if data.get("status") == "running" and not pid_alive(int(data.get("pid") or 0)):
+    if data.get("status") == "running" and not pid_alive(int(data.get("pid") or 0), since=Path(path)):
         data["status"] = "interrupted"
         for st in data.get("stages", {}).values():
             if st.get("status") == "running":

@@ -219,7 +219,7 @@ class Workspace:
         try:
             for old in self.root.glob(f".{name}.link-*"):  # ours, or a killed run's between symlink and rename
                 pid = old.name.rpartition("-")[2]
-                if not (pid.isdigit() and int(pid) != os.getpid() and pid_alive(int(pid))):
+                if not (pid.isdigit() and int(pid) != os.getpid() and pid_alive(int(pid), since=old)):
                     old.unlink()
             os.symlink(os.path.relpath(art.path, self.root), tmp)
             os.replace(tmp, link)
@@ -309,7 +309,7 @@ class Workspace:
     def _clear_stale_tmp(self, key: str) -> None:
         for d in (self.root / "tmp").glob(f"{key}.*"):
             pid = d.suffix.lstrip(".")
-            if pid.isdigit() and int(pid) != os.getpid() and pid_alive(int(pid)) and not _started_after(int(pid), d):
+            if pid.isdigit() and int(pid) != os.getpid() and pid_alive(int(pid), since=d):
                 raise ShoestringError(
                     f"another shoestring process (pid {pid}) is writing {key}; wait for it or kill it"
                 )
@@ -317,18 +317,6 @@ class Workspace:
 
 
 MODEL_KINDS = ("model", "compressed-model")
-
-
-def _started_after(pid: int, path: Path) -> bool:
-    """Whether process ``pid`` started after ``path`` was made: then the pid was reused after a kill and
-    the folder is a dead run's, not the live process's (Linux /proc; elsewhere assume it is the writer)."""
-    try:
-        ticks = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])  # field 22: starttime
-        boot = next(int(ln.split()[1]) for ln in Path("/proc/stat").read_text().splitlines() if ln.startswith("btime"))
-        made = path.stat().st_mtime
-    except (OSError, ValueError, IndexError, StopIteration):
-        return False
-    return boot + ticks / os.sysconf("SC_CLK_TCK") > made + 2  # btime is whole seconds
 
 
 def _lineage(inputs: Mapping[str, Artifact]) -> list[str]:

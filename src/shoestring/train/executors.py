@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from shoestring.core.artifact import atomic_write_json
-from shoestring.core.cluster import Node, NodeWatch, ensure_ray, on_cluster
+from shoestring.core.cluster import Node, NodeWatch, cluster_nodes, ensure_ray, on_cluster
 from shoestring.core.errors import ShoestringError
 from shoestring.train.config import TrainConfig
 from shoestring.train.loop import Paths, train_language_model
@@ -196,9 +196,8 @@ def _ray_worker(config: dict[str, Any]) -> None:
 
     job = Path(config["job"])
     node_id = ray.get_runtime_context().get_node_id()
-    name = next(
-        (str(x.get("NodeName") or node_id[:12]) for x in ray.nodes() if x.get("NodeID") == node_id), node_id[:12]
-    )
+    # Named as NodeWatch names nodes, so its recovery line can tell whether a rank ran on the dead one.
+    name = next((n.name for n in cluster_nodes(alive_only=False) if n.node_id == node_id), node_id[:12])
     rec = {"rank": ray.train.get_context().get_world_rank(), "node": name, "node_id": node_id, "pid": os.getpid()}
     with open(job.parent / RAY_PLACEMENTS, "a") as f:  # one short O_APPEND write per rank start
         f.write(json.dumps(rec) + "\n")
