@@ -170,3 +170,17 @@ def test_artifact_load_rejects_non_artifacts(tmp_path: Path) -> None:
     (tmp_path / "manifest.json").write_text("{broken")
     with pytest.raises(ShoestringError, match="corrupt"):
         Artifact.load(tmp_path)
+
+
+def test_the_loser_of_a_commit_race_keeps_the_winner_and_leaves_no_temp_folder(tmp_path: Path) -> None:
+    from shoestring.core.artifact import commit_artifact
+
+    final = tmp_path / "artifacts" / "a-0123"
+    for i in (1, 2):  # two runs of the same hash commit in turn; the second finds the first's artifact
+        tmp = tmp_path / "tmp" / f"a-0123.{i}"
+        tmp.mkdir(parents=True)
+        (tmp / "out.txt").write_text("same content")
+        art = commit_artifact(tmp, final, {"kind": "k", "hash": "0" * 64, "run": i})
+        assert not tmp.exists()
+    assert art.path == final and json.loads((final / "manifest.json").read_text())["run"] == 1
+    assert list((tmp_path / "tmp").iterdir()) == []
