@@ -43,7 +43,9 @@ def _launch(page: Any, url: str, recipe: str, overrides: str) -> None:
 
 def _wait_end(page: Any) -> str:
     """Wait for the stream's end (the process exited), then for the panel's final status."""
-    page.wait_for_function("() => (document.body.dataset.ended || !document.body.dataset.stream) && "
+    # null-safe: the predicate also runs while a form's redirect is loading the next document (no body yet), and
+    # a throw there is reported as the page's own error
+    page.wait_for_function("() => document.body && (document.body.dataset.ended || !document.body.dataset.stream) && "
                            "document.querySelector('.run-status:not([data-status=running])')", timeout=RUN_TIMEOUT_MS)
     return str(page.get_attribute(".run-status", "data-status"))
 
@@ -84,10 +86,11 @@ def test_a_run_is_cancelled_from_the_page_while_its_curves_grow(browser: Any, ui
     _launch(page, ui_server.url, "recipes/tiny.yaml", "train.max_steps=5000\ntrain.epochs=100\ntrain.checkpoint_every=1000")
     page.wait_for_selector('#loss-train path[data-series="train loss"]', timeout=RUN_TIMEOUT_MS)  # live rows arrived
     first = int(page.get_attribute('#loss-train path[data-series="train loss"]', "data-points") or 0)
-    page.wait_for_function(f"() => +document.querySelector('#loss-train path.line').dataset.points > {first}",
+    page.wait_for_function(f"() => +(document.querySelector('#loss-train path.line')?.dataset.points ?? 0) > {first}",
                            timeout=60_000)  # and keep arriving without a reload
     assert "ETA" in page.inner_text("#train-train")
-    page.click("#cancel")
+    with page.expect_navigation():  # the form posts, then redirects back to the launch page
+        page.click("#cancel")
     assert _wait_end(page) == "cancelled"
     assert page.locator('#stages .badge[data-status="cancelled"]').count() == 1
     launch = httpx.get(f"{ui_server.url}/api/launches/{page.url.rsplit('/', 1)[-1]}").json()
