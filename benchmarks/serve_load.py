@@ -10,7 +10,10 @@ Modes: ``torch`` / ``llama.cpp`` / ``auto`` (``--engine``, continuous batching u
 ``--batch-size`` sequences), ``one-at-a-time`` (``--engine torch --max-batch-size 1``), and
 ``baseline``: the server code of ``--baseline-src`` (a ``src`` folder of an older checkout,
 ``git worktree add /tmp/old COMMIT``) with ``--max-batch-size --batch-size``, to compare
-with the same load in the same run.
+with the same load in the same run. ``in-process``: no HTTP at all: the torch engine and the
+server's own scheduler built in this process by the server's loader (same config, threads,
+queue bound and chat template), the same clients and requests submitted straight to the
+scheduler; beside ``torch`` it shows what HTTP, streaming and the load generator cost.
 
 Reports per mode and level: answers by status (200 = a stream that ended with ``[DONE]``
 and no error chunk; ``200+error`` = an in-band error, e.g. a timeout after the stream
@@ -191,6 +194,74 @@ async def run_level(url: str, mode: str, clients: int, args: argparse.Namespace,
     return res
 
 
+def in_process_scheduler(model: str, args: argparse.Namespace) -> tuple[Any, Any]:
+    """(the loaded model, the server's GenerationScheduler on it) as ``shoestring serve --engine torch`` builds them."""
+    from shoestring.serve.backends import load_for_serving
+    from shoestring.serve.config import ServeConfig
+    from shoestring.serve.generation import GenerationScheduler
+
+    cfg = ServeConfig(model=model, engine="torch", max_batch_size=args.batch_size, max_queue=args.max_queue,
+                      threads=args.threads)  # fmt: skip
+    loaded = load_for_serving(cfg)
+    sched = GenerationScheduler(loaded.engine, eos_ids=loaded.eos_ids, max_batch_size=cfg.max_batch_size,
+                                max_queue=cfg.max_queue, batch_timeout_s=cfg.batch_timeout_ms / 1000)  # fmt: skip
+    sched.start()
+    return loaded, sched
+
+
+async def run_level_in_process(loaded: Any, sched: Any, clients: int, args: argparse.Namespace) -> LevelResult:
+    """``run_level``'s clients and requests, submitted to the scheduler directly (no HTTP, no JSON)."""
+    from shoestring.serve.generation import GenRequest, QueueFull
+
+    res = LevelResult("in-process", clients)
+    stop_at = time.monotonic() + args.level_timeout_s
+    start = asyncio.Event()
+
+    async def client(i: int) -> None:
+        await start.wait()
+        for j in range(args.requests_per_client):
+            if time.monotonic() > stop_at:
+                return
+            msgs = [{"role": "user", "content": f"Question {i}-{j}: what is {i} plus {j}?"}]
+            ids = loaded.tokenizer.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True,
+                                                       return_dict=True)["input_ids"]  # fmt: skip
+            t0 = time.perf_counter()
+            req = GenRequest(prompt_ids=list(ids), max_new_tokens=args.max_tokens, loop=asyncio.get_running_loop(),
+                             deadline=time.monotonic() + args.request_timeout_s)  # fmt: skip
+            try:
+                sched.submit(req)
+            except QueueFull:
+                res.statuses["429"] += 1
+                continue
+            n, ttft, status = 0, None, "200"
+            while True:
+                kind, value = await req.events.get()
+                if kind == "token":
+                    n += 1
+                    ttft = ttft if ttft is not None else time.perf_counter() - t0
+                elif kind == "done":
+                    break
+                else:  # the server answers a timeout before the first token 503, after it an in-band error
+                    status = "503" if value == "timeout" and n == 0 else "200+error"
+                    break
+            res.statuses[status] += 1
+            if status == "200":
+                res.latencies_s.append(time.perf_counter() - t0)
+                res.tokens += n
+                if ttft is not None:
+                    res.ttft_s.append(ttft)
+
+    with RssSampler(os.getpid()) as rss:
+        tasks = [asyncio.create_task(client(i)) for i in range(clients)]
+        t0 = time.perf_counter()
+        start.set()
+        await asyncio.gather(*tasks)
+        res.wall_s = time.perf_counter() - t0
+    res.healthy = sched.fatal_error is None
+    res.peak_rss_bytes = rss.peak
+    return res
+
+
 async def prefix_ttft(url: str, shared: bool, n: int) -> list[float]:
     """Time to first token of ``n`` sequential requests with a shared or a per-request system prompt."""
     out = []
@@ -241,7 +312,7 @@ def main() -> None:
     ap.add_argument("--request-timeout-s", type=float, default=60.0)
     ap.add_argument("--level-timeout-s", type=float, default=90.0, help="stop sending new requests after this")
     ap.add_argument("--modes", nargs="+", default=["torch", "llama.cpp", "one-at-a-time"],
-                    choices=["torch", "llama.cpp", "auto", "one-at-a-time", "baseline"])  # fmt: skip
+                    choices=["torch", "llama.cpp", "auto", "one-at-a-time", "baseline", "in-process"])  # fmt: skip
     ap.add_argument("--baseline-src", default=None, help="src folder of the older checkout (mode 'baseline')")
     ap.add_argument("--prefix-requests", type=int, default=8, help="requests per prefix-cache run (0: skip)")
     args = ap.parse_args()
@@ -249,6 +320,21 @@ def main() -> None:
     results: list[LevelResult] = []
     prefix: list[tuple[str, list[float], list[float]]] = []
     for mode in args.modes:
+        if mode == "in-process":
+            loaded, sched = in_process_scheduler(args.model, args)
+            try:
+                # Warm-up, as for the servers: one 2-token request through the same path.
+                asyncio.run(run_level_in_process(loaded, sched, 1, argparse.Namespace(**{**vars(args),
+                            "requests_per_client": 1, "max_tokens": 2})))  # fmt: skip
+                for clients in args.levels:
+                    r = asyncio.run(run_level_in_process(loaded, sched, clients, args))
+                    results.append(r)
+                    print(
+                        f"{mode} {clients} clients: {dict(r.statuses)} in {r.wall_s:.1f}s", file=sys.stderr, flush=True
+                    )
+            finally:
+                sched.shutdown()
+            continue
         cmd, env = mode_command(mode, args.model, args)
         proc, url, log = start_server(cmd, env)
         print(f"{mode}: {' | '.join(x for x in log if x.startswith('engine'))}", file=sys.stderr, flush=True)
