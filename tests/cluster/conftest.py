@@ -4,8 +4,9 @@ One cluster per test session (start-up is the expensive part on 2 cores), on loo
 inside 20000-20999 with its own temp folder, so it never meets another Ray on the machine.
 The head has 1 CPU and each worker 1 CPU (logical), object stores of 100 MiB. Node deaths are
 noticed within a few seconds (health checks every second; three misses = dead) so the
-node-kill tests stay short. Teardown stops every node and fails the session if any of the
-cluster's processes is still alive.
+node-kill tests stay short. The cluster stops after the last test of this folder, not at the
+end of the session (its ~20 idle processes would otherwise run beside every later test, the
+planner's timing checks included), and the run fails if any of its processes is still alive.
 """
 
 from __future__ import annotations
@@ -22,6 +23,23 @@ FAST_FAILURE_DETECTION = {"RAY_health_check_period_ms": "1000", "RAY_health_chec
                           "RAY_health_check_failure_threshold": "3", "RAY_health_check_initial_delay_ms": "1000"}  # fmt: skip
 
 
+_RUNNING: list[LocalCluster] = []
+HERE = Path(__file__).parent
+
+
+def _stop(cluster: LocalCluster) -> None:
+    cluster.stop()
+    left = cluster.leftover_processes()
+    assert not left, f"cluster processes left after teardown: {[p.pid for p in left]}"
+
+
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> None:
+    """After the last test in this folder, stop the session's cluster (pytest's own session scope
+    would keep it until every other folder's tests have run)."""
+    if _RUNNING and (nextitem is None or HERE not in Path(nextitem.path).parents):
+        _stop(_RUNNING.pop())
+
+
 @pytest.fixture(scope="session")
 def ray_cluster() -> Iterator[LocalCluster]:
     pytest.importorskip("ray")
@@ -36,12 +54,12 @@ def ray_cluster() -> Iterator[LocalCluster]:
             if "are taken" in str(err):
                 continue
             raise
+        _RUNNING.append(cluster)
         try:
             yield cluster
         finally:
-            cluster.stop()
-            left = cluster.leftover_processes()
-            assert not left, f"cluster processes left after teardown: {[p.pid for p in left]}"
+            if _RUNNING:  # the run ended inside this folder (-x, a deselection)
+                _stop(_RUNNING.pop())
         return
     raise RuntimeError(f"no free port block for a test cluster in 20000-20999: {last}")
 
