@@ -5,7 +5,6 @@ from __future__ import annotations
 import collections
 import contextlib
 import json
-import os
 import threading
 import time
 from collections.abc import Callable
@@ -85,10 +84,9 @@ def load_for_serving(cfg: ServeConfig) -> LoadedModel:
     import torch
 
     from shoestring.models import load_model, load_tokenizer
+    from shoestring.serve.engine_select import model_threads
 
-    # Leave one core to the HTTP event loop; on a shared or small machine OpenMP threads that
-    # outnumber free cores spin-wait for each other (measured 5-15x slower steps on 2 busy cores).
-    torch.set_num_threads(cfg.threads or max(1, (os.cpu_count() or 2) - 1))
+    torch.set_num_threads(model_threads(cfg))
     task = detect_task(cfg.model) if cfg.task == "auto" else cfg.task
     name = cfg.model_name or cfg.model
     if task == "recommendation":

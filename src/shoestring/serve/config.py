@@ -63,4 +63,5 @@ class ServeConfig(StageConfig):
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     """Weight precision of the torch engine. CPU: weights stored in this type, computed in float32; 'auto' is float16 (bfloat16 if a weight exceeds float16's range). GPU: 'auto' is bfloat16."""
     threads: int | None = Field(None, ge=1)
-    """CPU threads for the model (default: CPU cores - 1, leaving one core to the HTTP event loop)."""
+    """CPU threads for the model (default: every core for the torch engine; cores - 1 for llama.cpp, whose
+    threads spin-wait and collapse when another process takes a core)."""

@@ -24,7 +24,7 @@ from typing import Any
 from shoestring.core.errors import ShoestringError
 from shoestring.serve.engine import Engine, Sampling, Work
 
-__all__ = ["EngineChoice", "build_engine", "gguf_for", "probe_tokens_per_s"]
+__all__ = ["EngineChoice", "build_engine", "gguf_for", "model_threads", "probe_tokens_per_s"]
 
 _PROBE_PROMPT = 32
 _PROBE_STEPS = 12
@@ -39,10 +39,17 @@ class EngineChoice:
     reason: str
 
 
-def _threads(cfg: Any) -> int:
-    # Leave one core to the HTTP event loop; OpenMP threads that outnumber free cores
-    # spin-wait for each other (measured 5-15x slower steps on 2 busy cores).
-    return int(cfg.threads or max(1, (os.cpu_count() or 2) - 1))
+def model_threads(cfg: Any, *, spare_core: bool = False) -> int:
+    """The model's CPU threads: ``cfg.threads``, else every core this process may use, less one
+    when ``spare_core``.
+
+    Measured with ``benchmarks/serve_load.py`` at 16 clients on 2 cores (RESULTS, Serving): the
+    native kernel's OpenMP threads gain from the second core even with both cores busy with other
+    processes (93 vs 73 tokens/s); llama.cpp's threads spin-wait for each other and collapse there
+    (11 vs 30 tokens/s), so its engine leaves a core free.
+    """
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 2)
+    return int(cfg.threads or max(1, cores - (1 if spare_core else 0)))
 
 
 def _torch_engine(cfg: Any, context_length: int) -> tuple[Engine, Any]:
@@ -67,7 +74,7 @@ def _torch_engine(cfg: Any, context_length: int) -> tuple[Engine, Any]:
                 dequantize_model(model)
             dtype = _native_dtype(cfg.dtype, model)
             engine = NativeEngine(model, max_seqs=max_seqs, context_length=context_length, dtype=dtype,
-                                  threads=_threads(cfg), prefill_chunk=cfg.prefill_chunk)  # fmt: skip
+                                  threads=model_threads(cfg, spare_core=False), prefill_chunk=cfg.prefill_chunk)  # fmt: skip
             if quantized:
                 engine.info.details["dequantized_from"] = quantized
             return engine, model
@@ -144,7 +151,7 @@ def _llama_cpp_engine(cfg: Any, context_length: int) -> Engine:
     from shoestring.serve.llama_cpp_engine import LlamaCppEngine
 
     return LlamaCppEngine(gguf_for(cfg.model), max_seqs=cfg.max_batch_size, context_length=context_length,
-                          threads=_threads(cfg), prefill_chunk=cfg.prefill_chunk)  # fmt: skip
+                          threads=model_threads(cfg, spare_core=True), prefill_chunk=cfg.prefill_chunk)  # fmt: skip
 
 
 def probe_tokens_per_s(engine: Engine, batch: int) -> float:
@@ -174,7 +181,7 @@ def _choice_key(cfg: Any, context_length: int) -> str:
     ref = resolve_model(cfg.model)
     loc = Path(ref.adapter or ref.location)
     stat = loc.stat() if loc.exists() else None
-    parts = [str(loc), str(stat.st_mtime_ns if stat else 0), str(cfg.max_batch_size), str(_threads(cfg)),
+    parts = [str(loc), str(stat.st_mtime_ns if stat else 0), str(cfg.max_batch_size), str(model_threads(cfg)),
              cfg.dtype, str(context_length), cpu_flags(), _versions()]  # fmt: skip
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
 
