@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from shoestring.core.errors import ShoestringError
+from shoestring.core.processes import pid_alive
 
 __all__ = [
     "MANIFEST",
@@ -114,8 +115,6 @@ def sweep_dead_temps(folder: Path, name: str = "*") -> list[Path]:
     (a glob; ``*``: every target) whose writing process is gone: killed mid-write, nothing else would
     ever remove them. A live writer's (pid reuse checked) and this process's own are kept.
     Returns the paths removed."""
-    from shoestring.core.runs import pid_alive  # core.runs imports this module
-
     removed = []
     for tmp in Path(folder).glob(f".{name}.tmp-*"):
         pid = tmp.name.rpartition(".tmp-")[2]

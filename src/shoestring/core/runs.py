@@ -32,8 +32,9 @@ from typing import Any
 
 from shoestring.core.artifact import atomic_write_json, sweep_dead_temps
 from shoestring.core.errors import ShoestringError
+from shoestring.core.processes import pid_alive
 
-__all__ = ["RunRecord", "error_line", "list_runs", "ordered_stages", "pid_alive", "read_run"]
+__all__ = ["RunRecord", "error_line", "list_runs", "ordered_stages", "read_run"]
 
 RUNS_DIR = "runs"
 
@@ -128,37 +129,6 @@ class RunRecord:
                 st["status"] = "skipped"  # past --only
         self.data.update(status="done", finished=_now())
         self.save()
-
-
-def pid_alive(pid: int, *, since: Path | None = None) -> bool:
-    """Whether a process with this id exists (a zombie counts as gone); with ``since``, only if it
-    started before ``since`` was last written: a process that started later took a killed run's
-    pid and is not the writer of that file or folder (Linux /proc; elsewhere the pid decides)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie (exited, not yet reaped) is not running anything
-        with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
-            fields = fh.read().rsplit(")", 1)[-1].split()
-    except OSError:
-        return True
-    if fields[0] == "Z":
-        return False
-    return since is None or not _started_after(int(fields[19]), since)
-
-
-def _started_after(start_ticks: int, path: Path) -> bool:
-    """Whether a process that started ``start_ticks`` clock ticks after boot started after ``path``'s
-    last write (``/proc/stat``'s btime is whole seconds, hence the 2 s margin)."""
-    try:
-        boot = next(int(ln.split()[1]) for ln in Path("/proc/stat").read_text().splitlines() if ln.startswith("btime"))
-        made = path.stat().st_mtime
-    except (OSError, ValueError, IndexError, StopIteration):
-        return False
-    return boot + start_ticks / os.sysconf("SC_CLK_TCK") > made + 2
 
 
 def ordered_stages(run: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
