@@ -53,3 +53,31 @@ def test_resume_removes_a_killed_runs_half_checkpoint_but_not_a_live_writers(tmp
         (half / "trainable.safetensors").write_bytes(b"half")
     assert latest_checkpoint(tmp_path) == tmp_path / "step-00000001"
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([live.name, "step-00000001"])
+
+
+def test_a_best_model_that_fails_to_write_leaves_no_half_file_to_resume_from(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The tabular trainer keeps its best epoch's weights in the work folder and loads them at the
+    end, also after a resume: a half-written file there would fail (or poison) the rerun."""
+    import safetensors.torch
+    from torch.utils.data import TensorDataset
+
+    from shoestring.train.tabular_fit import FitSettings, fit
+
+    real = safetensors.torch.save_file
+
+    def disk_fills(tensors: dict[str, Any], filename: str, *args: Any, **kwargs: Any) -> None:
+        if "best" in Path(filename).name:
+            Path(filename).write_bytes(b"half")
+            raise RuntimeError("Error while serializing: I/O error: No space left on device (os error 28)")
+        real(tensors, filename, *args, **kwargs)
+
+    monkeypatch.setattr(safetensors.torch, "save_file", disk_fills)
+    model = torch.nn.Linear(3, 1)
+    data = TensorDataset(torch.randn(8, 3), torch.randn(8, 1))
+    with pytest.raises(RuntimeError, match="os error 28"):
+        fit(model, data, lambda m, b: torch.nn.functional.mse_loss(m(b[0]), b[1]), lambda m: {"loss": 1.0},
+            monitor="loss", higher_is_better=False, settings=FitSettings(epochs=1, batch_size=4, lr=0.1),
+            work_dir=tmp_path)  # fmt: skip
+    assert [p.name for p in tmp_path.iterdir() if "best" in p.name] == []
