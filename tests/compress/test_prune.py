@@ -87,7 +87,7 @@ def test_distill_lowers_loss_and_resumes(model, heldout_blocks, tmp_path) -> Non
     settings = DistillSettings(steps=8, learning_rate=3e-3, batch_size=2, ckpt_every=4)
     stats = distill(model, student, blocks, settings, task="causal-lm", work_dir=tmp_path)
     assert stats["last_loss"] < stats["first_loss"]
-    assert (tmp_path / "distill_progress.json").is_file()  # checkpoint at step 4 survives
+    assert (tmp_path / "distill-checkpoint" / "progress.json").is_file()  # checkpoint at step 4 survives
     again = copy.deepcopy(model)
     prune.keep_layers(again, [0, 2])
     stats2 = distill(model, again, blocks, settings, task="causal-lm", work_dir=tmp_path)

@@ -258,6 +258,13 @@ except OSError as err:
     report["commit"] = [err.errno, err.filename]
 record = RunRecord(disk / "ws", "r.yaml", "r", {"data": "curate"}, overrides=[], force=[], only=[])
 record.stage_started("data")
+import torch
+from shoestring.train.checkpoint import latest_checkpoint, save_checkpoint
+
+layer = torch.nn.Linear(16, 16)
+adam = torch.optim.AdamW(layer.parameters())
+ckpt = disk / "ws" / "work" / "train" / "checkpoints"
+save_checkpoint(ckpt, 1, layer, adam, {}, keep=2)
 with open(disk / "filler", "wb", buffering=0) as fh:  # take every last free byte
     try:
         while True:
@@ -270,13 +277,16 @@ try:
 except OSError as err:
     report["stage_failed"] = f"raised {err}"
 try:  # a Rust-backed writer (training checkpoints) says "no space" only in its message
-    import torch
     from safetensors.torch import save_file
     from shoestring.cli import disk_error_line
 
     save_file({"w": torch.zeros(1000)}, str(disk / "ws" / "w.safetensors"))
 except Exception as err:
     report["safetensors"] = disk_error_line(err)
+try:  # a checkpoint's temporary folder, on a disk full as it starts
+    save_checkpoint(ckpt, 2, layer, adam, {}, keep=2)
+except Exception as err:
+    report["checkpoint"] = [disk_error_line(err), latest_checkpoint(ckpt).name]
 json.dump(report, sys.stdout)
 """
 
@@ -300,6 +310,8 @@ def test_full_disk_leaves_old_files_no_temp_files_and_no_half_artifact(namespace
     assert report["commit"] == [28, str(disk / "ws" / "tmp" / "a.1" / "manifest.json")], report
     assert report["stage_failed"] == "returned", report  # a second ENOSPC does not mask the first
     assert str(report.get("safetensors")).startswith("no space left on device writing the workspace"), report
+    line, kept = report["checkpoint"]  # the failed checkpoint left the previous one and no temporary folder
+    assert line.startswith("no space left on device") and kept == "step-00000001", report
     files = (tmp_path / "files").read_text().split()
     assert not [f for f in files if ".tmp-" in f], files
     assert "./ws/tmp/a.1" not in files and "./ws/artifacts/a" not in files, files  # payload gone, space freed

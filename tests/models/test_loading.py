@@ -64,3 +64,54 @@ def test_gguf_model_generates_greedy_text() -> None:
         out = model.generate(**ids, max_new_tokens=12, do_sample=False)
     text = tok.decode(out[0, ids["input_ids"].shape[1] :], skip_special_tokens=True)
     assert "Paris" in text
+
+
+class _Saves:
+    """A tokenizer or model whose save_pretrained writes one file, or fails like a full disk."""
+
+    def __init__(self, name: str, fail: bool) -> None:
+        self.name, self.fail, self.config = name, fail, object()
+
+    def save_pretrained(self, folder: Path) -> None:
+        (Path(folder) / self.name).write_text("{}")
+        if self.fail:
+            raise OSError(28, "No space left on device")
+
+
+@pytest.fixture
+def fake_gguf_loaders(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> dict[str, bool]:
+    """GGUF loading without a model: the conversion's writes are what these tests are about."""
+    import transformers
+
+    fail = {"model": False}
+    monkeypatch.setenv("SHOESTRING_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", lambda *a, **k: _Saves("tokenizer.json", False))
+    monkeypatch.setattr(
+        transformers.AutoModelForCausalLM, "from_pretrained", lambda *a, **k: _Saves("config.json", fail["model"])
+    )
+    return fail
+
+
+def test_a_gguf_conversion_that_fails_to_write_leaves_no_folder(tmp_path: Path, fake_gguf_loaders: dict) -> None:
+    import subprocess
+    import sys
+
+    from shoestring.models.loading import _materialize_gguf
+
+    gguf = tmp_path / "m.gguf"
+    gguf.write_bytes(b"GGUF")
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()  # its pid is now surely no one's
+    models = tmp_path / "cache" / "models"
+    killed = models / f".other-0123456789ab.tmp-{proc.pid}"  # a conversion killed mid-write
+    killed.mkdir(parents=True)
+    (killed / "model.safetensors").write_bytes(b"half")
+    fake_gguf_loaders["model"] = True
+    with pytest.raises(OSError) as err:
+        _materialize_gguf(gguf, "m")
+    assert err.value.filename is not None and Path(err.value.filename).parent == models
+    assert list(models.iterdir()) == []
+    fake_gguf_loaders["model"] = False  # space freed: the rerun converts
+    out = _materialize_gguf(gguf, "m")
+    assert sorted(p.name for p in out.iterdir()) == [".complete", "config.json", "tokenizer.json"]
+    assert list(models.iterdir()) == [out]

@@ -70,3 +70,33 @@ def test_torch_engine_serves_the_int8_model_natively_with_its_grid_values(int8_f
     for k in range(7):
         got.append(engine.step([Work(slot, [got[-1]], len(prompt) + k, True)])[slot])
     assert got == expected[0, len(prompt) :].tolist()
+
+
+def test_a_failed_f16_export_leaves_no_temporary_and_a_killed_ones_is_swept(
+    tiny_llama: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The llama.cpp engine's f16 GGUF of a folder model lives in the user's cache, outside any
+    workspace: a half file there would hold a model's size of disk until removed by hand."""
+    import errno
+    import subprocess
+    import sys
+
+    from shoestring.compress import gguf_export
+    from shoestring.serve.engine_select import gguf_for
+
+    monkeypatch.setenv("SHOESTRING_CACHE", str(tmp_path))
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()  # its pid is now surely no one's
+    killed = tmp_path / "gguf" / f".old-0123456789ab-f16.gguf.tmp-{proc.pid}"
+    killed.parent.mkdir()
+    killed.write_bytes(b"GGUF half")
+
+    def disk_fills(model: object, tokenizer: object, path: Path, *args: object, **kwargs: object) -> None:
+        Path(path).write_bytes(b"GGUF half")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(gguf_export, "write_gguf", disk_fills)
+    with pytest.raises(OSError) as err:
+        gguf_for(str(tiny_llama))
+    assert err.value.filename is not None and err.value.filename.endswith("-f16.gguf")  # what to free space for
+    assert list((tmp_path / "gguf").iterdir()) == []

@@ -7,8 +7,9 @@ is replaced by the mean squared error between last hidden states, and there is n
 
 The student is a pruned copy of the teacher (fewer layers / heads / MLP channels), so it
 starts from the teacher's own weights and needs few steps to recover. Progress is saved
-to the stage's durable work folder every ``ckpt_every`` steps (student weights and AdamW
-moments as safetensors, the step counter as JSON), so a killed run resumes where it was.
+to the stage's durable work folder every ``ckpt_every`` steps (one folder, renamed into place
+whole: student weights and AdamW moments as safetensors, the step counter as JSON), so a killed
+run resumes where it was, with weights, moments and step from the same moment.
 """
 
 from __future__ import annotations
@@ -26,6 +27,9 @@ if TYPE_CHECKING:
 
 __all__ = ["DistillSettings", "distill"]
 
+CHECKPOINT = "distill-checkpoint"
+"""The resume folder in the work folder: student.safetensors, optim.safetensors, progress.json."""
+
 
 @dataclass(frozen=True)
 class DistillSettings:
@@ -41,11 +45,12 @@ class DistillSettings:
 
 
 def _save_ckpt(work: Path, student: nn.Module, opt: torch.optim.Optimizer, step: int, losses: list[float]) -> None:
+    import shutil
+
     from safetensors.torch import save_file, save_model
 
-    from shoestring.core.artifact import atomic_write_json
+    from shoestring.core.artifact import atomic_path, atomic_write_json
 
-    save_model(student, str(work / "student.safetensors.tmp"))
     tensors: dict[str, torch.Tensor] = {}
     scalars: dict[str, float] = {}
     for pid, st in opt.state_dict()["state"].items():
@@ -54,22 +59,27 @@ def _save_ckpt(work: Path, student: nn.Module, opt: torch.optim.Optimizer, step:
                 tensors[f"{pid}.{k}"] = v.contiguous()
             else:
                 scalars[f"{pid}.{k}"] = float(v)
-    save_file(tensors, str(work / "optim.safetensors.tmp"))
-    (work / "student.safetensors.tmp").replace(work / "student.safetensors")
-    (work / "optim.safetensors.tmp").replace(work / "optim.safetensors")
-    atomic_write_json(work / "distill_progress.json", {"step": step, "losses": losses, "scalars": scalars})
+    # One folder, so a kill between files never pairs one step's weights with another's moments.
+    with atomic_path(work / CHECKPOINT, folder=True) as tmp:
+        save_model(student, str(tmp / "student.safetensors"))
+        save_file(tensors, str(tmp / "optim.safetensors"))
+        atomic_write_json(tmp / "progress.json", {"step": step, "losses": losses, "scalars": scalars})
+        shutil.rmtree(work / CHECKPOINT, ignore_errors=True)
 
 
 def _load_ckpt(work: Path, student: nn.Module, opt: torch.optim.Optimizer) -> tuple[int, list[float]]:
     import torch
     from safetensors.torch import load_file, load_model
 
-    prog = work / "distill_progress.json"
-    if not (prog.is_file() and (work / "student.safetensors").is_file()):
+    from shoestring.core.artifact import sweep_dead_temps
+
+    ckpt = work / CHECKPOINT
+    sweep_dead_temps(work, CHECKPOINT)  # a killed run's half-written folder
+    if not (ckpt / "progress.json").is_file():
         return 0, []
-    meta = json.loads(prog.read_text())
-    load_model(student, str(work / "student.safetensors"), strict=False)
-    tensors = load_file(str(work / "optim.safetensors"))
+    meta = json.loads((ckpt / "progress.json").read_text())
+    load_model(student, str(ckpt / "student.safetensors"), strict=False)
+    tensors = load_file(str(ckpt / "optim.safetensors"))
     state: dict[int, dict[str, Any]] = {}
     for key, v in tensors.items():
         pid, k = key.split(".", 1)

@@ -14,16 +14,19 @@ import os
 import platform
 import shutil
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 from shoestring.core.errors import ShoestringError
+from shoestring.core.processes import pid_alive
 
 __all__ = [
     "MANIFEST",
     "Artifact",
+    "atomic_path",
     "atomic_write_bytes",
     "atomic_write_json",
     "atomic_write_text",
@@ -32,6 +35,7 @@ __all__ = [
     "fsync_dir",
     "hash_path",
     "library_versions",
+    "sweep_dead_temps",
 ]
 
 MANIFEST = "manifest.json"
@@ -67,29 +71,80 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file + fsync + rename.
+@contextlib.contextmanager
+def atomic_path(path: Path, *, folder: bool = False) -> Iterator[Path]:
+    """A temporary path beside ``path`` (``.<name>.tmp-<pid>``) for a writer that takes a file name
+    (safetensors, matplotlib, the GGUF exporter, a compiler), or with ``folder`` an empty temporary
+    folder; flushed and renamed to ``path`` when the block ends.
 
-    On any failure (a full disk, a kill by Ctrl-C) the temporary file is removed and ``path``
-    keeps its old content; an ``OSError`` from the write names ``path`` (a failed ``write``
-    names no file, and "no space left" without a path tells the user nothing to free).
+    On any failure in the block or the rename (a full disk, Ctrl-C, the writer's own error) the
+    temporary is removed and ``path`` keeps its old content; an ``OSError`` without a file name is
+    given ``path`` (a failed ``write`` names no file, and "no space left" without a path tells the
+    user nothing to free). A folder replaces only an absent or empty ``path``: where another writer
+    put one there first (a cache keyed by its source: the same content), that one is kept. A kill
+    leaves the temporary; :func:`sweep_dead_temps` removes it once its writer is gone.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    _remove(tmp)  # left by a killed process that had this pid
     try:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        if folder:
+            tmp.mkdir()
+        yield tmp
+        if folder:
+            fsync_dir(tmp)
+        else:
+            _fsync_file(tmp)
+        try:
+            os.replace(tmp, path)
+        except OSError:
+            if not (folder and path.is_dir()):
+                raise
+            _remove(tmp)  # another writer's folder is in place
     except BaseException as err:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
+        _remove(tmp)
         if isinstance(err, OSError) and err.filename is None:
             err.filename = str(path)
         raise
     fsync_dir(path.parent)
+
+
+def sweep_dead_temps(folder: Path, name: str = "*") -> list[Path]:
+    """Remove the temporaries :func:`atomic_path` left in ``folder`` for targets named like ``name``
+    (a glob; ``*``: every target) whose writing process is gone: killed mid-write, nothing else would
+    ever remove them. A live writer's (pid reuse checked) and this process's own are kept.
+    Returns the paths removed."""
+    removed = []
+    for tmp in Path(folder).glob(f".{name}.tmp-*"):
+        pid = tmp.name.rpartition(".tmp-")[2]
+        if pid.isdigit() and int(pid) != os.getpid() and not pid_alive(int(pid), since=tmp):
+            _remove(tmp)
+            removed.append(tmp)
+    return removed
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(OSError):
+            path.unlink()
+
+
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through :func:`atomic_path`: a full disk or a kill leaves ``path``
+    with its old content and, but for a kill, no temporary file."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        fh.write(data)
 
 
 def atomic_write_text(path: Path, text: str) -> None:

@@ -4,7 +4,8 @@ The stages that start servers of their own (a private Ray head, Flower's SuperLi
 the nodes of a :class:`~shoestring.core.local_cluster.LocalCluster`) start each in a new session,
 so the process and everything it forks share one process group that :func:`stop_group` ends.
 A run killed with ``-9`` cannot stop its children; it records their pids in a file, and the next
-run in the same folder stops them with :func:`stop_recorded`.
+run in the same folder stops them with :func:`stop_recorded`. :func:`pid_alive` says whether the
+process that wrote a file (a run record, a temporary) still runs, pid reuse included.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import psutil
 
 from shoestring.core.errors import ShoestringError
 
-__all__ = ["bind_tcp", "port_free", "stop_group", "stop_recorded", "wait_listening"]
+__all__ = ["bind_tcp", "pid_alive", "port_free", "stop_group", "stop_recorded", "wait_listening"]
 
 
 def bind_tcp(host: str, port: int, *, inheritable: bool = False) -> socket.socket:
@@ -40,6 +41,37 @@ def bind_tcp(host: str, port: int, *, inheritable: bool = False) -> socket.socke
         ) from None
     sock.set_inheritable(inheritable)
     return sock
+
+
+def pid_alive(pid: int, *, since: Path | None = None) -> bool:
+    """Whether a process with this id exists (a zombie counts as gone); with ``since``, only if it
+    started before ``since`` was last written: a process that started later took a killed run's
+    pid and is not the writer of that file or folder (Linux /proc; elsewhere the pid decides)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie (exited, not yet reaped) is not running anything
+        with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
+            fields = fh.read().rsplit(")", 1)[-1].split()
+    except OSError:
+        return True
+    if fields[0] == "Z":
+        return False
+    return since is None or not _started_after(int(fields[19]), since)
+
+
+def _started_after(start_ticks: int, path: Path) -> bool:
+    """Whether a process that started ``start_ticks`` clock ticks after boot started after ``path``'s
+    last write (``/proc/stat``'s btime is whole seconds, hence the 2 s margin)."""
+    try:
+        boot = next(int(ln.split()[1]) for ln in Path("/proc/stat").read_text().splitlines() if ln.startswith("btime"))
+        made = path.stat().st_mtime
+    except (OSError, ValueError, IndexError, StopIteration):
+        return False
+    return boot + start_ticks / os.sysconf("SC_CLK_TCK") > made + 2
 
 
 def port_free(port: int) -> bool:

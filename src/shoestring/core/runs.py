@@ -5,7 +5,8 @@ the latest one to ``<workspace>/run.json``. Both are rewritten atomically whenev
 starts, finishes or fails, so a reader (``shoestring ui``) sees a run's progress live,
 the one-line error of a failed stage, and which stages were cached. A run whose record
 still says ``running`` but whose ``pid`` is gone was killed (``interrupted``); re-running
-it resumes.
+it resumes. A kill in the middle of a write leaves the record's temporary file
+(``runs/.<run_id>.json.tmp-<pid>``); the next run, and every reader, removes those of dead processes.
 
 Record layout::
 
@@ -21,6 +22,7 @@ Record layout::
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
 import traceback
@@ -28,10 +30,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from shoestring.core.artifact import atomic_write_json
+from shoestring.core.artifact import atomic_write_json, sweep_dead_temps
 from shoestring.core.errors import ShoestringError
+from shoestring.core.processes import pid_alive
 
-__all__ = ["RunRecord", "error_line", "list_runs", "ordered_stages", "pid_alive", "read_run"]
+__all__ = ["RunRecord", "error_line", "list_runs", "ordered_stages", "read_run"]
 
 RUNS_DIR = "runs"
 
@@ -85,6 +88,7 @@ class RunRecord:
             "order": list(stages),
             "stages": {sid: {"stage": st, "status": "pending"} for sid, st in stages.items()},
         }
+        _sweep_record_temps(root)
         self.save()
 
     @property
@@ -127,37 +131,6 @@ class RunRecord:
         self.save()
 
 
-def pid_alive(pid: int, *, since: Path | None = None) -> bool:
-    """Whether a process with this id exists (a zombie counts as gone); with ``since``, only if it
-    started before ``since`` was last written: a process that started later took a killed run's
-    pid and is not the writer of that file or folder (Linux /proc; elsewhere the pid decides)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie (exited, not yet reaped) is not running anything
-        with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
-            fields = fh.read().rsplit(")", 1)[-1].split()
-    except OSError:
-        return True
-    if fields[0] == "Z":
-        return False
-    return since is None or not _started_after(int(fields[19]), since)
-
-
-def _started_after(start_ticks: int, path: Path) -> bool:
-    """Whether a process that started ``start_ticks`` clock ticks after boot started after ``path``'s
-    last write (``/proc/stat``'s btime is whole seconds, hence the 2 s margin)."""
-    try:
-        boot = next(int(ln.split()[1]) for ln in Path("/proc/stat").read_text().splitlines() if ln.startswith("btime"))
-        made = path.stat().st_mtime
-    except (OSError, ValueError, IndexError, StopIteration):
-        return False
-    return boot + start_ticks / os.sysconf("SC_CLK_TCK") > made + 2
-
-
 def ordered_stages(run: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     """A record's stages in recipe order (JSON files store the mapping with sorted keys)."""
     stages = run.get("stages") or {}
@@ -165,8 +138,20 @@ def ordered_stages(run: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     return [(sid, stages[sid]) for sid in [*order, *(s for s in stages if s not in order)]]
 
 
+def _sweep_record_temps(root: Path) -> None:
+    """Remove the temporary files that runs killed mid-write left beside the workspace's records."""
+    sweep_dead_temps(Path(root) / RUNS_DIR)
+    sweep_dead_temps(Path(root), "run.json")
+
+
 def read_run(path: Path) -> dict[str, Any] | None:
-    """A run record, with ``status: interrupted`` when it says running but its process is gone."""
+    """A run record, with ``status: interrupted`` when it says running but its process is gone
+    (a dead writer's temporary file beside it is removed)."""
+    sweep_dead_temps(Path(path).parent, glob.escape(Path(path).name))
+    return _read_run(path)
+
+
+def _read_run(path: Path) -> dict[str, Any] | None:
     try:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError, UnicodeDecodeError):
@@ -182,10 +167,12 @@ def read_run(path: Path) -> dict[str, Any] | None:
 
 
 def list_runs(root: Path) -> list[dict[str, Any]]:
-    """Every run record of a workspace, newest first (a pre-record ``run.json`` counts as one run)."""
-    runs = [r for f in sorted((Path(root) / RUNS_DIR).glob("*.json")) if (r := read_run(f)) is not None]
+    """Every run record of a workspace, newest first (a pre-record ``run.json`` counts as one run);
+    dead writers' temporary files are removed."""
+    _sweep_record_temps(root)
+    runs = [r for f in sorted((Path(root) / RUNS_DIR).glob("*.json")) if (r := _read_run(f)) is not None]
     if not runs and (Path(root) / "run.json").is_file():
-        legacy = read_run(Path(root) / "run.json")
+        legacy = _read_run(Path(root) / "run.json")
         if legacy is not None:
             legacy.setdefault("run_id", "run")
             legacy.setdefault("status", "done")

@@ -38,7 +38,7 @@ from shoestring.core.artifact import (
 )
 from shoestring.core.config import ArtifactInput, HashedPath, NotHashed, StageConfig, iter_marked_fields
 from shoestring.core.errors import ShoestringError
-from shoestring.core.runs import pid_alive
+from shoestring.core.processes import pid_alive
 
 __all__ = ["Stage", "StageContext", "StageResult", "Workspace", "check_entry_name", "input_fields", "stage_hash"]
 

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from shoestring.core.artifact import atomic_path
 from shoestring.evaluate.stats import bootstrap_ci, paired_comparison
 from shoestring.federate.config import FederateConfig
 from shoestring.federate.tasks import FederatedTask, Scores, State
@@ -37,10 +38,8 @@ def _load(path: Path) -> State | None:
 def _save(path: Path, state: State) -> None:
     from safetensors.numpy import save_file
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file({k: np.ascontiguousarray(v) for k, v in state.items()}, str(tmp))
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        save_file({k: np.ascontiguousarray(v) for k, v in state.items()}, str(tmp))
 
 
 def _local_clients(task: FederatedTask, cfg: FederateConfig) -> list[int]:

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from shoestring.core.artifact import atomic_write_json
+from shoestring.core.artifact import atomic_path, atomic_write_json
 
 __all__ = ["RoundLog"]
 
@@ -49,9 +49,8 @@ class RoundLog:
     def checkpoint(self, state: dict[str, np.ndarray]) -> None:
         from safetensors.numpy import save_file
 
-        tmp = self.dir / ".global.safetensors.tmp"
-        save_file({k: np.ascontiguousarray(v) for k, v in state.items()}, str(tmp))
-        tmp.replace(self.dir / "global.safetensors")
+        with atomic_path(self.dir / "global.safetensors") as tmp:
+            save_file({k: np.ascontiguousarray(v) for k, v in state.items()}, str(tmp))
         atomic_write_json(self.dir / "state.json", {"round": self.done, "rows": self.rows, "privacy": self.privacy})
 
     # -- events -------------------------------------------------------------------------

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from shoestring.core.artifact import atomic_path, sweep_dead_temps
 from shoestring.core.errors import ShoestringError
 from shoestring.models.packaged import PACKAGED_MODELS, packaged_model
 from shoestring.models.quantized import AUTO_CLASSES, QUANT_FILE, load_quantized
@@ -136,38 +137,35 @@ def _gguf_cache_path(gguf: Path, name: str) -> Path:
 
 
 def _materialize_gguf(gguf: Path, name: str) -> Path:
+    """A float safetensors folder of a GGUF model, converted once into the cache (a folder holding
+    ``.complete``); a failed conversion (a full disk) leaves no partial folder."""
     out = _gguf_cache_path(gguf, name)
-    if (out / "config.json").is_file() and (out / ".complete").is_file():
+    if _converted(out):
         return out
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tmp = out.with_name(out.name + f".tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
-        tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-        model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-    except ImportError as err:
-        raise ShoestringError(f"loading GGUF needs the 'gguf' package ({err}); run `pip install gguf`") from None
-    # The weights are already dequantised to float32 in memory; drop the GGUF quantizer
-    # marker so transformers lets us save them as a plain safetensors folder.
-    model.hf_quantizer = None  # type: ignore[assignment]
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
-    tok.save_pretrained(tmp)
-    model.save_pretrained(tmp)
-    (tmp / ".complete").write_text(str(gguf))
-    if (out / ".complete").is_file():  # another process finished first
-        shutil.rmtree(tmp, ignore_errors=True)
-        return out
-    shutil.rmtree(out, ignore_errors=True)
-    try:
-        os.replace(tmp, out)
-    except OSError:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if not (out / ".complete").is_file():
-            raise
+    sweep_dead_temps(out.parent)  # a killed conversion's half folder: a float model's size each
+    with atomic_path(out, folder=True) as tmp:
+        try:
+            tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+            model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        except ImportError as err:
+            raise ShoestringError(f"loading GGUF needs the 'gguf' package ({err}); run `pip install gguf`") from None
+        # The weights are already dequantised to float32 in memory; drop the GGUF quantizer
+        # marker so transformers lets us save them as a plain safetensors folder.
+        model.hf_quantizer = None  # type: ignore[assignment]
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        tok.save_pretrained(tmp)
+        model.save_pretrained(tmp)
+        (tmp / ".complete").write_text(str(gguf))
+        if not _converted(out):  # else another process finished first: its folder is kept
+            shutil.rmtree(out, ignore_errors=True)  # a conversion from before the marker
     return out
+
+
+def _converted(out: Path) -> bool:
+    return (out / "config.json").is_file() and (out / ".complete").is_file()
 
 
 def _from_pretrained(loader: Any, ref: ModelRef, **kwargs: Any) -> Any:

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from shoestring.core.artifact import atomic_path, atomic_write_text, sweep_dead_temps
 from shoestring.core.errors import ShoestringError
 from shoestring.serve.engine import Engine, Sampling, Work
 
@@ -132,6 +133,7 @@ def gguf_for(spec: str) -> Path:
     )
     key = hashlib.sha256(f"{source.resolve()}|{ref.base}|{stamp}".encode()).hexdigest()[:12]
     out = cache_dir() / "gguf" / f"{source.name}-{key}-f16.gguf"
+    sweep_dead_temps(out.parent)  # a killed export's half file: a model's size each
     if not out.is_file():
         from shoestring.compress import dequantize_model
         from shoestring.compress.gguf_export import write_gguf
@@ -140,10 +142,8 @@ def gguf_for(spec: str) -> Path:
         model, quantized = _float_model(spec)
         if quantized:
             dequantize_model(model)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
-        write_gguf(model, load_tokenizer(spec), tmp, "f16", name=spec)
-        os.replace(tmp, out)
+        with atomic_path(out) as tmp:
+            write_gguf(model, load_tokenizer(spec), tmp, "f16", name=spec)
     return out
 
 
@@ -230,10 +230,8 @@ def _auto(cfg: Any, context_length: int) -> EngineChoice:
             rates[name] = [probe_tokens_per_s(engine, 1), probe_tokens_per_s(engine, cfg.max_batch_size)]
         known.pop(key, None)
         known = dict(list(known.items())[-49:]) | {key: rates}  # the 50 most recent measurements
-        store.parent.mkdir(parents=True, exist_ok=True)
-        tmp = store.with_name(f"{store.name}.tmp-{os.getpid()}")
-        tmp.write_text(json.dumps(known, indent=1))
-        os.replace(tmp, store)
+        sweep_dead_temps(store.parent, store.name)
+        atomic_write_text(store, json.dumps(known, indent=1))
     best = max(rates, key=lambda n: (rates[n][1], rates[n][0]))
     for name, other in built.items():
         if name != best:

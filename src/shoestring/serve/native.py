@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from shoestring.core.artifact import atomic_path, sweep_dead_temps
 from shoestring.core.errors import ShoestringError
 
 if TYPE_CHECKING:
@@ -87,14 +88,12 @@ def load_kernel_library() -> ctypes.CDLL:
     source = _SOURCE.read_bytes()
     key = hashlib.sha256(source + " ".join(_FLAGS).encode() + cpu_flags().encode() + gcc.encode()).hexdigest()[:16]
     out = cache_dir() / "kernels" / f"llama_forward-{key}.so"
+    sweep_dead_temps(out.parent)
     if not out.is_file():
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
-        proc = subprocess.run([gcc, *_FLAGS, str(_SOURCE), "-o", str(tmp), "-lm"], capture_output=True, text=True)
-        if proc.returncode != 0:
-            tmp.unlink(missing_ok=True)
-            raise NativeUnavailable(f"compiling the native kernel failed: {proc.stderr.strip().splitlines()[-1:]}")
-        os.replace(tmp, out)
+        with atomic_path(out) as tmp:
+            proc = subprocess.run([gcc, *_FLAGS, str(_SOURCE), "-o", str(tmp), "-lm"], capture_output=True, text=True)
+            if proc.returncode != 0:
+                raise NativeUnavailable(f"compiling the native kernel failed: {proc.stderr.strip().splitlines()[-1:]}")
     lib = ctypes.CDLL(str(out))
     lib.ss_forward.restype = ctypes.c_int
     lib.ss_forward.argtypes = [ctypes.POINTER(_Model), ctypes.c_int, *[ctypes.c_void_p] * 3, ctypes.c_int,
@@ -102,7 +101,9 @@ def load_kernel_library() -> ctypes.CDLL:
     lib.ss_workspace_floats.restype = ctypes.c_long
     lib.ss_workspace_floats.argtypes = [ctypes.POINTER(_Model), ctypes.c_int, ctypes.c_int]
     lib.ss_gemm.restype = None
-    lib.ss_gemm.argtypes = [ctypes.c_int] * 3 + [ctypes.c_void_p] * 2 + [ctypes.c_int, ctypes.c_void_p] + [ctypes.c_int] * 2
+    lib.ss_gemm.argtypes = (
+        [ctypes.c_int] * 3 + [ctypes.c_void_p] * 2 + [ctypes.c_int, ctypes.c_void_p] + [ctypes.c_int] * 2
+    )
     return lib
 
 

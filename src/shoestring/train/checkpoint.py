@@ -9,19 +9,19 @@ A checkpoint is a folder ``step-<N>/`` under the stage's durable work folder hol
   states, early-stopping bookkeeping, and the metrics rows logged so far.
 
 It is written into a temporary folder and renamed into place, so a kill mid-write leaves
-the previous checkpoint intact. Only the newest ``keep`` folders are kept.
+the previous checkpoint intact; a failed write (a full disk) removes the temporary folder, and
+the one a killed run left is removed at resume. Only the newest ``keep`` folders are kept.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import random
 import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from shoestring.core.artifact import atomic_write_json, fsync_dir
+from shoestring.core.artifact import atomic_path, atomic_write_json, sweep_dead_temps
 
 if TYPE_CHECKING:
     import torch
@@ -39,7 +39,9 @@ def _step_dirs(root: Path) -> list[Path]:
 
 
 def latest_checkpoint(root: Path) -> Path | None:
-    """Newest complete checkpoint folder under ``root``, or None."""
+    """Newest complete checkpoint folder under ``root``, or None; a killed run's half-written one
+    is removed (it would hold its disk space for the whole resumed run)."""
+    sweep_dead_temps(root, f"{_PREFIX}*")
     dirs = _step_dirs(root)
     return dirs[-1] if dirs else None
 
@@ -57,33 +59,27 @@ def save_checkpoint(
     import torch
     from safetensors.torch import save_file
 
-    root.mkdir(parents=True, exist_ok=True)
     final = root / f"{_PREFIX}{step:08d}"
-    tmp = root / f".tmp-{final.name}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    params = {n: p.detach().contiguous().cpu() for n, p in model.named_parameters() if p.requires_grad}
-    save_file(params, str(tmp / "trainable.safetensors"))
-    opt_tensors, opt_meta = _optimizer_tensors(model, optimizer)
-    opt_tensors["rng.torch"] = torch.get_rng_state()
-    if torch.cuda.is_available():
-        opt_tensors["rng.cuda"] = torch.cuda.get_rng_state()
-    save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
-    np_state: Any = np.random.get_state()
-    full_state = {
-        **state,
-        "step": step,
-        "optimizer": opt_meta,
-        "rng": {
-            "python": _py_state_to_json(random.getstate()),
-            "numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]],
-        },
-    }
-    atomic_write_json(tmp / "state.json", full_state)
-    fsync_dir(tmp)
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
-    fsync_dir(root)
+    with atomic_path(final, folder=True) as tmp:
+        params = {n: p.detach().contiguous().cpu() for n, p in model.named_parameters() if p.requires_grad}
+        save_file(params, str(tmp / "trainable.safetensors"))
+        opt_tensors, opt_meta = _optimizer_tensors(model, optimizer)
+        opt_tensors["rng.torch"] = torch.get_rng_state()
+        if torch.cuda.is_available():
+            opt_tensors["rng.cuda"] = torch.cuda.get_rng_state()
+        save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
+        np_state: Any = np.random.get_state()
+        full_state = {
+            **state,
+            "step": step,
+            "optimizer": opt_meta,
+            "rng": {
+                "python": _py_state_to_json(random.getstate()),
+                "numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]],
+            },
+        }
+        atomic_write_json(tmp / "state.json", full_state)
+        shutil.rmtree(final, ignore_errors=True)
     for old in _step_dirs(root)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final

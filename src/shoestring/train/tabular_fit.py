@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from shoestring.core.artifact import atomic_write_bytes, atomic_write_text
+from shoestring.core.artifact import atomic_path, atomic_write_bytes, atomic_write_text
 from shoestring.core.errors import ShoestringError
 from shoestring.train.schedule import lr_at
 
@@ -87,8 +87,15 @@ class FitSettings:
     log_every: int = 1
 
 
-def fit_settings(cfg: Any, *, lr: float, batch_size: int, patience: int | None,
-                 console: Console | None = None, suggested_epochs: int = 30) -> FitSettings:
+def fit_settings(
+    cfg: Any,
+    *,
+    lr: float,
+    batch_size: int,
+    patience: int | None,
+    console: Console | None = None,
+    suggested_epochs: int = 30,
+) -> FitSettings:
     """Read the common TrainConfig knobs; task defaults fill the ones left unset (None).
 
     ``epochs`` unset means the task's ``suggested_epochs`` (an unset field is None, so it
@@ -98,8 +105,10 @@ def fit_settings(cfg: Any, *, lr: float, batch_size: int, patience: int | None,
     explicit: set[str] = set(getattr(cfg, "model_fields_set", set()))
     epochs = cfg.epochs if cfg.epochs is not None else suggested_epochs
     if cfg.epochs is None and console is not None:
-        console.print(f"epochs not set: training up to {suggested_epochs} epochs (the task default) "
-                      f"with early stopping (patience {cfg.early_stopping_patience or patience})")
+        console.print(
+            f"epochs not set: training up to {suggested_epochs} epochs (the task default) "
+            f"with early stopping (patience {cfg.early_stopping_patience or patience})"
+        )
     return FitSettings(
         epochs=max(1, math.ceil(epochs)),
         batch_size=cfg.micro_batch_size or batch_size,
@@ -337,7 +346,8 @@ def fit(
         improved = best_score is None or (score > best_score if higher_is_better else score < best_score)
         if improved:
             best_score, best_epoch, bad, best = score, epoch + 1, 0, dict(metrics)
-            save_file({k: v.detach().contiguous().clone() for k, v in base_model.state_dict().items()}, str(best_path))
+            with atomic_path(best_path) as tmp:  # a half-written best model would be loaded at the end
+                save_file({k: v.detach().contiguous().clone() for k, v in base_model.state_dict().items()}, str(tmp))
         else:
             bad += 1
             if s.patience is not None and bad >= s.patience:

@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from shoestring.core.artifact import atomic_write_text
+from shoestring.core.artifact import atomic_path, atomic_write_text
 
 __all__ = ["LIVE_META", "LIVE_ROWS", "MetricsLog", "plot_loss"]
 
@@ -116,7 +116,8 @@ def plot_loss(rows: list[dict[str, Any]], path: Path, title: str) -> None:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    tmp.replace(path)
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format="png")
+    finally:
+        plt.close(fig)

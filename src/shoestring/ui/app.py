@@ -17,7 +17,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response, StreamingResponse
 
 from shoestring.core.errors import ShoestringError
-from shoestring.core.runs import pid_alive
+from shoestring.core.processes import pid_alive
 from shoestring.ui import pages_assess, pages_compare, pages_data, pages_models, pages_plan, pages_runs
 from shoestring.ui.config import UiConfig
 from shoestring.ui.events import find_launch_run, stream

@@ -23,7 +23,7 @@ from typing import Any
 
 from shoestring.core.artifact import atomic_write_json
 from shoestring.core.errors import ShoestringError
-from shoestring.core.runs import pid_alive
+from shoestring.core.processes import pid_alive
 
 __all__ = ["Launch", "Launcher", "read_log"]
 
