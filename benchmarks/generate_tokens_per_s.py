@@ -27,6 +27,12 @@ engine vs one left-padded static ``generate`` call over the same B prompts.
     .venv/bin/python benchmarks/generate_tokens_per_s.py --new-tokens 64 --runs 3 --threads 2 --export-f16
 
 Prints markdown tables (median over ``--runs`` after one warm-up run).
+
+Threads: as in the server, nothing runs torch or OpenMP work in the main thread. The peers'
+calls each run in a short-lived thread of their own (``in_short_lived_thread``), the server
+engines are built the way ``build_engine`` builds them and stepped by the scheduler's thread:
+an OpenMP pool left in another thread throttles the pool that steps the kernel (see
+``shoestring.serve.native``).
 """
 
 from __future__ import annotations
@@ -71,15 +77,30 @@ def decode_rate(fn: Callable[[], Timed], runs: int) -> tuple[float, list[int]]:
     return statistics.median(rates), toks
 
 
+def peer(fn: Callable[[], Any], threads: int) -> Any:
+    """``fn()`` with ``threads`` torch threads in a thread that exits afterwards (see the module docstring)."""
+    from shoestring.serve.native import in_short_lived_thread
+
+    def go() -> Any:
+        import torch
+
+        torch.set_num_threads(threads)
+        return fn()
+
+    return in_short_lived_thread(go)
+
+
 def read_bandwidth(threads: int) -> float:
     """Bytes/s of a streaming read over 1 GiB (best of 5), with ``threads`` threads."""
     import torch
 
-    torch.set_num_threads(threads)
-    x = torch.ones(1 << 28)  # 1 GiB of float32: far beyond any cache
-    x.sum()
-    best = min(_timed(lambda: x.sum()) for _ in range(5))
-    return x.numel() * 4 / best
+    def go() -> float:
+        x = torch.ones(1 << 28)  # 1 GiB of float32: far beyond any cache
+        x.sum()
+        best = min(_timed(lambda: x.sum()) for _ in range(5))
+        return x.numel() * 4 / best
+
+    return float(peer(go, threads))
 
 
 def _timed(fn: Callable[[], Any]) -> float:
@@ -208,22 +229,23 @@ def llama_cpp_own(path: Path, threads: int) -> Callable[[list[int], int], Timed]
 # ----------------------------------------------------------------------------- one file
 def bench_file(label: str, path: Path, args: argparse.Namespace, tok: Any, ids: list[int],
                prompts: list[list[int]], bandwidth: float) -> dict[str, Any]:  # fmt: skip
-    import torch
 
     from shoestring.models import load_model
 
     n = args.new_tokens
     batches = sorted(set(args.batches))
     row: dict[str, Any] = {"label": label, "mb": path.stat().st_size / 1e6, "gguf_bytes": gguf_tensor_bytes(path)}
-    hf = load_model(str(path)).eval()  # what transformers makes of the file: float32 weights
-    rate, t_tf = decode_rate(lambda: hf_generate(hf, ids, n), args.runs)
+    th = args.threads
+    hf = peer(lambda: load_model(str(path)).eval(), th)  # what transformers makes of the file: float32 weights
+    rate, t_tf = decode_rate(lambda: peer(lambda: hf_generate(hf, ids, n), th), args.runs)
     row["transformers"] = rate
     own = llama_cpp_own(path, args.threads)
-    rate, t_own = decode_rate(lambda: own(ids, n), args.runs)
+    rate, t_own = decode_rate(lambda: peer(lambda: own(ids, n), th), args.runs)
     row["llama.cpp own"] = rate
     agg: dict[str, dict[int, float]] = {"transformers static generate": {}}
+    pad = int(tok.pad_token_id or 0)
     for b in batches:
-        secs, _ = median_of(lambda b=b: hf_static_batch(hf, int(tok.pad_token_id or 0), prompts[:b], n), args.runs)
+        secs, _ = median_of(lambda b=b: peer(lambda: hf_static_batch(hf, pad, prompts[:b], n), th), args.runs)
         agg["transformers static generate"][b] = b * n / secs
     same: dict[str, str] = {}
     for name, ref in (("torch", t_tf), ("llama.cpp", t_own)):
@@ -241,7 +263,6 @@ def bench_file(label: str, path: Path, args: argparse.Namespace, tok: Any, ids: 
                 agg[f"{name} engine, scheduler"][b] = b * n / secs
         finally:
             sched.close()
-        torch.set_num_threads(args.threads)
     row["same"], row["aggregate"] = same, agg
     row["limit_f16"] = bandwidth / row["torch_weight_bytes"]
     row["limit_gguf"] = bandwidth / row["gguf_bytes"]
@@ -288,7 +309,7 @@ def main() -> None:
     files = [("SmolLM2-135M Q4_1 (packaged)", Path(q4))]
     if args.export_f16:
         f16 = Path(tempfile.mkdtemp(prefix="ss-bench-")) / "smollm2-f16.gguf"
-        write_gguf(load_model("smollm2-135m-instruct").eval(), tok, f16, "f16")
+        peer(lambda: write_gguf(load_model("smollm2-135m-instruct").eval(), tok, f16, "f16"), args.threads)
         files.append(("SmolLM2-135M f16 (our export)", f16))
     bandwidth = read_bandwidth(args.threads)
     rows = [bench_file(label, path, args, tok, ids, prompts, bandwidth) for label, path in files]

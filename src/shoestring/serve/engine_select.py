@@ -272,7 +272,19 @@ def _build(name: str, cfg: Any, context_length: int) -> EngineChoice:
 
 
 def build_engine(cfg: Any, context_length: int) -> EngineChoice:
-    """The engine ``cfg.engine`` names (``auto``: measured, see the module docstring)."""
-    if cfg.engine == "auto":
-        return _auto(cfg, context_length)
-    return _build(cfg.engine, cfg, context_length)
+    """The engine ``cfg.engine`` names (``auto``: measured, see the module docstring).
+
+    Built in a thread that exits afterwards (:func:`shoestring.serve.native.in_short_lived_thread`):
+    the scheduler thread that steps the engine is then the only one holding an OpenMP pool.
+    """
+    from shoestring.serve.native import in_short_lived_thread
+
+    def build() -> EngineChoice:
+        import torch
+
+        torch.set_num_threads(model_threads(cfg))  # the thread count is per thread in OpenMP
+        if cfg.engine == "auto":
+            return _auto(cfg, context_length)
+        return _build(cfg.engine, cfg, context_length)
+
+    return in_short_lived_thread(build)
