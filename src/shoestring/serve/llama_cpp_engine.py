@@ -69,6 +69,10 @@ class LlamaCppEngine:
         cp.n_threads = cp.n_threads_batch = threads
         cp.kv_unified = True  # one pool of cells for all sequences: any sequence may grow into free cells
         cp.no_perf = True
+        # llama.cpp's default (auto) turns on its flash-attention kernels on CPU, whose numerics
+        # flipped SmolLM2 Q4_1's first greedy token ('"' over 'In', margin 0.16) against
+        # llama-cpp-python's Llama, which keeps them off; off, the two agree token for token.
+        cp.flash_attn_type = L.LLAMA_FLASH_ATTN_TYPE_DISABLED
         self.ctx = L.llama_init_from_model(self.model, cp)
         if not self.ctx:
             L.llama_model_free(self.model)
