@@ -57,7 +57,9 @@ def _plan(address: str, model: Path, **extra: object) -> dict[str, object]:
 
 def test_plan_reads_the_clusters_nodes_and_picks_nodes_and_layout(ray_cluster: LocalCluster, tmp_path: Path) -> None:
     small = _llama_config(tmp_path / "small", 512, 8)  # 58 M parameters: ~1.3 GiB for full fine-tuning
-    huge = _llama_config(tmp_path / "huge", 1024, 16)  # 267 M: > 3 GiB a worker even sharded 3 ways
+    # 468 M: > 3 GiB a worker even sharded 3 ways (ZeRO-3: 16 B/param of states + the optimizer
+    # step's 4 B/param of scratch, each over 3 workers, plus activations)
+    huge = _llama_config(tmp_path / "huge", 1024, 32)
     with using_cluster(ray_cluster.address):
         one = _plan(ray_cluster.address, small)
         none = _plan(ray_cluster.address, huge)
@@ -92,7 +94,7 @@ def test_plan_cli_says_the_job_needs_more_than_one_node(ray_cluster: LocalCluste
 def test_jobs_run_as_ray_tasks_where_planned_and_a_job_too_big_is_refused(
     ray_cluster: LocalCluster, tmp_path: Path, tiny_llama: Path, chat_dataset: Path
 ) -> None:
-    huge = _llama_config(tmp_path / "huge", 1024, 16)
+    huge = _llama_config(tmp_path / "huge", 1024, 32)
     train = {"dataset": str(chat_dataset), "model": str(tiny_llama), "task": "sft", "method": "full", "seq_len": 64,
              "micro_batch_size": 2, "max_steps": 2, "val_max_examples": 4, "progress": False,
              "tracking": {"tensorboard": False}}  # fmt: skip

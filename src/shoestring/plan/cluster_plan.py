@@ -10,6 +10,10 @@ carries the gradient payload about once per step. The answer names the fewest no
 and the data / tensor / ZeRO layout on them. CPU nodes are planned with the memory model
 (live tensors) unless ``--calibrate true``: this machine's calibration measures this machine,
 not the cluster's nodes.
+
+:func:`plan_for_cluster` reads the nodes from Ray and hands them to :func:`plan_for_nodes`, a
+pure function of the config and a list of :class:`~shoestring.core.cluster.Node` (no Ray), which
+also projects a job onto clusters one does not have (``benchmarks/cluster_projection.py``).
 """
 
 from __future__ import annotations
@@ -24,7 +28,8 @@ if TYPE_CHECKING:
     from shoestring.core.workspace import StageContext
     from shoestring.plan.planner import PlanConfig
 
-__all__ = ["NETWORK_GBPS", "ZERO_STAGE", "cluster_signature", "describe", "plan_for_cluster", "read_cluster"]
+__all__ = ["NETWORK_GBPS", "ZERO_STAGE", "cluster_signature", "describe", "plan_for_cluster", "plan_for_nodes",
+           "read_cluster"]
 
 NETWORK_GBPS = 25.0
 """Bandwidth between two nodes when the plan does not say (25 Gbit/s Ethernet), Gbit/s."""
@@ -75,15 +80,27 @@ def _device_and_nodes(nodes: list[Node], requested: str) -> tuple[str, list[Node
 
 def plan_for_cluster(cfg: PlanConfig, ctx: StageContext | None) -> dict[str, Any]:
     """The ``plan.json`` document for the fewest cluster nodes that hold the job, plus a ``cluster`` section."""
+    assert cfg.cluster is not None
+    return plan_for_nodes(cfg, read_cluster(cfg.cluster), ctx)
+
+
+def plan_for_nodes(cfg: PlanConfig, nodes: list[Node], ctx: StageContext | None = None, *,
+                   fewest: bool = True) -> dict[str, Any]:
+    """The ``plan.json`` document for ``nodes`` (no cluster is contacted), plus a ``cluster`` section.
+
+    ``fewest``: plan on 1, 2, ... of the usable nodes and stop at the first count that fits (what
+    ``plan --cluster`` answers); otherwise plan on all of them (a projection for a given cluster size).
+    ``cluster.address`` is ``cfg.cluster`` (None when the nodes were not read from a cluster).
+    """
     from shoestring.plan.planner import make_plan
 
-    assert cfg.cluster is not None
-    nodes = read_cluster(cfg.cluster)
+    if not nodes:
+        raise ShoestringError("no nodes to plan for: give at least one node with a CPU or GPU")
     device, usable, per_node = _device_and_nodes(nodes, cfg.device)
     # CPU nodes: the smallest memory among the nodes used is what each worker may hold.
     tried: list[dict[str, Any]] = []
     plan: dict[str, Any] = {}
-    for k in range(1, len(usable) + 1):
+    for k in range(1 if fewest else len(usable), len(usable) + 1):
         used = usable[:k]
         update: dict[str, Any] = {"device": device, "devices": k * per_node}
         if cfg.calibrate is None:  # this machine's calibration and twins measure this machine, not the nodes
@@ -92,7 +109,7 @@ def plan_for_cluster(cfg: PlanConfig, ctx: StageContext | None) -> dict[str, Any
             update["memory_limit_gib"] = cfg.memory_limit_gib or min(n.memory_bytes for n in used) / 1024**3
         if k > 1 and cfg.interconnect_gbps is None:
             update["interconnect_gbps"] = NETWORK_GBPS
-        plan = make_plan(cfg.model_copy(update=update), ctx)
+        plan = make_plan(cfg.model_copy(update=update), ctx, on_nodes=True)
         tried.append({"nodes": k, "workers": k * per_node, "fits": plan["fits"], "parallelism": plan["parallelism"],
                       "peak_memory_bytes": plan["predicted"]["peak_memory_bytes"],
                       "usable_bytes": plan["device"]["usable_bytes"], "total_seconds": plan["predicted"]["total_seconds"],
@@ -106,6 +123,8 @@ def plan_for_cluster(cfg: PlanConfig, ctx: StageContext | None) -> dict[str, Any
                + (f"; smallest change that fits: {plan['suggestion']}" if plan.get("suggestion") else ""))  # fmt: skip
     elif k == 1:
         why = f"fits on one node ({_gib(tried[0]['peak_memory_bytes'])} peak of {_gib(tried[0]['usable_bytes'])} usable)"
+    elif tried[0]["nodes"] == k:
+        why = f"planned on all {k} nodes with {par} ({_gib(tried[-1]['peak_memory_bytes'])} per worker)"
     else:
         why = (f"one node cannot hold it ({tried[0]['reason']}); {k} nodes with {par} "
                f"({_gib(tried[-1]['peak_memory_bytes'])} per worker) can")  # fmt: skip
@@ -135,7 +154,7 @@ def describe(cluster: dict[str, Any]) -> list[str]:
     """The cluster section of ``plan.json`` as console lines."""
     lay = cluster["layout"]
     nodes = cluster["nodes"]
-    head = (f"cluster {cluster['address']}: {len(nodes)} nodes, {sum(n['cpus'] for n in nodes):g} CPUs, "
+    head = (f"cluster {cluster['address'] or '(given nodes)'}: {len(nodes)} nodes, {sum(n['cpus'] for n in nodes):g} CPUs, "
             f"{sum(n['gpus'] for n in nodes):g} GPUs; planned for {cluster['device']}")  # fmt: skip
     if cluster["nodes_needed"] is None:
         return [head, f"[red]no layout fits[/]: {cluster['why']}"]

@@ -45,6 +45,7 @@ __all__ = [
     "deepspeed_zero2_model_states",
     "deepspeed_zero3_model_states",
     "kv_cache_bytes",
+    "model_state_bytes",
     "trainable_parameters",
     "zero_model_states_bytes",
 ]
@@ -236,14 +237,13 @@ def _trainable_spec(s: TrainingSetup) -> str:
     return f"frozen:{s.trainable_layers}"
 
 
-def estimate_training_memory(
-    config: PretrainedConfig,
-    shape: ModelShape,
-    s: TrainingSetup,
-    *,
-    framework_overhead: int | None = None,
-) -> MemoryBreakdown:
-    """Predicted per-device memory of one training configuration, by term (bytes)."""
+def model_state_bytes(shape: ModelShape, s: TrainingSetup) -> tuple[int, int, int]:
+    """(weights, gradients, optimizer states) bytes one device holds: the ZeRO paper's "model
+    states", after the setup's sharding over ``s.devices`` data-parallel devices.
+
+    Stage 1 shards the optimizer states, stage 2 also the gradients, stage 3 / FSDP also the
+    weights; offload keeps only the weight shard on the device.
+    """
     trainable = trainable_parameters(shape, s)
     n = max(s.devices, 1)
     par = s.parallelism
@@ -259,6 +259,19 @@ def estimate_training_memory(
         weights = math.ceil(weights / n)
     if par == "zero3-offload":
         weights, grads, opt = math.ceil(weights / n), 0, 0
+    return weights, grads, opt
+
+
+def estimate_training_memory(
+    config: PretrainedConfig,
+    shape: ModelShape,
+    s: TrainingSetup,
+    *,
+    framework_overhead: int | None = None,
+) -> MemoryBreakdown:
+    """Predicted per-device memory of one training configuration, by term (bytes)."""
+    trainable = trainable_parameters(shape, s)
+    weights, grads, opt = model_state_bytes(shape, s)
 
     act_dtype = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}[s.compute_dtype]
     tr = trace_activations(config, s.task, s.micro_batch_size, s.seq_len, trainable=_trainable_spec(s),
@@ -282,10 +295,15 @@ def estimate_training_memory(
         activations += int(s.mlm_probability * fp32_logits) - tr.logits_bytes
         logits = int(2 * s.mlm_probability * fp32_logits)
     # The optimizer step: torch's foreach AdamW (what the trainer uses) keeps one temporary
-    # per trainable parameter.
+    # per trainable parameter it steps: under ZeRO / FSDP each device steps only its shard
+    # (its 1/N of the states), and an offloaded optimizer steps on the host.
     # (Autocast's low-precision weight copies are in the traced activations: the matmuls
     # save them for backward.)
     temps = 4 * trainable
+    if s.parallelism in ("zero1", "zero2", "zero3", "fsdp"):
+        temps = math.ceil(temps / max(s.devices, 1))
+    elif s.parallelism == "zero3-offload":
+        temps = 0
     overhead = framework_overhead if framework_overhead is not None else (
         CPU_FRAMEWORK_OVERHEAD_BYTES if s.device_kind == "cpu" else 0)
     # Two moments bound the peak: the start of backward (everything saved plus the logits'

@@ -179,8 +179,12 @@ def _model_spec(cfg: PlanConfig, ctx: StageContext | None) -> str:
 
 
 
-def make_plan(cfg: PlanConfig, ctx: StageContext | None = None) -> dict[str, Any]:
-    """The whole planning computation; returns the ``plan.json`` document."""
+def make_plan(cfg: PlanConfig, ctx: StageContext | None = None, *, on_nodes: bool = False) -> dict[str, Any]:
+    """The whole planning computation; returns the ``plan.json`` document.
+
+    ``on_nodes``: the devices are cluster nodes (:mod:`shoestring.plan.cluster_plan`), so
+    ``devices > 1`` may be CPU nodes, one worker each.
+    """
     from dataclasses import asdict, replace
 
     import psutil
@@ -218,7 +222,7 @@ def make_plan(cfg: PlanConfig, ctx: StageContext | None = None) -> dict[str, Any
         from shoestring.plan.search import HEADROOM
 
         limit = int(device.memory_bytes * HEADROOM)
-    if device.kind == "cpu" and cfg.devices > 1 and cfg.cluster is None:
+    if device.kind == "cpu" and cfg.devices > 1 and cfg.cluster is None and not on_nodes:
         raise ShoestringError("--devices > 1 needs GPUs or --cluster (CPU nodes); plan for a catalogue GPU with "
                               "--device (e.g. a100-80gb)")
     hw = load_hardware() if device.kind == "cpu" else {}

@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 
     from shoestring.plan.arch import ModelShape
 
-__all__ = ["Candidate", "SearchSpace", "Workload", "search", "smallest_change"]
+__all__ = ["Candidate", "SearchSpace", "Workload", "offload_seconds", "search", "smallest_change"]
 
 HEADROOM = 0.90
 """Plan to use at most this fraction of device memory (allocator fragmentation, spikes)."""
@@ -107,7 +107,7 @@ def evaluate(config: PretrainedConfig, shape: ModelShape, setup: TrainingSetup, 
                                    checkpointing=setup.activation_checkpointing,
                                    lora=setup.method in ("lora", "qlora"),
                                    backward_layers=setup.trainable_layers if setup.method == "frozen" else None)
-    comm = _comm_seconds(setup, shape, mem, device)
+    comm = _comm_seconds(setup, shape, mem, device) + offload_seconds(setup, mem)
     # Every device runs `accum` micro-batches per step in parallel with the others, so the
     # step time is one device's work; the bill is for all devices.
     per_micro, per_opt_step = streamed_bytes(mem, setup, shape)
@@ -187,6 +187,27 @@ def measured_matmul_seconds(config: PretrainedConfig, setup: TrainingSetup, devi
     """One optimizer step's timed seconds (micro-batch parts + optimizer) at grad_accum 1, or None."""
     parts = measured_step_parts(config, setup, device)
     return None if parts is None else parts[0] + (parts[1] or 0.0)
+
+
+OFFLOAD_PCIE_BYTES_S = 25e9
+"""Host <-> GPU bandwidth of one GPU for offloaded state, bytes/s (PCIe 4.0 x16 in practice; not measured here)."""
+HOST_OPTIMIZER_BYTES_S = 20e9
+"""Host memory bandwidth one GPU's offloaded optimizer step gets, bytes/s (a two-socket server's
+~160 GB/s shared by 8 GPUs; not measured here)."""
+
+
+def offload_seconds(setup: TrainingSetup, mem: MemoryBreakdown) -> float:
+    """Per-step cost of ``zero3-offload`` (0 otherwise): each GPU sends its gradient shard to the
+    host and gets its updated weight shard back over PCIe, and the host runs the optimizer over
+    that shard (:data:`OPTIMIZER_STREAM_BYTES` per parameter) at its share of host memory bandwidth.
+    Without this term offloading looks free and wins every tie against ZeRO-3 on the GPU."""
+    if setup.parallelism != "zero3-offload":
+        return 0.0
+    shard = mem.trainable_params / max(setup.devices, 1)
+    item = 2 if setup.compute_dtype != "fp32" else 4
+    pcie = 2 * item * shard / OFFLOAD_PCIE_BYTES_S
+    host = OPTIMIZER_STREAM_BYTES.get(setup.optimizer, 92) * shard / HOST_OPTIMIZER_BYTES_S
+    return pcie + host
 
 
 def _comm_seconds(setup: TrainingSetup, shape: ModelShape, mem: MemoryBreakdown, device: DeviceSpec) -> float:
