@@ -221,11 +221,10 @@ def markdown(rows: list[dict[str, Any]], paper: list[dict[str, Any]]) -> str:
         fit = "" if r["fits"] else " **does not fit**"
         eth = r["ethernet"]
         eth_s = "-" if eth is None else f"{eth['parallelism']}, {eth['step_s']:.1f}, {eth['total_h']:.1f}"
-        lines.append(
-            f"| {r['model']} | {r['method']} | {r['nodes']} × 8 {r['gpu']} | {layout}{fit} | {r['peak_gib']:.1f} | "
-            f"{r['model_states_gib']:.1f} / {_f(r['zero_formula_gib'])} / {_f(r['deepspeed_gib'])} | "
-            f"{r['step_s']:.1f} ({r['step_6nd_s']:.1f}) | {r['total_h']:.2f} | {r['cost_usd']:,.0f} | {eth_s} |"
-        )
+        cells = [r["model"], r["method"], f"{r['nodes']} × 8 {r['gpu']}", layout + fit, f"{r['peak_gib']:.1f}",
+                 f"{r['model_states_gib']:.1f} / {_f(r['zero_formula_gib'])} / {_f(r['deepspeed_gib'])}",
+                 f"{r['step_s']:.1f} ({r['step_6nd_s']:.1f})", f"{r['total_h']:.2f}", f"{r['cost_usd']:,.0f}", eth_s]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
