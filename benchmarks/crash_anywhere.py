@@ -26,6 +26,7 @@ import contextlib
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import subprocess
@@ -183,8 +184,17 @@ def where_killed(ws: Path, pid: int, exited: bool) -> tuple[str, str]:
     return running[0], f"{len(done)} stage(s) finished, {work_files} durable file(s) in work/"
 
 
+TFEVENTS = re.compile(r"(events\.out\.tfevents)\.[^/]+$")
+"""TensorBoard names its event file after the wall clock, host and pid; compared as ``events.out.tfevents.*``."""
+
+
+def _files(art: Path) -> dict[str, Path]:
+    return {TFEVENTS.sub(r"\1.*", p.relative_to(art).as_posix()): p
+            for p in art.rglob("*") if p.is_file() or p.is_symlink()}  # fmt: skip
+
+
 def artifact_files(art: Path) -> list[str]:
-    return sorted(p.relative_to(art).as_posix() for p in art.rglob("*") if p.is_file() or p.is_symlink())
+    return sorted(_files(art))
 
 
 def visible_state_violations(ws: Path, ref: Path) -> list[str]:
@@ -248,25 +258,51 @@ def comparable_manifest(path: Path) -> bytes:
     return json.dumps(data, sort_keys=True).encode()
 
 
-def differing_files(ws: Path, ref: Path) -> list[str]:
-    """Every artifact file (relative to the workspace) that is not the reference's, byte for byte."""
+Measured = dict[str, set[str] | None]
+"""``artifacts/<name>/<file>`` -> the keys in it whose values two uninterrupted runs disagree on
+(``[*]`` for any JSONL line), or None: the whole file differs (not JSON, or unparsable)."""
+
+
+def _generic(key: str) -> str:
+    return re.sub(r"^\[\d+\]", "[*]", key)
+
+
+def differing_files(ws: Path, ref: Path, measured: Measured | None = None) -> list[str]:
+    """Every artifact file (relative to the workspace) that is not the reference's, byte for byte,
+    leaving out what ``measured`` says two correct runs already disagree on."""
+    measured = measured or {}
     got = {p.name for p in (ws / "artifacts").iterdir()} if (ws / "artifacts").is_dir() else set()
     want = {p.name for p in (ref / "artifacts").iterdir()}
     out = [f"artifacts/{n} (missing)" for n in sorted(want - got)]
     out += [f"artifacts/{n} (not in the reference)" for n in sorted(got - want)]
     for name in sorted(got & want):
-        a, b = ws / "artifacts" / name, ref / "artifacts" / name
-        fa, fb = artifact_files(a), artifact_files(b)
+        fa, fb = _files(ws / "artifacts" / name), _files(ref / "artifacts" / name)
         out += [f"artifacts/{name}/{f} (missing)" for f in sorted(set(fb) - set(fa))]
         out += [f"artifacts/{name}/{f} (extra)" for f in sorted(set(fa) - set(fb))]
         for f in sorted(set(fa) & set(fb)):
+            rel = f"artifacts/{name}/{f}"
             if f == "manifest.json":
-                same = comparable_manifest(a / f) == comparable_manifest(b / f)
+                same = comparable_manifest(fa[f]) == comparable_manifest(fb[f])
             else:
-                same = (a / f).read_bytes() == (b / f).read_bytes()
-            if not same:
-                keys = differing_keys(a / f, b / f)
-                out.append(f"artifacts/{name}/{f}" + (f" (keys: {', '.join(keys[:8])})" if keys else ""))
+                same = fa[f].read_bytes() == fb[f].read_bytes()
+            if same or (rel in measured and measured[rel] is None):
+                continue
+            keys = [k for k in differing_keys(fa[f], fb[f]) if _generic(k) not in (measured.get(rel) or set())]
+            if keys or rel not in measured:
+                out.append(rel + (f" (keys: {', '.join(keys[:8])})" if keys else ""))
+    return out
+
+
+def measured_between(a: Path, b: Path) -> Measured:
+    """What two uninterrupted runs' artifacts disagree on: their measurements of the machine (timings,
+    resident memory, a plan fed by the runs before it), not state a crash could have left."""
+    out: Measured = {}
+    for line in differing_files(a, b):
+        rel, _, rest = line.partition(" (")
+        if rest.startswith(("missing", "extra", "not in")):
+            continue  # a file or artifact one run lacks is never a measurement
+        keys = differing_keys(a / rel, b / rel)
+        out[rel] = {_generic(k) for k in keys} if keys and "(unparsable)" not in keys else None
     return out
 
 
@@ -300,18 +336,20 @@ def differing_keys(a: Path, b: Path) -> list[str]:
     return out
 
 
-def reference_run(recipe: str, overrides: list[str], work: Path, timeout_s: float) -> tuple[Path, float]:
-    """One uninterrupted run in ``work/ws``, moved to ``work/reference``; returns (path, wall seconds)."""
-    ws, ref = work / "ws", work / "reference"
+def reference_run(recipe: str, overrides: list[str], work: Path, timeout_s: float,
+                  name: str = "reference") -> tuple[Path, float]:  # fmt: skip
+    """One uninterrupted run in ``work/ws``, moved to ``work/<name>``; returns (path, wall seconds)."""
+    ws, ref = work / "ws", work / name
     for d in (ws, ref):
         shutil.rmtree(d, ignore_errors=True)
-    seconds = run_to_end(shoestring_command(recipe, ws, overrides), work / "reference.log", timeout_s)
+    seconds = run_to_end(shoestring_command(recipe, ws, overrides), work / f"{name}.log", timeout_s)
     ws.rename(ref)
     return ref, seconds
 
 
 def crash_trial(recipe: str, overrides: list[str], work: Path, ref: Path, moments: list[float], index: int,
-                timeout_s: float, redraw: random.Random | None = None) -> Trial:  # fmt: skip
+                timeout_s: float, redraw: random.Random | None = None,
+                measured: Measured | None = None) -> Trial:  # fmt: skip
     """Kill a fresh run at each moment (seconds after its start, one run per moment), then rerun to the end.
 
     With ``redraw``, a run that finished before its kill moment (the machine was faster than during the
@@ -353,7 +391,7 @@ def crash_trial(recipe: str, overrides: list[str], work: Path, ref: Path, moment
         trial.violations.append(f"rerun after the kill(s) failed: {err}")
         return trial
     trial.violations += visible_state_violations(ws, ref) + leftover_violations(ws)
-    trial.differing = differing_files(ws, ref)
+    trial.differing = differing_files(ws, ref, measured)
     return trial
 
 
@@ -387,6 +425,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="reuse <work>/reference from an earlier run of the same recipe and overrides")  # fmt: skip
     ap.add_argument("--budget-minutes", type=float, default=0, help="start no new trial after this (0: none)")
     ap.add_argument("--timeout", type=float, default=1800, help="seconds one uninterrupted run may take")
+    ap.add_argument("--references", type=int, default=1, choices=[1, 2],
+                    help="2: a second uninterrupted run; what the two disagree on (a recipe whose stages measure "
+                         "the machine: plan, timings) is left out of the byte comparison, and listed")  # fmt: skip
     args = ap.parse_args(argv)
     args.work.mkdir(parents=True, exist_ok=True)
     work = args.work.resolve()
@@ -404,17 +445,24 @@ def main(argv: list[str] | None = None) -> int:
         ref, wall = reference_run(args.recipe, args.overrides, work, args.timeout)
         saved.write_text(json.dumps({**same, "wall_s": wall}) + "\n")
     print(f"reference run: {wall:.1f} s, artifacts {sorted(p.name for p in (ref / 'artifacts').iterdir())}")
+    measured: Measured = {}
+    if args.references == 2:
+        ref2, wall2 = reference_run(args.recipe, args.overrides, work, args.timeout, name="reference-2")
+        measured = measured_between(ref2, ref)
+        print(f"second reference run: {wall2:.1f} s; the two disagree on (left out of the comparison):")
+        for rel, keys in sorted(measured.items()):
+            print(f"  {rel}: {'the whole file' if keys is None else ', '.join(sorted(keys))}")
     rng = random.Random(args.seed)
     trials: list[Trial] = []
     for i, moments in enumerate(kill_moments(rng, args.trials, args.kills_per_trial, wall)):
         if args.budget_minutes and time.monotonic() - t_start > args.budget_minutes * 60:
             print(f"time budget of {args.budget_minutes} min spent: stopping after {len(trials)} trial(s)")
             break
-        trials.append(crash_trial(args.recipe, args.overrides, work, ref, moments, i, args.timeout, rng))
+        trials.append(crash_trial(args.recipe, args.overrides, work, ref, moments, i, args.timeout, rng, measured))
         t = trials[-1]
         print(f"trial {i}: kills at {[k.at_s for k in t.kills]} in {[k.stage for k in t.kills]}: "
               f"{'pass' if t.passed else 'FAIL'}", flush=True)  # fmt: skip
-        write_report(work / "crash_anywhere.json", args, wall, trials)  # after each trial: a cut-short run counts
+        write_report(work / "crash_anywhere.json", args, wall, trials, measured)  # after each trial: a cut-short run counts
     print_table(trials)
     passed = sum(t.passed for t in trials)
     print(f"{passed}/{len(trials)} trials passed ({sum(len(t.kills) for t in trials)} kills)")
@@ -422,13 +470,15 @@ def main(argv: list[str] | None = None) -> int:
     return 0 if passed == len(trials) else 1
 
 
-def write_report(path: Path, args: argparse.Namespace, wall: float, trials: list[Trial]) -> None:
+def write_report(path: Path, args: argparse.Namespace, wall: float, trials: list[Trial],
+                 measured: Measured | None = None) -> None:  # fmt: skip
     report = {
         "recipe": args.recipe,
         "overrides": args.overrides,
         "seed": args.seed,
         "reference_wall_s": round(wall, 3),
         "volatile_manifest_keys": VOLATILE_MANIFEST_KEYS,
+        "measured_between_references": {k: None if v is None else sorted(v) for k, v in (measured or {}).items()},
         "trials_tried": len(trials),
         "trials_passed": sum(t.passed for t in trials),
         "kills_by_stage": _count(k.stage for t in trials for k in t.kills),

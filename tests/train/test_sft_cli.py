@@ -35,6 +35,9 @@ def test_lora_sft_cli_writes_adapter_artifact(tmp_path: Path, tiny_llama: Path, 
     assert art.manifest["task"] == "sft"
     assert (art.path / "adapter" / "adapter_model.safetensors").is_file()
     assert (art.path / "adapter" / "tokenizer.json").is_file()
+    # peft writes target_modules in string-hash order; sorted, two runs write the same bytes
+    targets = json.loads((art.path / "adapter" / "adapter_config.json").read_text())["target_modules"]
+    assert len(targets) > 1 and targets == sorted(targets)
     assert (art.path / "loss.png").stat().st_size > 1000
     rows = [json.loads(line) for line in (art.path / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows if "loss" in r] == [1, 2, 3, 4]

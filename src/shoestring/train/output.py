@@ -66,6 +66,8 @@ def save_outputs(model: Any, tok: Any, s: Settings, data: dict[str, Any], log: M
     target = out_dir / ("adapter" if is_peft else "model")
     target.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(str(target), safe_serialization=True)
+    if is_peft:
+        _sort_target_modules(target / "adapter_config.json")
     tok.save_pretrained(str(target))
     if data.get("label_to_id"):
         atomic_write_json(target / "labels.json", data["label_to_id"])
@@ -75,3 +77,13 @@ def save_outputs(model: Any, tok: Any, s: Settings, data: dict[str, Any], log: M
     (out_dir / "train_settings.json").write_text(
         json.dumps({k: v for k, v in vars(s).items()}, indent=2, default=str) + "\n"
     )
+
+
+def _sort_target_modules(path: Path) -> None:
+    """peft writes ``target_modules`` from a set, in the process's string-hash order: two runs of the
+    same training wrote the same adapter with its config in different bytes (found by the crash
+    harness). Sorted, the artifact is byte-identical run to run."""
+    cfg = json.loads(path.read_text())
+    if isinstance(cfg.get("target_modules"), list):
+        cfg["target_modules"] = sorted(cfg["target_modules"])
+        atomic_write_json(path, cfg)
