@@ -15,6 +15,12 @@ when it finishes), so absolute paths recorded in manifests are comparable byte f
     python benchmarks/crash_anywhere.py --recipe recipes/curate.yaml --trials 10 --seed 0 \\
         --work /tmp/crash --set data.workers=2 --set data.chunk_size=20
 
+Every uninterrupted run and every trial starts from the same planner state: the run log and
+calibration file of the shoestring cache (``runs/``, ``hardware-*.json``) as they were when the harness
+started, restored before each of them and at the end. Otherwise each completed run feeds the next
+plan (``shoestring.plan.feedback``), which may then pick another micro-batch: a change of inputs, not a
+crash's doing.
+
 Writes ``<work>/crash_anywhere.json`` (trials tried / passed, kill moments, the stage each kill
 landed in, every violation) and prints a table.
 """
@@ -336,6 +342,30 @@ def differing_keys(a: Path, b: Path) -> list[str]:
     return out
 
 
+class PlannerState:
+    """The cache's planner files (run log, calibration), saved once and put back on demand."""
+
+    def __init__(self, keep: Path) -> None:
+        from shoestring.models.loading import cache_dir
+
+        self.cache, self.keep = cache_dir(), keep
+        shutil.rmtree(keep, ignore_errors=True)
+        keep.mkdir(parents=True)
+        if (self.cache / "runs").is_dir():
+            shutil.copytree(self.cache / "runs", keep / "runs")
+        for f in self.cache.glob("hardware-*.json"):
+            shutil.copy2(f, keep / f.name)
+
+    def restore(self) -> None:
+        shutil.rmtree(self.cache / "runs", ignore_errors=True)
+        if (self.keep / "runs").is_dir():
+            shutil.copytree(self.keep / "runs", self.cache / "runs")
+        for f in self.cache.glob("hardware-*.json"):
+            f.unlink()
+        for f in self.keep.glob("hardware-*.json"):
+            shutil.copy2(f, self.cache / f.name)
+
+
 def reference_run(recipe: str, overrides: list[str], work: Path, timeout_s: float,
                   name: str = "reference") -> tuple[Path, float]:  # fmt: skip
     """One uninterrupted run in ``work/ws``, moved to ``work/<name>``; returns (path, wall seconds)."""
@@ -433,6 +463,14 @@ def main(argv: list[str] | None = None) -> int:
     work = args.work.resolve()
 
     t_start = time.monotonic()
+    state = PlannerState(work / "planner-state")
+    try:
+        return _main(args, work, t_start, state)
+    finally:
+        state.restore()
+
+
+def _main(args: argparse.Namespace, work: Path, t_start: float, state: PlannerState) -> int:
     saved = work / "reference.json"  # the command the reference ran, and its wall time
     same = {"recipe": args.recipe, "overrides": args.overrides}
     if (
@@ -442,11 +480,13 @@ def main(argv: list[str] | None = None) -> int:
     ):
         ref, wall = work / "reference", float(json.loads(saved.read_text())["wall_s"])
     else:
+        state.restore()
         ref, wall = reference_run(args.recipe, args.overrides, work, args.timeout)
         saved.write_text(json.dumps({**same, "wall_s": wall}) + "\n")
     print(f"reference run: {wall:.1f} s, artifacts {sorted(p.name for p in (ref / 'artifacts').iterdir())}")
     measured: Measured = {}
     if args.references == 2:
+        state.restore()
         ref2, wall2 = reference_run(args.recipe, args.overrides, work, args.timeout, name="reference-2")
         measured = measured_between(ref2, ref)
         print(f"second reference run: {wall2:.1f} s; the two disagree on (left out of the comparison):")
@@ -458,6 +498,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.budget_minutes and time.monotonic() - t_start > args.budget_minutes * 60:
             print(f"time budget of {args.budget_minutes} min spent: stopping after {len(trials)} trial(s)")
             break
+        state.restore()
         trials.append(crash_trial(args.recipe, args.overrides, work, ref, moments, i, args.timeout, rng, measured))
         t = trials[-1]
         print(f"trial {i}: kills at {[k.at_s for k in t.kills]} in {[k.stage for k in t.kills]}: "
