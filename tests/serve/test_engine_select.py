@@ -100,3 +100,28 @@ def test_a_failed_f16_export_leaves_no_temporary_and_a_killed_ones_is_swept(
         gguf_for(str(tiny_llama))
     assert err.value.filename is not None and err.value.filename.endswith("-f16.gguf")  # what to free space for
     assert list((tmp_path / "gguf").iterdir()) == []
+
+
+def test_the_engine_is_built_in_a_thread_that_is_gone_afterwards(int8_folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The scheduler thread must be the only one left holding an OpenMP pool (serve.native's docstring):
+    build_engine loads in a thread of its own that has exited when it returns, and errors still reach
+    the caller."""
+    import threading
+
+    from shoestring.core.errors import ShoestringError
+    from shoestring.serve import engine_select
+    from shoestring.serve.config import ServeConfig
+
+    seen: list[threading.Thread] = []
+    real = engine_select._build
+
+    def spy(*a, **kw):  # type: ignore[no-untyped-def]
+        seen.append(threading.current_thread())
+        return real(*a, **kw)
+
+    monkeypatch.setattr(engine_select, "_build", spy)
+    choice = engine_select.build_engine(ServeConfig(model=str(int8_folder), engine="torch", threads=1), 256)
+    assert choice.engine.info.name == "torch"
+    assert len(seen) == 1 and seen[0] is not threading.current_thread() and not seen[0].is_alive()
+    with pytest.raises(ShoestringError):  # raised in the loading thread, re-raised here
+        engine_select.build_engine(ServeConfig(model=str(int8_folder / "missing"), engine="torch", threads=1), 256)

@@ -237,29 +237,32 @@ def _trainable_spec(s: TrainingSetup) -> str:
     return f"frozen:{s.trainable_layers}"
 
 
+_SHARDED_BY = {"weights": ("zero3", "fsdp", "zero3-offload"), "gradients": ("zero2", "zero3", "fsdp"),
+              "optimizer": ("zero1", "zero2", "zero3", "fsdp")}
+"""Which layouts split each kind of model state across the data-parallel devices."""
+
+
+def _on_device(s: TrainingSetup, kind: str, nbytes: int) -> int:
+    """The bytes of one kind of model state (``weights``, ``gradients``, ``optimizer``; the optimizer
+    step's temporaries count as ``optimizer``) one device holds: its 1/N share where the layout
+    shards that kind, none but the weight shard under ZeRO-3 offload (the rest lives on the host)."""
+    if s.parallelism == "zero3-offload" and kind != "weights":
+        return 0
+    return math.ceil(nbytes / max(s.devices, 1)) if s.parallelism in _SHARDED_BY[kind] else nbytes
+
+
 def model_state_bytes(shape: ModelShape, s: TrainingSetup) -> tuple[int, int, int]:
     """(weights, gradients, optimizer states) bytes one device holds: the ZeRO paper's "model
     states", after the setup's sharding over ``s.devices`` data-parallel devices.
 
     Stage 1 shards the optimizer states, stage 2 also the gradients, stage 3 / FSDP also the
-    weights; offload keeps only the weight shard on the device.
+    weights; offload keeps only the weight shard on the device (:data:`_SHARDED_BY`).
     """
     trainable = trainable_parameters(shape, s)
-    n = max(s.devices, 1)
-    par = s.parallelism
-    weights = _weights_bytes(shape, s, trainable)
     grad_per = 2 if s.precision in ("bf16", "fp16") and s.method == "full" else 4
-    grads = trainable * grad_per
-    opt = _optimizer_bytes(shape, s, trainable)
-    if par in ("zero1", "zero2", "zero3", "fsdp"):
-        opt = math.ceil(opt / n)
-    if par in ("zero2", "zero3", "fsdp"):
-        grads = math.ceil(grads / n)
-    if par in ("zero3", "fsdp"):
-        weights = math.ceil(weights / n)
-    if par == "zero3-offload":
-        weights, grads, opt = math.ceil(weights / n), 0, 0
-    return weights, grads, opt
+    return (_on_device(s, "weights", _weights_bytes(shape, s, trainable)),
+            _on_device(s, "gradients", trainable * grad_per),
+            _on_device(s, "optimizer", _optimizer_bytes(shape, s, trainable)))  # fmt: skip
 
 
 def estimate_training_memory(
@@ -299,11 +302,7 @@ def estimate_training_memory(
     # (its 1/N of the states), and an offloaded optimizer steps on the host.
     # (Autocast's low-precision weight copies are in the traced activations: the matmuls
     # save them for backward.)
-    temps = 4 * trainable
-    if s.parallelism in ("zero1", "zero2", "zero3", "fsdp"):
-        temps = math.ceil(temps / max(s.devices, 1))
-    elif s.parallelism == "zero3-offload":
-        temps = 0
+    temps = _on_device(s, "optimizer", 4 * trainable)
     overhead = framework_overhead if framework_overhead is not None else (
         CPU_FRAMEWORK_OVERHEAD_BYTES if s.device_kind == "cpu" else 0)
     # Two moments bound the peak: the start of backward (everything saved plus the logits'

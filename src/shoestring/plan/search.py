@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 
     from shoestring.plan.arch import ModelShape
 
-__all__ = ["Candidate", "SearchSpace", "Workload", "offload_seconds", "search", "smallest_change"]
+__all__ = ["Candidate", "SearchSpace", "Workload", "search", "smallest_change"]
 
 HEADROOM = 0.90
 """Plan to use at most this fraction of device memory (allocator fragmentation, spikes)."""
@@ -107,7 +107,7 @@ def evaluate(config: PretrainedConfig, shape: ModelShape, setup: TrainingSetup, 
                                    checkpointing=setup.activation_checkpointing,
                                    lora=setup.method in ("lora", "qlora"),
                                    backward_layers=setup.trainable_layers if setup.method == "frozen" else None)
-    comm = _comm_seconds(setup, shape, mem, device) + offload_seconds(setup, mem)
+    comm = _comm_seconds(setup, shape, mem, device) + _offload_seconds(setup, mem)
     # Every device runs `accum` micro-batches per step in parallel with the others, so the
     # step time is one device's work; the bill is for all devices.
     per_micro, per_opt_step = streamed_bytes(mem, setup, shape)
@@ -196,7 +196,7 @@ HOST_OPTIMIZER_BYTES_S = 20e9
 ~160 GB/s shared by 8 GPUs; not measured here)."""
 
 
-def offload_seconds(setup: TrainingSetup, mem: MemoryBreakdown) -> float:
+def _offload_seconds(setup: TrainingSetup, mem: MemoryBreakdown) -> float:
     """Per-step cost of ``zero3-offload`` (0 otherwise): each GPU sends its gradient shard to the
     host and gets its updated weight shard back over PCIe, and the host runs the optimizer over
     that shard (:data:`OPTIMIZER_STREAM_BYTES` per parameter) at its share of host memory bandwidth.

@@ -75,7 +75,7 @@ def _torch_engine(cfg: Any, context_length: int) -> tuple[Engine, Any]:
                 dequantize_model(model)
             dtype = _native_dtype(cfg.dtype, model)
             engine = NativeEngine(model, max_seqs=max_seqs, context_length=context_length, dtype=dtype,
-                                  threads=model_threads(cfg, spare_core=False), prefill_chunk=cfg.prefill_chunk)  # fmt: skip
+                                  threads=model_threads(cfg), prefill_chunk=cfg.prefill_chunk)  # fmt: skip
             if quantized:
                 engine.info.details["dequantized_from"] = quantized
             return engine, model
